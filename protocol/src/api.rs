@@ -1,0 +1,575 @@
+//! Coordinator API v1: every request and response body, the job states, the failure reasons and
+//! the error body. `docs/api.md` and `docs/openapi.json` describe the same types for people and
+//! tools; a test keeps the OpenAPI document in step with these definitions.
+//!
+//! Conventions (guide section 12.1): JSON under `/v1/`, `Authorization: Bearer <key>`,
+//! `Idempotency-Key` on POSTs, ISO-8601 UTC timestamps, money as integer base units.
+//!
+//! This module must never hold behaviour beyond (de)serialisation and small pure helpers: the
+//! Coordinator decides, the supervisor acts, these types only carry.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+/// Path prefix of every endpoint.
+pub const API_PREFIX: &str = "/v1";
+/// Header carrying the client-chosen key that makes a POST safe to repeat.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+/// Timestamps travel as RFC 3339 / ISO-8601 in UTC, e.g. `2025-09-26T13:37:00.123Z`.
+pub mod ts {
+    pub use time::serde::rfc3339::option;
+    pub use time::serde::rfc3339::{deserialize, serialize};
+
+    /// Now, in UTC, truncated to milliseconds (the precision the API promises).
+    pub fn now() -> time::OffsetDateTime {
+        let now = time::OffsetDateTime::now_utc();
+        let ms = now.millisecond();
+        now.replace_millisecond(ms).unwrap_or(now)
+    }
+}
+
+/// How a miner computes: on an NVIDIA GPU or on the CPU.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Gpu,
+    Cpu,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Gpu => "gpu",
+            Mode::Cpu => "cpu",
+        }
+    }
+}
+
+/// The guide's miner script sends `gpu` as `0` or `1`; the specified type is a boolean.
+/// Both are accepted; a boolean is always emitted.
+#[derive(Serialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(transparent)]
+pub struct GpuFlag(pub bool);
+
+impl<'de> Deserialize<'de> for GpuFlag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Int(i64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(b) => Ok(GpuFlag(b)),
+            Raw::Int(0) => Ok(GpuFlag(false)),
+            Raw::Int(1) => Ok(GpuFlag(true)),
+            Raw::Int(n) => Err(serde::de::Error::custom(format!(
+                "gpu must be true, false, 0 or 1, got {n}"
+            ))),
+        }
+    }
+}
+
+/// The most a miner accepts from one job. Absent fields mean "no stated limit".
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MinerLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runtime_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_s: Option<u64>,
+}
+
+/// `POST /v1/miner/heartbeat` body: who the miner is, where to pay it, and what it can run.
+/// Only `miner_id`, `wallet` and `mode` are required, so the guide's script
+/// (`{miner_id, wallet, mode, gpu}`) is a valid heartbeat.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MinerCapabilities {
+    pub miner_id: String,
+    pub wallet: String,
+    pub mode: Mode,
+    #[serde(default)]
+    pub gpu: GpuFlag,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Workloads this miner runs. Empty means "any" (the guide's script declares none).
+    #[serde(default)]
+    pub workloads: Vec<String>,
+    #[serde(default)]
+    pub limits: MinerLimits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_mb: Option<u64>,
+    /// Free-form software version, e.g. `aitbc-miner/0.1.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// Answer to a heartbeat.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct HeartbeatAck {
+    pub miner_id: String,
+    pub wallet: String,
+    #[serde(with = "ts")]
+    pub server_time: OffsetDateTime,
+}
+
+/// Resource caps attached to a job by its client. Every field has a default so that
+/// `"limits": {}` (or no `limits`) is valid.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JobLimits {
+    #[serde(default = "JobLimits::default_ram_mb")]
+    pub ram_mb: u64,
+    #[serde(default)]
+    pub vram_mb: u64,
+    #[serde(default = "JobLimits::default_cpu_time_s")]
+    pub cpu_time_s: u64,
+    #[serde(default = "JobLimits::default_max_runtime_s")]
+    pub max_runtime_s: u64,
+}
+
+impl JobLimits {
+    pub const DEFAULT_RAM_MB: u64 = 1024;
+    pub const DEFAULT_CPU_TIME_S: u64 = 600;
+    pub const DEFAULT_MAX_RUNTIME_S: u64 = 300;
+    fn default_ram_mb() -> u64 {
+        Self::DEFAULT_RAM_MB
+    }
+    fn default_cpu_time_s() -> u64 {
+        Self::DEFAULT_CPU_TIME_S
+    }
+    fn default_max_runtime_s() -> u64 {
+        Self::DEFAULT_MAX_RUNTIME_S
+    }
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            ram_mb: Self::DEFAULT_RAM_MB,
+            vram_mb: 0,
+            cpu_time_s: Self::DEFAULT_CPU_TIME_S,
+            max_runtime_s: Self::DEFAULT_MAX_RUNTIME_S,
+        }
+    }
+}
+
+/// Where a job is in its life. The only transitions are
+/// queued -> assigned -> (completed | failed | queued again, with attempt + 1).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Assigned,
+    Completed,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        Some(match s {
+            "queued" => JobState::Queued,
+            "assigned" => JobState::Assigned,
+            "completed" => JobState::Completed,
+            "failed" => JobState::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed)
+    }
+}
+
+/// A job as a miner receives it from `GET /v1/miner/next`. `id` and `workload` sit at the top
+/// level because the guide's script reads exactly those. `workload` stays a string here so that
+/// a miner can report a workload it does not know (`UNKNOWN_WORKLOAD`) instead of failing to parse.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub workload: String,
+    #[serde(default)]
+    pub params: Value,
+    #[serde(default)]
+    pub limits: JobLimits,
+    pub reward: u64,
+    /// The fencing token: which attempt this lease is. A proof or failure report must carry it.
+    pub attempt: u32,
+    #[serde(with = "ts")]
+    pub lease_expires_at: OffsetDateTime,
+    #[serde(with = "ts")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Accounting figures a miner attaches to a proof. All optional: the guide's script sends `{}`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Metrics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flops: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<u64>,
+}
+
+/// `POST /v1/miner/proof` body: what the miner computed for a job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Proof {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miner_id: Option<String>,
+    /// The attempt (fencing token) the proof is for. When absent, the Coordinator checks the
+    /// job's current assignment against the presenting key alone (the guide's script).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    pub mode: Mode,
+    /// Lower-case hex SHA-256 of the job's output, 64 characters.
+    pub output_sha: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_len: Option<u64>,
+    #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default, with = "ts::option", skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(default, with = "ts::option", skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// True when `s` is 64 lower-case hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Answer to an accepted proof: the job is completed and `credited` base units went to `wallet`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ProofAck {
+    pub id: String,
+    pub state: JobState,
+    pub attempt: u32,
+    pub wallet: String,
+    pub credited: u64,
+}
+
+/// Why a job did not produce a proof. A closed vocabulary, used by the miner's fail report, the
+/// Coordinator's job record and the client's view alike.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailReason {
+    /// The worker process died without answering (signal, panic, exit).
+    WorkerCrashed,
+    /// The job ran past its `max_runtime_s` (or `cpu_time_s`) and was killed.
+    TimedOut,
+    /// The worker was killed by its sandbox (seccomp) for a forbidden action.
+    SandboxViolation,
+    /// The job asked for more than this miner's operator allows.
+    CapsRefused,
+    /// The miner does not run this workload.
+    UnknownWorkload,
+    /// The job's parameters are malformed or inconsistent with its limits.
+    BadParams,
+    /// The job exceeded its memory limit.
+    OutOfMemory,
+    /// The worker sent a malformed, oversized or out-of-order frame.
+    ProtocolError,
+    /// The miner is shutting down and gives the job back.
+    MinerShutdown,
+    /// The Coordinator gave up after the job's attempts ran out (expired leases or requeues).
+    AttemptsExhausted,
+    /// Anything else on the miner's side.
+    Internal,
+}
+
+/// What the Coordinator does with a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Give the job to another miner (while attempts remain).
+    Requeue,
+    /// The job itself is at fault: fail it at once, whatever attempts remain.
+    Fail,
+}
+
+impl FailReason {
+    pub const ALL: [FailReason; 11] = [
+        FailReason::WorkerCrashed,
+        FailReason::TimedOut,
+        FailReason::SandboxViolation,
+        FailReason::CapsRefused,
+        FailReason::UnknownWorkload,
+        FailReason::BadParams,
+        FailReason::OutOfMemory,
+        FailReason::ProtocolError,
+        FailReason::MinerShutdown,
+        FailReason::AttemptsExhausted,
+        FailReason::Internal,
+    ];
+
+    /// Whether another miner could plausibly succeed where this attempt failed.
+    pub fn disposition(self) -> Disposition {
+        match self {
+            FailReason::SandboxViolation
+            | FailReason::BadParams
+            | FailReason::OutOfMemory
+            | FailReason::AttemptsExhausted => Disposition::Fail,
+            FailReason::WorkerCrashed
+            | FailReason::TimedOut
+            | FailReason::CapsRefused
+            | FailReason::UnknownWorkload
+            | FailReason::ProtocolError
+            | FailReason::MinerShutdown
+            | FailReason::Internal => Disposition::Requeue,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::WorkerCrashed => "WORKER_CRASHED",
+            FailReason::TimedOut => "TIMED_OUT",
+            FailReason::SandboxViolation => "SANDBOX_VIOLATION",
+            FailReason::CapsRefused => "CAPS_REFUSED",
+            FailReason::UnknownWorkload => "UNKNOWN_WORKLOAD",
+            FailReason::BadParams => "BAD_PARAMS",
+            FailReason::OutOfMemory => "OUT_OF_MEMORY",
+            FailReason::ProtocolError => "PROTOCOL_ERROR",
+            FailReason::MinerShutdown => "MINER_SHUTDOWN",
+            FailReason::AttemptsExhausted => "ATTEMPTS_EXHAUSTED",
+            FailReason::Internal => "INTERNAL",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FailReason> {
+        FailReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// `POST /v1/miner/fail` body: the miner could not complete its attempt at a job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FailReport {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miner_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    pub reason: FailReason,
+    /// Human-readable detail, shown to the job's client.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Answer to a fail report: the job's new state (`queued` again, or `failed`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FailAck {
+    pub id: String,
+    pub state: JobState,
+    /// Attempts used so far.
+    pub attempt: u32,
+}
+
+/// The recorded reason a job or one of its attempts failed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub reason: FailReason,
+    pub message: String,
+    pub attempt: u32,
+}
+
+/// `POST /v1/client/jobs` body.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    pub workload: String,
+    #[serde(default = "empty_object")]
+    pub params: Value,
+    #[serde(default)]
+    pub limits: JobLimits,
+    /// Integer base units paid to the miner whose proof completes the job.
+    pub reward: u64,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// A job as its client sees it (`POST /v1/client/jobs` answers 201 with this;
+/// `GET /v1/client/jobs/{id}` answers 200 with this).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JobView {
+    pub id: String,
+    pub state: JobState,
+    pub workload: String,
+    pub params: Value,
+    pub limits: JobLimits,
+    pub reward: u64,
+    /// Attempts started so far (0 while never assigned).
+    pub attempt: u32,
+    pub max_attempts: u32,
+    #[serde(with = "ts")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "ts")]
+    pub updated_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miner_id: Option<String>,
+    #[serde(default, with = "ts::option", skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<OffsetDateTime>,
+    /// The accepted proof, once completed: the job's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
+    /// The last failure, if any (also set while requeued after a failed attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+/// `GET /v1/wallet/balance` answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Balance {
+    pub wallet: String,
+    /// Integer base units.
+    pub balance: u64,
+    /// Number of ledger credits that make up the balance.
+    pub credits: u64,
+}
+
+/// Machine-readable error codes carried in [`ErrorBody`]. Clients must treat an unknown code
+/// by its HTTP status; [`ErrorCode::Other`] catches codes a newer Coordinator may add.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// 400: the body is not JSON, or a query string or header is malformed.
+    BadRequest,
+    /// 401: no key, or a key the Coordinator does not know.
+    Unauthorized,
+    /// 403: the key's scope does not allow this, or the object belongs to someone else.
+    Forbidden,
+    /// 403: this miner_id was first registered by another key.
+    MinerIdTaken,
+    /// 404: no such job.
+    NotFound,
+    /// 409: the job is already completed or failed.
+    JobFinished,
+    /// 409: the job is not (or no longer) assigned to the presenting miner: lease expired and
+    /// requeued, or taken over by another attempt.
+    NotAssigned,
+    /// 409: the proof or report names an attempt that is not the current one.
+    StaleAttempt,
+    /// 409: the miner must send a heartbeat (which names its wallet) before taking jobs.
+    UnknownMiner,
+    /// 413: the body is larger than the Coordinator accepts.
+    PayloadTooLarge,
+    /// 422: well-formed JSON that breaks a rule (unknown workload, bad field value, ...).
+    ValidationFailed,
+    /// 422: an Idempotency-Key was reused with a different request.
+    IdempotencyKeyReused,
+    /// 429: too many requests; wait for `Retry-After` seconds.
+    RateLimited,
+    /// 500: the Coordinator failed; the request may be retried.
+    Internal,
+    /// 503: the Coordinator is shutting down or its store is unavailable.
+    Unavailable,
+    #[serde(other)]
+    Other,
+}
+
+/// Non-2xx answers carry this body: `{"error": {"code", "message", "details"}}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default)]
+    pub details: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn guide_heartbeat_parses_with_gpu_as_integer() {
+        let hb: MinerCapabilities = serde_json::from_value(
+            json!({"miner_id": "host-gpu0", "wallet": "wallet_demo", "mode": "cpu", "gpu": 0}),
+        )
+        .unwrap();
+        assert_eq!(hb.gpu, GpuFlag(false));
+        assert!(hb.workloads.is_empty());
+        let hb: MinerCapabilities = serde_json::from_value(
+            json!({"miner_id": "m", "wallet": "w", "mode": "gpu", "gpu": 1}),
+        )
+        .unwrap();
+        assert_eq!(hb.gpu, GpuFlag(true));
+        let bad = serde_json::from_value::<MinerCapabilities>(
+            json!({"miner_id": "m", "wallet": "w", "mode": "gpu", "gpu": 2}),
+        );
+        assert!(bad.unwrap_err().to_string().contains("gpu must be"));
+    }
+
+    #[test]
+    fn guide_proof_parses_with_empty_metrics() {
+        let p: Proof = serde_json::from_value(json!({
+            "id": "j1", "mode": "cpu", "output_sha": "ab".repeat(32), "metrics": {}
+        }))
+        .unwrap();
+        assert_eq!(p.metrics, Metrics::default());
+        assert!(p.attempt.is_none());
+    }
+
+    #[test]
+    fn fail_reasons_round_trip_through_their_names() {
+        for r in FailReason::ALL {
+            let s = serde_json::to_value(r).unwrap();
+            assert_eq!(s, json!(r.as_str()));
+            assert_eq!(FailReason::parse(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn unknown_error_codes_do_not_break_clients() {
+        let e: ErrorBody = serde_json::from_value(
+            json!({"error": {"code": "SOMETHING_NEW", "message": "m", "details": {}}}),
+        )
+        .unwrap();
+        assert_eq!(e.error.code, ErrorCode::Other);
+    }
+
+    #[test]
+    fn timestamps_are_utc_with_z() {
+        let ack = HeartbeatAck {
+            miner_id: "m".into(),
+            wallet: "w".into(),
+            server_time: time::macros::datetime!(2025-09-26 13:37:00 UTC),
+        };
+        let v = serde_json::to_value(ack).unwrap();
+        assert_eq!(v["server_time"], json!("2025-09-26T13:37:00Z"));
+    }
+
+    #[test]
+    fn sha_hex_check() {
+        assert!(is_sha256_hex(&"0f".repeat(32)));
+        assert!(!is_sha256_hex(&"0F".repeat(32)));
+        assert!(!is_sha256_hex("abc"));
+    }
+}

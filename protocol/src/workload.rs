@@ -1,0 +1,310 @@
+//! The closed set of workloads and the one pure check that turns a job's `(workload, params,
+//! limits)` into a typed [`WorkloadSpec`] or a precise refusal.
+//!
+//! The Coordinator runs it when a client submits (422 on refusal), the supervisor runs it before
+//! any worker process is touched (a refusal becomes a fail report), and the worker runs it again
+//! on what it receives. It must stay free of I/O and of anything host-specific.
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::api::{FailReason, JobLimits};
+
+/// Every workload name the API accepts (guide section 5).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    TorchBench,
+    SdInfer,
+    LlmGen,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 3] = [Workload::TorchBench, Workload::SdInfer, Workload::LlmGen];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::TorchBench => "torch_bench",
+            Workload::SdInfer => "sd_infer",
+            Workload::LlmGen => "llm_gen",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.as_str() == s)
+    }
+}
+
+/// `torch_bench`: a chain of `iters` n x n single-precision matrix products,
+/// `X_{k+1} = X_k · W`, with `X_0` and `W` drawn from a generator seeded by `seed` and `W`
+/// scaled so that the chain neither overflows nor vanishes. The output is `X_iters`,
+/// row-major little-endian f32.
+#[derive(Serialize, Deserialize, Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TorchBenchParams {
+    #[serde(default = "TorchBenchParams::default_n")]
+    pub n: u32,
+    #[serde(default = "TorchBenchParams::default_iters")]
+    pub iters: u32,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl TorchBenchParams {
+    /// The guide's chain: 1024 x 1024, 100 products.
+    pub const DEFAULT_N: u32 = 1024;
+    pub const DEFAULT_ITERS: u32 = 100;
+    pub const MAX_N: u32 = 16384;
+    pub const MAX_ITERS: u32 = 100_000;
+    /// Resident memory a worker needs besides the matrices (code, stacks, allocator slack).
+    pub const OVERHEAD_MB: u64 = 32;
+
+    fn default_n() -> u32 {
+        Self::DEFAULT_N
+    }
+    fn default_iters() -> u32 {
+        Self::DEFAULT_ITERS
+    }
+
+    /// Bytes of one n x n f32 matrix.
+    pub fn matrix_bytes(&self) -> u64 {
+        u64::from(self.n) * u64::from(self.n) * 4
+    }
+
+    /// Memory the job needs on the host (CPU path) or device (GPU path): three matrices
+    /// (`X`, `W` and the product) plus overhead, in MiB rounded up.
+    pub fn memory_mb(&self) -> u64 {
+        (3 * self.matrix_bytes()).div_ceil(1 << 20) + Self::OVERHEAD_MB
+    }
+
+    /// Floating-point operations of the chain: `2 n^3` per product.
+    pub fn flops(&self) -> u64 {
+        2 * u64::from(self.n).pow(3) * u64::from(self.iters)
+    }
+
+    /// Length of the hashed output in bytes.
+    pub fn output_len(&self) -> u64 {
+        self.matrix_bytes()
+    }
+}
+
+/// A workload with its parameters checked and typed: what a worker is asked to run.
+#[derive(Serialize, Deserialize, Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadSpec {
+    TorchBench(TorchBenchParams),
+}
+
+impl WorkloadSpec {
+    pub fn workload(&self) -> Workload {
+        match self {
+            WorkloadSpec::TorchBench(_) => Workload::TorchBench,
+        }
+    }
+    pub fn flops(&self) -> u64 {
+        match self {
+            WorkloadSpec::TorchBench(p) => p.flops(),
+        }
+    }
+    pub fn memory_mb(&self) -> u64 {
+        match self {
+            WorkloadSpec::TorchBench(p) => p.memory_mb(),
+        }
+    }
+}
+
+/// Why a job cannot be turned into a [`WorkloadSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("unknown workload {0:?}; known workloads: torch_bench, sd_infer, llm_gen")]
+    UnknownWorkload(String),
+    #[error("workload {0:?} is not implemented by this miner")]
+    Unsupported(&'static str),
+    #[error("{field} = {value}: {reason}")]
+    BadParams {
+        field: String,
+        value: String,
+        reason: String,
+    },
+    #[error("the job needs {needed_mb} MiB of memory but limits.ram_mb is {limit_mb}")]
+    OverMemory { needed_mb: u64, limit_mb: u64 },
+}
+
+impl PlanError {
+    /// The fail reason a miner reports for this refusal.
+    pub fn fail_reason(&self) -> FailReason {
+        match self {
+            PlanError::UnknownWorkload(_) | PlanError::Unsupported(_) => {
+                FailReason::UnknownWorkload
+            }
+            PlanError::BadParams { .. } | PlanError::OverMemory { .. } => FailReason::BadParams,
+        }
+    }
+}
+
+/// Checks a known workload's parameters against the job's limits. Names that the API accepts
+/// but this build cannot run give [`PlanError::Unsupported`].
+pub fn plan(workload: &str, params: &Value, limits: &JobLimits) -> Result<WorkloadSpec, PlanError> {
+    let w = Workload::parse(workload).ok_or_else(|| PlanError::UnknownWorkload(workload.into()))?;
+    match w {
+        Workload::TorchBench => {
+            let p = torch_bench_params(params)?;
+            let needed_mb = p.memory_mb();
+            if needed_mb > limits.ram_mb {
+                return Err(PlanError::OverMemory {
+                    needed_mb,
+                    limit_mb: limits.ram_mb,
+                });
+            }
+            Ok(WorkloadSpec::TorchBench(p))
+        }
+        other => Err(PlanError::Unsupported(other.as_str())),
+    }
+}
+
+/// Validates a submission's params for any known workload, without the miner-side
+/// "can this build run it" question. Used by the Coordinator.
+pub fn validate_submission(
+    workload: &str,
+    params: &Value,
+    limits: &JobLimits,
+) -> Result<Workload, PlanError> {
+    match plan(workload, params, limits) {
+        Ok(spec) => Ok(spec.workload()),
+        Err(PlanError::Unsupported(name)) => {
+            if !params.is_object() {
+                return Err(bad("params", params, "must be a JSON object"));
+            }
+            Workload::parse(name).ok_or_else(|| PlanError::UnknownWorkload(name.into()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn bad(field: &str, value: &Value, reason: &str) -> PlanError {
+    let mut value = value.to_string();
+    if value.len() > 64 {
+        value.truncate(61);
+        value.push_str("...");
+    }
+    PlanError::BadParams {
+        field: field.into(),
+        value,
+        reason: reason.into(),
+    }
+}
+
+fn torch_bench_params(params: &Value) -> Result<TorchBenchParams, PlanError> {
+    let obj = match params {
+        Value::Null => return Ok(TorchBenchParams::default()),
+        Value::Object(o) => o,
+        other => return Err(bad("params", other, "must be a JSON object")),
+    };
+    for key in obj.keys() {
+        if !matches!(key.as_str(), "n" | "iters" | "seed") {
+            return Err(bad(
+                &format!("params.{key}"),
+                &obj[key],
+                "unknown parameter (torch_bench takes n, iters, seed)",
+            ));
+        }
+    }
+    let int = |field: &str, default: u64, min: u64, max: u64| -> Result<u64, PlanError> {
+        match obj.get(field) {
+            None => Ok(default),
+            Some(v) => match v.as_u64() {
+                Some(x) if (min..=max).contains(&x) => Ok(x),
+                _ => Err(bad(
+                    &format!("params.{field}"),
+                    v,
+                    &format!("expected a whole number from {min} to {max}"),
+                )),
+            },
+        }
+    };
+    Ok(TorchBenchParams {
+        n: int("n", TorchBenchParams::DEFAULT_N.into(), 1, TorchBenchParams::MAX_N.into())? as u32,
+        iters: int(
+            "iters",
+            TorchBenchParams::DEFAULT_ITERS.into(),
+            1,
+            TorchBenchParams::MAX_ITERS.into(),
+        )? as u32,
+        seed: int("seed", 0, 0, u64::MAX)?,
+    })
+}
+
+impl Default for TorchBenchParams {
+    fn default() -> Self {
+        TorchBenchParams {
+            n: Self::DEFAULT_N,
+            iters: Self::DEFAULT_ITERS,
+            seed: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn limits(ram_mb: u64) -> JobLimits {
+        JobLimits {
+            ram_mb,
+            ..JobLimits::default()
+        }
+    }
+
+    #[test]
+    fn guide_defaults_fit_the_default_limits() {
+        let spec = plan("torch_bench", &json!({}), &JobLimits::default()).unwrap();
+        let WorkloadSpec::TorchBench(p) = spec;
+        assert_eq!((p.n, p.iters, p.seed), (1024, 100, 0));
+        assert_eq!(p.flops(), 2 * 1024u64.pow(3) * 100);
+        assert_eq!(p.memory_mb(), 12 + 32);
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_value() {
+        let cases = [
+            (json!({"n": 0}), "params.n = 0"),
+            (json!({"n": "big"}), "params.n = \"big\""),
+            (json!({"iters": -1}), "params.iters = -1"),
+            (json!({"n": 20000}), "params.n = 20000"),
+            (json!({"size": 3}), "params.size = 3"),
+            (json!([1, 2]), "params = [1,2]"),
+        ];
+        for (params, want) in cases {
+            let err = plan("torch_bench", &params, &limits(1 << 20)).unwrap_err();
+            assert!(err.to_string().starts_with(want), "{err} !~ {want}");
+            assert_eq!(err.fail_reason(), FailReason::BadParams);
+        }
+    }
+
+    #[test]
+    fn memory_is_checked_against_ram_mb() {
+        let err = plan("torch_bench", &json!({"n": 8192}), &limits(512)).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::OverMemory {
+                needed_mb: 768 + 32,
+                limit_mb: 512
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_and_unsupported_workloads() {
+        let e = plan("bitcoin", &json!({}), &limits(1024)).unwrap_err();
+        assert_eq!(e.fail_reason(), FailReason::UnknownWorkload);
+        let e = plan("sd_infer", &json!({}), &limits(1024)).unwrap_err();
+        assert_eq!(e, PlanError::Unsupported("sd_infer"));
+        assert_eq!(
+            validate_submission("sd_infer", &json!({"prompt": "a cat"}), &limits(1024)),
+            Ok(Workload::SdInfer)
+        );
+        assert!(validate_submission("sd_infer", &json!(3), &limits(1024)).is_err());
+        assert!(validate_submission("bitcoin", &json!({}), &limits(1024)).is_err());
+    }
+}
