@@ -38,8 +38,11 @@ impl Workload {
 
 /// `torch_bench`: a chain of `iters` n x n single-precision matrix products,
 /// `X_{k+1} = X_k · W`, with `X_0` and `W` drawn from a generator seeded by `seed` and `W`
-/// scaled so that the chain neither overflows nor vanishes. The output is `X_iters`,
-/// row-major little-endian f32.
+/// scaled by `sqrt(3/n)` so that each product keeps the expected squared norm. Because a fixed
+/// `W`'s spectral radius is only close to 1, a product whose largest magnitude leaves
+/// `[2^-32, 2^32]` is multiplied by an exact power of two that brings it back (the worker's
+/// `rescale_exponent`), so long chains stay finite; default-sized jobs never trigger it.
+/// The output is `X_iters`, row-major little-endian f32.
 #[derive(Serialize, Deserialize, Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TorchBenchParams {
@@ -223,7 +226,12 @@ fn torch_bench_params(params: &Value) -> Result<TorchBenchParams, PlanError> {
         }
     };
     Ok(TorchBenchParams {
-        n: int("n", TorchBenchParams::DEFAULT_N.into(), 1, TorchBenchParams::MAX_N.into())? as u32,
+        n: int(
+            "n",
+            TorchBenchParams::DEFAULT_N.into(),
+            1,
+            TorchBenchParams::MAX_N.into(),
+        )? as u32,
         iters: int(
             "iters",
             TorchBenchParams::DEFAULT_ITERS.into(),
