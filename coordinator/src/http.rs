@@ -1,0 +1,527 @@
+//! The HTTP face of the Coordinator: the axum router, one handler per endpoint, and the
+//! translation of every rejection (auth, rate limit, body size, JSON, query, path, unknown
+//! route, wrong method) into the API's error body.
+//!
+//! Handlers authenticate, parse with [`crate::validate`], run the store on the blocking pool
+//! and answer. They must never hold state of their own, never answer a client error with a
+//! 5xx, never panic on input and never put a key into a log line or a response.
+
+use std::sync::Arc;
+
+use aitbc_protocol::api::{
+    ErrorCode, FailReport, HeartbeatAck, MinerCapabilities, Proof, SubmitJob, IDEMPOTENCY_HEADER,
+};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+
+use crate::auth::{self, KeyInfo, Scope};
+use crate::error::{Answer, Error, Refusal};
+use crate::store::{IdemKey, Matcher, MinerRecord, NewJob, Store};
+use crate::{now_ms, stopped, validate, Inner};
+
+type App = Arc<Inner>;
+
+/// Longest job id accepted in a path or body.
+const MAX_ID: usize = 128;
+/// Longest fail-report message.
+const MAX_MESSAGE: usize = 4096;
+
+pub(crate) fn router(inner: App) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/miner/heartbeat", post(heartbeat))
+        .route("/v1/miner/next", get(next))
+        .route("/v1/miner/proof", post(proof))
+        .route("/v1/miner/fail", post(fail))
+        .route("/v1/client/jobs", post(submit))
+        .route("/v1/client/jobs/{id}", get(job))
+        .route("/v1/wallet/balance", get(balance))
+        .route("/v1/wallet/ledger", get(ledger))
+        .route("/v1/admin/jobs", get(admin_jobs))
+        .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(inner)
+}
+
+/// An error on its way to becoming a response.
+pub struct HttpError(Error);
+
+impl From<Error> for HttpError {
+    fn from(e: Error) -> Self {
+        HttpError(e)
+    }
+}
+
+impl From<Refusal> for HttpError {
+    fn from(r: Refusal) -> Self {
+        HttpError(Error::Refused(r))
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        match self.0 {
+            Error::Refused(r) => respond(r.answer()),
+            other => {
+                tracing::error!(error = %other, "request failed inside the coordinator");
+                respond(
+                    Refusal::new(
+                        ErrorCode::Internal,
+                        "the coordinator failed; the request may be retried".into(),
+                    )
+                    .answer(),
+                )
+            }
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, HttpError>;
+
+/// Turns a stored or fresh answer into a response.
+pub fn respond(a: Answer) -> Response {
+    let empty = a.body.is_empty();
+    let mut resp = Response::new(Body::from(a.body));
+    *resp.status_mut() =
+        StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if !empty {
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if let Some(secs) = a.retry_after {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+fn ok_json<T: serde::Serialize>(status: u16, v: &T) -> Result<Response> {
+    Ok(respond(Answer::json(status, v)?))
+}
+
+async fn blocking<T, F>(inner: &App, f: F) -> std::result::Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> std::result::Result<T, Error> + Send + 'static,
+{
+    let store = inner.store.clone();
+    tokio::task::spawn_blocking(move || f(&*store))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Verifies the bearer key (one SHA-256, then the in-memory cache or one indexed lookup),
+/// takes a rate-limit token (every verified request counts, refused ones too) and checks its
+/// scope against `need` (`None`: any scope).
+async fn authenticate(inner: &App, headers: &HeaderMap, need: Option<Scope>) -> Result<KeyInfo> {
+    let key = auth::bearer(headers.get(AUTHORIZATION).map(HeaderValue::as_bytes))?;
+    let hash = auth::key_hash(key);
+    let cached = inner
+        .keys
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&hash)
+        .copied();
+    let info = match cached {
+        Some(info) => info,
+        None => {
+            let h = hash.clone();
+            let found = blocking(inner, move |s| s.find_key(&h)).await?;
+            let info = found
+                .ok_or_else(|| Refusal::new(ErrorCode::Unauthorized, "unknown API key".into()))?;
+            inner
+                .keys
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(hash, info);
+            info
+        }
+    };
+    let rate = inner.config.rate_limit_per_sec;
+    let burst = rate.saturating_mul(2);
+    let now = crate::instant();
+    let taken = inner
+        .buckets
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(info.id)
+        .or_insert_with(|| auth::Bucket::full(burst, now))
+        .take(rate, burst, now);
+    if let Err(wait) = taken {
+        let mut r = Refusal::new(
+            ErrorCode::RateLimited,
+            format!("rate limit of {rate} requests per second exceeded for this key"),
+        );
+        r.retry_after = Some(auth::retry_after_secs(wait));
+        return Err(r.into());
+    }
+    if let Some(need) = need {
+        if !info.scope.allows(need) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "this endpoint needs a {} key; this key has scope {}",
+                    need.as_str(),
+                    info.scope.as_str()
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(info)
+}
+
+/// Reads the body, refusing more than `max_body_bytes` with 413.
+async fn read_body(inner: &App, headers: &HeaderMap, body: Body) -> Result<Bytes> {
+    let limit = inner.config.max_body_bytes;
+    let too_large = || {
+        Refusal::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is larger than the {limit} bytes this coordinator accepts"),
+        )
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large().into());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large().into()),
+        Err(e) => Err(Refusal::bad_request(format!("could not read the body: {e}")).into()),
+    }
+}
+
+/// The idempotency record of a POST, if it carries an Idempotency-Key.
+fn idem_of(headers: &HeaderMap, key: KeyInfo, route: &str, body: &[u8]) -> Result<Option<IdemKey>> {
+    let Some(raw) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let idem = validate::idempotency_key(raw.as_bytes())?;
+    let mut h = Sha256::new();
+    h.update(route.as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    Ok(Some(IdemKey {
+        key_id: key.id,
+        key: idem,
+        request_hash: auth::hex(&h.finalize()),
+    }))
+}
+
+fn wake(inner: &App) {
+    inner.queued.send_modify(|g| *g = g.wrapping_add(1));
+}
+
+async fn health() -> Response {
+    respond(Answer {
+        status: 200,
+        body: br#"{"status":"ok"}"#.to_vec(),
+        retry_after: None,
+    })
+}
+
+async fn heartbeat(State(inner): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let key = authenticate(&inner, &headers, Some(Scope::Miner)).await?;
+    let bytes = read_body(&inner, &headers, body).await?;
+    let idem = idem_of(&headers, key, "POST /v1/miner/heartbeat", &bytes)?;
+    let caps: MinerCapabilities = validate::json_body(&bytes)?;
+    validate::capabilities(&caps)?;
+    let now = now_ms();
+    let unchanged = {
+        let miners = inner.miners.read().unwrap_or_else(|e| e.into_inner());
+        match miners.get(&caps.miner_id) {
+            Some(m) if m.key_id != key.id => {
+                return Err(Refusal::miner_id_taken(&caps.miner_id).into())
+            }
+            Some(m) => m.caps == caps,
+            None => false,
+        }
+    };
+    let record = MinerRecord {
+        miner_id: caps.miner_id.clone(),
+        key_id: key.id,
+        wallet: caps.wallet.clone(),
+        caps,
+        last_seen_ms: now,
+    };
+    if unchanged && idem.is_none() {
+        // The hot path: nothing to persist, only last_seen moves (kept in memory).
+        if let Some(m) = inner
+            .miners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&record.miner_id)
+        {
+            m.last_seen_ms = now;
+        }
+        let ack = HeartbeatAck {
+            miner_id: record.miner_id,
+            wallet: record.wallet,
+            server_time: crate::sqlite::from_ms(now)?,
+        };
+        return ok_json(200, &ack);
+    }
+    let rec = record.clone();
+    let outcome = blocking(&inner, move |s| {
+        s.heartbeat(&rec, !unchanged, idem.as_ref())
+    })
+    .await?;
+    if outcome.answer.status == 200 {
+        inner
+            .miners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(record.miner_id.clone(), record);
+    }
+    Ok(respond(outcome.answer))
+}
+
+async fn next(
+    State(inner): State<App>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let key = authenticate(&inner, &headers, Some(Scope::Miner)).await?;
+    let q = validate::next_query(q.as_deref(), inner.config.max_wait)?;
+    let matcher = {
+        let miners = inner.miners.read().unwrap_or_else(|e| e.into_inner());
+        match miners.get(&q.miner) {
+            None => {
+                return Err(Refusal::new(
+                    ErrorCode::UnknownMiner,
+                    format!(
+                        "miner {:?} has not sent a heartbeat; send POST /v1/miner/heartbeat first",
+                        q.miner
+                    ),
+                )
+                .into())
+            }
+            Some(m) if m.key_id != key.id => return Err(Refusal::miner_id_taken(&q.miner).into()),
+            Some(m) => Matcher::for_miner(m),
+        }
+    };
+    let deadline = tokio::time::Instant::now() + q.wait;
+    let margin = i64::try_from(inner.config.lease_margin.as_millis()).unwrap_or(i64::MAX);
+    let mut queued = inner.queued.subscribe();
+    let mut stop = inner.stopping.subscribe();
+    loop {
+        queued.borrow_and_update();
+        if inner.store.any_queued() {
+            let m = matcher.clone();
+            let job = blocking(&inner, move |s| s.assign(&m, now_ms(), margin)).await?;
+            if let Some(job) = job {
+                return ok_json(200, &job);
+            }
+        }
+        if *stop.borrow() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::select! {
+            changed = queued.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep_until(deadline) => break,
+            () = stopped(&mut stop) => break,
+        }
+    }
+    Ok(respond(Answer {
+        status: 204,
+        body: Vec::new(),
+        retry_after: None,
+    }))
+}
+
+fn check_id(field: &str, id: &str) -> std::result::Result<(), Refusal> {
+    if id.is_empty() || id.len() > MAX_ID {
+        return Err(Refusal::invalid(field, id, "expected 1 to 128 characters"));
+    }
+    Ok(())
+}
+
+async fn proof(State(inner): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let key = authenticate(&inner, &headers, Some(Scope::Miner)).await?;
+    let bytes = read_body(&inner, &headers, body).await?;
+    let idem = idem_of(&headers, key, "POST /v1/miner/proof", &bytes)?;
+    let p: Proof = validate::json_body(&bytes)?;
+    check_id("id", &p.id)?;
+    if let Some(m) = &p.miner_id {
+        validate::miner_id("miner_id", m)?;
+    }
+    let now = now_ms();
+    let outcome = blocking(&inner, move |s| s.proof(key.id, &p, idem.as_ref(), now)).await?;
+    if outcome.requeued {
+        wake(&inner);
+    }
+    Ok(respond(outcome.answer))
+}
+
+async fn fail(State(inner): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let key = authenticate(&inner, &headers, Some(Scope::Miner)).await?;
+    let bytes = read_body(&inner, &headers, body).await?;
+    let idem = idem_of(&headers, key, "POST /v1/miner/fail", &bytes)?;
+    let f: FailReport = validate::json_body(&bytes)?;
+    check_id("id", &f.id)?;
+    if let Some(m) = &f.miner_id {
+        validate::miner_id("miner_id", m)?;
+    }
+    if f.message.len() > MAX_MESSAGE {
+        return Err(Refusal::invalid("message", &f.message, "at most 4096 bytes").into());
+    }
+    let now = now_ms();
+    let outcome = blocking(&inner, move |s| s.fail(key.id, &f, idem.as_ref(), now)).await?;
+    if outcome.requeued {
+        wake(&inner);
+    }
+    Ok(respond(outcome.answer))
+}
+
+async fn submit(State(inner): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let key = authenticate(&inner, &headers, Some(Scope::Client)).await?;
+    let bytes = read_body(&inner, &headers, body).await?;
+    let idem = idem_of(&headers, key, "POST /v1/client/jobs", &bytes)?;
+    let submit: SubmitJob = validate::json_body(&bytes)?;
+    validate::submission(&submit)?;
+    let job = NewJob {
+        id: uuid::Uuid::new_v4().to_string(),
+        client_key_id: key.id,
+        submit,
+        max_attempts: inner.config.max_attempts.max(1),
+    };
+    let now = now_ms();
+    let outcome = blocking(&inner, move |s| s.submit(&job, idem.as_ref(), now)).await?;
+    if outcome.requeued {
+        wake(&inner);
+    }
+    Ok(respond(outcome.answer))
+}
+
+/// Someone else's job answers 404, exactly like a missing one, so ids do not leak.
+async fn job(
+    State(inner): State<App>,
+    headers: HeaderMap,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let key = authenticate(&inner, &headers, Some(Scope::Client)).await?;
+    let Path(id) = id.map_err(|e| Refusal::bad_request(format!("bad job id in path: {e}")))?;
+    check_id("id", &id)?;
+    let lookup = id.clone();
+    let found = blocking(&inner, move |s| s.job(&lookup)).await?;
+    match found {
+        Some((view, owner)) if owner == key.id || key.scope == Scope::Admin => ok_json(200, &view),
+        _ => Err(Refusal::new(ErrorCode::NotFound, format!("no job {id:?}")).into()),
+    }
+}
+
+/// The caller's key, if it sent one (public endpoints still refuse a bad key).
+async fn optional_key(inner: &App, headers: &HeaderMap) -> Result<Option<KeyInfo>> {
+    if headers.contains_key(AUTHORIZATION) {
+        Ok(Some(authenticate(inner, headers, None).await?))
+    } else {
+        Ok(None)
+    }
+}
+
+async fn balance(
+    State(inner): State<App>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let key = optional_key(&inner, &headers).await?;
+    let pairs = validate::query_pairs(q.as_deref())?;
+    let wallet = match (validate::wallet_param(&pairs)?, key) {
+        (Some(w), _) => w,
+        (None, Some(key)) => {
+            let miners = inner.miners.read().unwrap_or_else(|e| e.into_inner());
+            let mut wallets: Vec<&str> = miners
+                .values()
+                .filter(|m| m.key_id == key.id)
+                .map(|m| m.wallet.as_str())
+                .collect();
+            wallets.sort_unstable();
+            wallets.dedup();
+            match wallets.as_slice() {
+                [one] => one.to_string(),
+                [] => {
+                    return Err(Refusal::invalid(
+                        "wallet",
+                        "",
+                        "this key's miners have named no wallet yet; pass ?wallet=ADDR",
+                    )
+                    .into())
+                }
+                many => {
+                    return Err(Refusal::invalid(
+                        "wallet",
+                        "",
+                        &format!(
+                            "this key's miners name {} wallets; pass ?wallet=ADDR",
+                            many.len()
+                        ),
+                    )
+                    .into())
+                }
+            }
+        }
+        (None, None) => {
+            return Err(Refusal::invalid("wallet", "", "pass ?wallet=ADDR (or a miner key)").into())
+        }
+    };
+    let b = blocking(&inner, move |s| s.balance(&wallet)).await?;
+    ok_json(200, &b)
+}
+
+async fn ledger(
+    State(inner): State<App>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    optional_key(&inner, &headers).await?;
+    let pairs = validate::query_pairs(q.as_deref())?;
+    let wallet = validate::wallet_param(&pairs)?
+        .ok_or_else(|| Refusal::invalid("wallet", "", "pass ?wallet=ADDR"))?;
+    let limit = validate::limit_param(&pairs)?;
+    let credits = blocking(&inner, move |s| s.ledger(&wallet, limit)).await?;
+    ok_json(200, &credits)
+}
+
+async fn admin_jobs(
+    State(inner): State<App>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    authenticate(&inner, &headers, Some(Scope::Admin)).await?;
+    let pairs = validate::query_pairs(q.as_deref())?;
+    let state = validate::state_param(&pairs)?;
+    let limit = validate::limit_param(&pairs)?;
+    let jobs = blocking(&inner, move |s| s.jobs(state, limit)).await?;
+    ok_json(200, &jobs)
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    let path: String = uri.path().chars().take(200).collect();
+    respond(Refusal::new(ErrorCode::NotFound, format!("no endpoint {method} {path}")).answer())
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    let path: String = uri.path().chars().take(200).collect();
+    let mut a = Refusal::new(
+        ErrorCode::BadRequest,
+        format!("method {method} is not allowed on {path}"),
+    )
+    .answer();
+    a.status = 405;
+    respond(a)
+}
+
+#[cfg(test)]
+#[path = "http_tests.rs"]
+mod tests;

@@ -1,0 +1,397 @@
+//! Pure checks of everything a request carries: JSON bodies (with the failing field's path),
+//! query strings, miner ids, wallets, submissions, the Idempotency-Key header.
+//!
+//! Each check returns a [`Refusal`] that names the field and the value; none may panic on any
+//! input, and none does I/O.
+
+use std::time::Duration;
+
+use aitbc_protocol::api::{JobLimits, MinerCapabilities, SubmitJob};
+use aitbc_protocol::workload::{validate_submission, Workload};
+use serde::de::DeserializeOwned;
+
+use crate::error::Refusal;
+
+/// Largest serialised `params` a job may carry.
+pub const MAX_PARAMS_BYTES: usize = 16 * 1024;
+/// Longest Idempotency-Key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// Longest lease a job may ask for (`limits.max_runtime_s`): one week.
+pub const MAX_RUNTIME_S: u64 = 7 * 24 * 3600;
+/// Money and sizes are stored as SQLite integers (i64).
+pub const MAX_STORED: u64 = i64::MAX as u64;
+
+/// Parses a JSON body: unparsable JSON is 400 BAD_REQUEST, a well-formed body of the wrong
+/// shape is 422 VALIDATION_FAILED naming the field path (e.g. `limits.ram_mb`).
+pub fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Refusal> {
+    use serde_json::error::Category;
+    let syntax =
+        |e: &serde_json::Error| Refusal::bad_request(format!("the body is not valid JSON: {e}"));
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = match serde_path_to_error::deserialize(&mut de) {
+        Ok(v) => v,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            return Err(match inner.classify() {
+                Category::Syntax | Category::Eof | Category::Io => syntax(&inner),
+                Category::Data => {
+                    let field = if path == "." {
+                        "body".to_string()
+                    } else {
+                        path
+                    };
+                    let mut r = Refusal::new(
+                        aitbc_protocol::api::ErrorCode::ValidationFailed,
+                        format!("{field}: {inner}"),
+                    );
+                    r.details = serde_json::json!({ "field": field });
+                    r
+                }
+            });
+        }
+    };
+    de.end().map_err(|e| syntax(&e))?;
+    Ok(value)
+}
+
+/// `[A-Za-z0-9._-]{1,128}`.
+pub fn miner_id(field: &str, s: &str) -> Result<(), Refusal> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::invalid(
+            field,
+            s,
+            "expected 1 to 128 characters of A-Z a-z 0-9 . _ -",
+        ))
+    }
+}
+
+/// 1..=128 printable, non-space characters.
+pub fn wallet(field: &str, s: &str) -> Result<(), Refusal> {
+    let ok = !s.is_empty()
+        && s.chars().count() <= 128
+        && s.chars().all(|c| !c.is_control() && !c.is_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::invalid(
+            field,
+            s,
+            "expected 1 to 128 printable characters without spaces",
+        ))
+    }
+}
+
+/// A heartbeat's capabilities.
+pub fn capabilities(c: &MinerCapabilities) -> Result<(), Refusal> {
+    miner_id("miner_id", &c.miner_id)?;
+    wallet("wallet", &c.wallet)?;
+    if c.workloads.len() > 16 {
+        return Err(Refusal::invalid(
+            "workloads",
+            &format!("{} entries", c.workloads.len()),
+            "at most 16 entries",
+        ));
+    }
+    for (i, w) in c.workloads.iter().enumerate() {
+        if Workload::parse(w).is_none() {
+            return Err(Refusal::invalid(
+                &format!("workloads[{i}]"),
+                w,
+                "unknown workload; known: torch_bench, sd_infer, llm_gen",
+            ));
+        }
+    }
+    if let Some(v) = &c.version {
+        if v.len() > 128 {
+            return Err(Refusal::invalid("version", v, "at most 128 bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// A client's submission: known workload, params valid for it and ≤ 16 KiB, storable numbers.
+pub fn submission(s: &SubmitJob) -> Result<(), Refusal> {
+    let params_len = serde_json::to_vec(&s.params)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if params_len > MAX_PARAMS_BYTES {
+        return Err(Refusal::invalid(
+            "params",
+            &format!("{params_len} bytes"),
+            "serialised params must be at most 16384 bytes",
+        ));
+    }
+    if s.reward > MAX_STORED {
+        return Err(Refusal::invalid(
+            "reward",
+            &s.reward.to_string(),
+            "must be at most 9223372036854775807",
+        ));
+    }
+    let JobLimits {
+        ram_mb,
+        vram_mb,
+        cpu_time_s,
+        max_runtime_s,
+    } = s.limits;
+    for (field, v) in [
+        ("limits.ram_mb", ram_mb),
+        ("limits.vram_mb", vram_mb),
+        ("limits.cpu_time_s", cpu_time_s),
+    ] {
+        if v > 1 << 40 {
+            return Err(Refusal::invalid(field, &v.to_string(), "too large"));
+        }
+    }
+    if max_runtime_s > MAX_RUNTIME_S {
+        return Err(Refusal::invalid(
+            "limits.max_runtime_s",
+            &max_runtime_s.to_string(),
+            "must be at most 604800 (one week)",
+        ));
+    }
+    validate_submission(&s.workload, &s.params, &s.limits).map_err(|e| {
+        let mut r = Refusal::new(
+            aitbc_protocol::api::ErrorCode::ValidationFailed,
+            e.to_string(),
+        );
+        let field = match &e {
+            aitbc_protocol::workload::PlanError::BadParams { field, .. } => field.clone(),
+            aitbc_protocol::workload::PlanError::OverMemory { .. } => "limits.ram_mb".into(),
+            _ => "workload".into(),
+        };
+        r.details = serde_json::json!({ "field": field });
+        r
+    })?;
+    Ok(())
+}
+
+/// The `Idempotency-Key` header: 1..=128 visible ASCII characters.
+pub fn idempotency_key(raw: &[u8]) -> Result<String, Refusal> {
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_IDEMPOTENCY_KEY
+        && raw.iter().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(String::from_utf8_lossy(raw).into_owned())
+    } else {
+        Err(Refusal::bad_request(
+            "Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
+        ))
+    }
+}
+
+/// Query parameters as (name, value) pairs; a repeated name is refused.
+pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, Refusal> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(Refusal::bad_request(format!(
+                "query parameter {k:?} is given more than once"
+            )));
+        }
+        out.push((k.into_owned(), v.into_owned()));
+    }
+    Ok(out)
+}
+
+fn get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn int_param(
+    pairs: &[(String, String)],
+    name: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, Refusal> {
+    match get(pairs, name) {
+        None => Ok(None),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(Refusal::invalid(
+                name,
+                v,
+                &format!("expected a whole number from {min} to {max}"),
+            )),
+        },
+    }
+}
+
+/// `GET /v1/miner/next?miner=ID&slots=N&wait=S`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NextQuery {
+    pub miner: String,
+    pub slots: u32,
+    /// Already capped at the configured maximum.
+    pub wait: Duration,
+}
+
+pub fn next_query(raw: Option<&str>, max_wait: Duration) -> Result<NextQuery, Refusal> {
+    let pairs = query_pairs(raw)?;
+    let miner = get(&pairs, "miner")
+        .ok_or_else(|| Refusal::invalid("miner", "", "the miner query parameter is required"))?;
+    miner_id("miner", miner)?;
+    let slots = int_param(&pairs, "slots", 1, 1024)?.unwrap_or(1) as u32;
+    let wait = match get(&pairs, "wait") {
+        None => Duration::ZERO,
+        Some(v) => match v.parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 0.0 => {
+                Duration::from_secs_f64(s.min(max_wait.as_secs_f64()))
+            }
+            _ => {
+                return Err(Refusal::invalid(
+                    "wait",
+                    v,
+                    "expected seconds as a non-negative number, e.g. 30 or 0.5",
+                ))
+            }
+        },
+    };
+    Ok(NextQuery {
+        miner: miner.to_string(),
+        slots,
+        wait: wait.min(max_wait),
+    })
+}
+
+/// `?wallet=ADDR` (optional).
+pub fn wallet_param(pairs: &[(String, String)]) -> Result<Option<String>, Refusal> {
+    match get(pairs, "wallet") {
+        None => Ok(None),
+        Some(w) => {
+            wallet("wallet", w)?;
+            Ok(Some(w.to_string()))
+        }
+    }
+}
+
+/// `?limit=N`, 1..=1000, default 100.
+pub fn limit_param(pairs: &[(String, String)]) -> Result<u32, Refusal> {
+    Ok(int_param(pairs, "limit", 1, 1000)?.unwrap_or(100) as u32)
+}
+
+/// `?state=S` (optional).
+pub fn state_param(
+    pairs: &[(String, String)],
+) -> Result<Option<aitbc_protocol::api::JobState>, Refusal> {
+    match get(pairs, "state") {
+        None => Ok(None),
+        Some(s) => aitbc_protocol::api::JobState::parse(s)
+            .map(Some)
+            .ok_or_else(|| {
+                Refusal::invalid("state", s, "expected queued, assigned, completed or failed")
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aitbc_protocol::api::{ErrorCode, Proof};
+    use serde_json::json;
+
+    #[test]
+    fn json_errors_are_400_or_422_naming_the_field() {
+        let e = json_body::<SubmitJob>(b"{not json").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = json_body::<SubmitJob>(br#"{"workload":"torch_bench","reward":1} x"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e =
+            json_body::<SubmitJob>(br#"{"workload":"torch_bench","reward":"ten"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ValidationFailed);
+        assert!(e.message.starts_with("reward:"), "{}", e.message);
+        let e = json_body::<SubmitJob>(
+            br#"{"workload":"torch_bench","reward":1,"limits":{"ram_mb":-1}}"#,
+        )
+        .unwrap_err();
+        assert!(e.message.starts_with("limits.ram_mb:"), "{}", e.message);
+        let e = json_body::<Proof>(br#"{"id":"j","mode":"cpu"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ValidationFailed);
+        assert!(e.message.contains("output_sha"), "{}", e.message);
+    }
+
+    #[test]
+    fn ids_and_wallets() {
+        assert!(miner_id("m", "host-gpu0.a_b").is_ok());
+        for bad in ["", "a b", "é", &"a".repeat(129), "a/b"] {
+            assert!(miner_id("m", bad).is_err(), "{bad}");
+        }
+        assert!(wallet("w", "wallet_demo").is_ok());
+        assert!(wallet("w", "0xAbC:ü").is_ok());
+        for bad in ["", "a b", "a\nb", &"w".repeat(129)] {
+            assert!(wallet("w", bad).is_err());
+        }
+    }
+
+    #[test]
+    fn next_query_parsing() {
+        let max = Duration::from_secs(30);
+        let q = next_query(Some("miner=m1&slots=4&wait=0.5"), max).unwrap();
+        assert_eq!(
+            q,
+            NextQuery {
+                miner: "m1".into(),
+                slots: 4,
+                wait: Duration::from_millis(500)
+            }
+        );
+        assert_eq!(
+            next_query(Some("miner=m1&wait=999"), max).unwrap().wait,
+            max
+        );
+        assert_eq!(next_query(Some("miner=m1"), max).unwrap().slots, 1);
+        for bad in [
+            "",
+            "slots=1",
+            "miner=m1&slots=0",
+            "miner=m1&slots=1025",
+            "miner=m1&wait=-1",
+            "miner=m1&wait=nan",
+            "miner=m1&wait=inf",
+            "miner=a%20b",
+            "miner=m1&miner=m2",
+        ] {
+            assert!(next_query(Some(bad), max).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn submissions() {
+        let ok: SubmitJob =
+            serde_json::from_value(json!({"workload":"torch_bench","params":{"n":64},"reward":5}))
+                .unwrap();
+        assert!(submission(&ok).is_ok());
+        let mut big = ok.clone();
+        big.params = json!({"blob": "x".repeat(20_000)});
+        big.workload = "sd_infer".into();
+        assert!(submission(&big).unwrap_err().message.starts_with("params"));
+        let mut bad = ok.clone();
+        bad.params = json!({"n": 0});
+        let e = submission(&bad).unwrap_err();
+        assert_eq!(e.details["field"], "params.n");
+        let mut r = ok.clone();
+        r.reward = u64::MAX;
+        assert!(submission(&r).is_err());
+        let mut l = ok;
+        l.limits.max_runtime_s = MAX_RUNTIME_S + 1;
+        assert!(submission(&l).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert_eq!(idempotency_key(b"abc-123").unwrap(), "abc-123");
+        assert!(idempotency_key(b"").is_err());
+        assert!(idempotency_key(&[b'a'; 129]).is_err());
+        assert!(idempotency_key(b"a b").is_err());
+    }
+}

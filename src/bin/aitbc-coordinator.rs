@@ -1,0 +1,365 @@
+//! `aitbc-coordinator`: the reference Coordinator's command line, and nothing more.
+//!
+//! `serve` runs API v1 over a SQLite file (`aitbc_coordinator::Coordinator::serve`), `keys add`
+//! creates an API key in that file, and `jobs`, `wallet` and `admin` are small HTTP clients
+//! for people. All behaviour lives in the `aitbc-coordinator` library; this file must never
+//! print a key except the one `keys add` was asked to create, and never hold business logic.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use aitbc_coordinator::{Coordinator, CoordinatorConfig, Scope};
+use aitbc_protocol::api::{JobLimits, SubmitJob};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "aitbc-coordinator",
+    version,
+    about = "The reference AITBC Coordinator (API v1)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve API v1 over HTTP until SIGTERM or SIGINT.
+    Serve(Serve),
+    /// Manage API keys in the database.
+    #[command(subcommand)]
+    Keys(Keys),
+    /// Submit and inspect jobs (client key).
+    #[command(subcommand)]
+    Jobs(Jobs),
+    /// Read wallet balances and ledgers.
+    #[command(subcommand)]
+    Wallet(Wallet),
+    /// Operator views (admin key).
+    #[command(subcommand)]
+    Admin(Admin),
+}
+
+#[derive(Args)]
+struct Serve {
+    /// Address to listen on; port 0 picks a free port (printed as `listening on ADDR`).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// SQLite database file (created if missing).
+    #[arg(long)]
+    db: PathBuf,
+    /// Extra time a lease gets beyond the job's max_runtime_s, in seconds (decimals allowed).
+    #[arg(long, default_value_t = 30.0)]
+    lease_margin_secs: f64,
+    /// Attempts a job gets before it fails with ATTEMPTS_EXHAUSTED.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// How often expired leases are requeued, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    sweep_ms: u64,
+    /// Longest long-poll a miner may ask for, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    max_wait_secs: f64,
+    /// Requests per second per key (burst twice this).
+    #[arg(long, default_value_t = 1000)]
+    rate_limit_per_sec: u32,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_body_bytes: usize,
+}
+
+#[derive(Subcommand)]
+enum Keys {
+    /// Create a key; prints only the key on stdout (it is stored as a hash and shown once).
+    Add {
+        #[arg(long)]
+        db: PathBuf,
+        /// miner, client or admin.
+        #[arg(long)]
+        scope: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Remote {
+    /// Coordinator base URL.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API key (or set AITBC_KEY).
+    #[arg(long, global = true, env = "AITBC_KEY", hide_env_values = true)]
+    key: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Jobs {
+    /// Submit a job; prints its JobView.
+    Submit {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        workload: String,
+        /// Job parameters as a JSON object.
+        #[arg(long, default_value = "{}")]
+        params: String,
+        #[arg(long)]
+        reward: u64,
+        #[arg(long)]
+        ram_mb: Option<u64>,
+        #[arg(long)]
+        vram_mb: Option<u64>,
+        #[arg(long)]
+        cpu_time_s: Option<u64>,
+        #[arg(long)]
+        max_runtime_s: Option<u64>,
+    },
+    /// Show one job.
+    Show {
+        #[command(flatten)]
+        remote: Remote,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Wallet {
+    /// A wallet's balance (public; with a miner key and no --wallet, that key's wallet).
+    Balance {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        wallet: Option<String>,
+    },
+    /// A wallet's credits, newest first.
+    Ledger {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        wallet: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum Admin {
+    /// List jobs, newest first.
+    Jobs {
+        #[command(flatten)]
+        remote: Remote,
+        /// queued, assigned, completed or failed.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aitbc-coordinator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(s) => serve(s),
+        Command::Keys(Keys::Add { db, scope, name }) => {
+            let scope: Scope = scope.parse().context("--scope")?;
+            let c = Coordinator::open(&db, CoordinatorConfig::default())
+                .with_context(|| format!("opening {}", db.display()))?;
+            println!("{}", c.add_key(scope, &name)?);
+            Ok(())
+        }
+        Command::Jobs(Jobs::Submit {
+            remote,
+            workload,
+            params,
+            reward,
+            ram_mb,
+            vram_mb,
+            cpu_time_s,
+            max_runtime_s,
+        }) => {
+            let params: serde_json::Value = serde_json::from_str(&params)
+                .with_context(|| format!("--params {params:?} is not JSON"))?;
+            let d = JobLimits::default();
+            let body = SubmitJob {
+                workload,
+                params,
+                limits: JobLimits {
+                    ram_mb: ram_mb.unwrap_or(d.ram_mb),
+                    vram_mb: vram_mb.unwrap_or(d.vram_mb),
+                    cpu_time_s: cpu_time_s.unwrap_or(d.cpu_time_s),
+                    max_runtime_s: max_runtime_s.unwrap_or(d.max_runtime_s),
+                },
+                reward,
+            };
+            http(
+                &remote,
+                reqwest::Method::POST,
+                "/v1/client/jobs",
+                &[],
+                Some(&body),
+            )
+        }
+        Command::Jobs(Jobs::Show { remote, id }) => {
+            let path = format!("/v1/client/jobs/{}", encode(&id));
+            http::<()>(&remote, reqwest::Method::GET, &path, &[], None)
+        }
+        Command::Wallet(Wallet::Balance { remote, wallet }) => {
+            let query: Vec<(&str, String)> = wallet.into_iter().map(|w| ("wallet", w)).collect();
+            http::<()>(
+                &remote,
+                reqwest::Method::GET,
+                "/v1/wallet/balance",
+                &query,
+                None,
+            )
+        }
+        Command::Wallet(Wallet::Ledger {
+            remote,
+            wallet,
+            limit,
+        }) => {
+            let query = [("wallet", wallet), ("limit", limit.to_string())];
+            http::<()>(
+                &remote,
+                reqwest::Method::GET,
+                "/v1/wallet/ledger",
+                &query,
+                None,
+            )
+        }
+        Command::Admin(Admin::Jobs {
+            remote,
+            state,
+            limit,
+        }) => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(state.map(|s| ("state", s)));
+            http::<()>(
+                &remote,
+                reqwest::Method::GET,
+                "/v1/admin/jobs",
+                &query,
+                None,
+            )
+        }
+    }
+}
+
+fn secs(flag: &str, v: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| anyhow::anyhow!("{flag} {v}: expected a non-negative number of seconds"))
+}
+
+fn serve(s: Serve) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if s.max_attempts == 0 {
+        bail!("--max-attempts 0: a job needs at least one attempt");
+    }
+    if s.sweep_ms == 0 {
+        bail!("--sweep-ms 0: expected at least 1 millisecond");
+    }
+    let config = CoordinatorConfig {
+        lease_margin: secs("--lease-margin-secs", s.lease_margin_secs)?,
+        max_attempts: s.max_attempts,
+        sweep_interval: Duration::from_millis(s.sweep_ms),
+        max_wait: secs("--max-wait-secs", s.max_wait_secs)?,
+        rate_limit_per_sec: s.rate_limit_per_sec.max(1),
+        max_body_bytes: s.max_body_bytes,
+    };
+    let coordinator = Coordinator::open(&s.db, config)
+        .with_context(|| format!("opening database {}", s.db.display()))?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(s.listen)
+            .await
+            .with_context(|| format!("binding {}", s.listen))?;
+        let addr = listener.local_addr()?;
+        eprintln!("listening on {addr}");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down");
+        };
+        coordinator.serve(listener, shutdown).await?;
+        Ok(())
+    })
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// One request; prints the JSON answer on stdout, or the error body on stderr and fails.
+fn http<T: serde::Serialize>(
+    remote: &Remote,
+    method: reqwest::Method,
+    path: &str,
+    query: &[(&str, String)],
+    body: Option<&T>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let url = format!("{}{path}", remote.url.trim_end_matches('/'));
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut req = client.request(method, &url).query(query);
+        if let Some(key) = &remote.key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("requesting {url}"))?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the answer")?;
+        let pretty = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or(text);
+        if status.is_success() {
+            println!("{pretty}");
+            Ok(())
+        } else {
+            eprintln!("{pretty}");
+            bail!("{url} answered {status}")
+        }
+    })
+}
