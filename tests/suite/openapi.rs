@@ -1,0 +1,977 @@
+//! Keeps `docs/openapi.json` (and the names in `docs/api.md`) in step with the code: the routes
+//! the Coordinator serves, every body type of `protocol::api` as serde (de)serializes it, and
+//! the statuses and bodies a live Coordinator (in-process, on 127.0.0.1) actually answers.
+//!
+//! Each check compares the document with the code in both directions, so adding a route, a
+//! field, an error code or a failure reason without documenting it fails here. This module must
+//! never edit the documents or generate them from the code: it only reads and compares.
+
+use std::collections::BTreeSet;
+
+use aitbc_protocol::api::{
+    ApiError, Balance, ErrorBody, ErrorCode, FailAck, FailReason, FailReport, Failure, GpuFlag,
+    HeartbeatAck, Job, JobLimits, JobState, JobView, Metrics, MinerCapabilities, MinerLimits, Mode,
+    Proof, ProofAck, SubmitJob,
+};
+use aitbc_protocol::api::{Disposition, IDEMPOTENCY_HEADER};
+use aitbc_protocol::workload::Workload;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use time::macros::datetime;
+use time::OffsetDateTime;
+
+use crate::common::{test_config, TestCoordinator};
+
+const OPENAPI: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"));
+const API_MD: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md"));
+const API_RS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/protocol/src/api.rs"));
+
+fn doc() -> Value {
+    serde_json::from_str(OPENAPI).expect("docs/openapi.json must be valid JSON")
+}
+
+fn schema_of<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    let s = &doc["components"]["schemas"][name];
+    assert!(
+        s.is_object(),
+        "docs/openapi.json has no components.schemas.{name}"
+    );
+    s
+}
+
+/// A validator for `components.schemas.<name>`, resolving `$ref`s against the document's own
+/// components, with `format` (date-time) checked.
+fn validator(doc: &Value, name: &str) -> jsonschema::Validator {
+    schema_of(doc, name);
+    let root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": {"schemas": doc["components"]["schemas"].clone()},
+        "$ref": format!("#/components/schemas/{name}"),
+    });
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .should_validate_formats(true)
+        .build(&root)
+        .unwrap_or_else(|e| panic!("components.schemas.{name} does not compile: {e}"))
+}
+
+fn assert_valid(v: &jsonschema::Validator, name: &str, instance: &Value) {
+    let errors: Vec<String> = v.iter_errors(instance).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{instance} does not match components.schemas.{name}: {errors:?}"
+    );
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("{v} is not an object"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn string_set(v: &Value, what: &str) -> BTreeSet<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("{what} is not an array"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("{what} holds a non-string {s}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// Checks one object type against its schema: both samples validate; the schema's properties are
+/// exactly the keys the full sample serializes to; and a field is `required` in the schema
+/// exactly when serde refuses the full sample without it.
+fn check_object<T: Serialize + DeserializeOwned>(
+    doc: &Value,
+    seen: &mut BTreeSet<String>,
+    name: &str,
+    full: &T,
+    minimal: &T,
+) {
+    seen.insert(name.to_string());
+    let v = validator(doc, name);
+    let full = serde_json::to_value(full).expect("protocol types serialize");
+    let minimal = serde_json::to_value(minimal).expect("protocol types serialize");
+    assert_valid(&v, name, &full);
+    assert_valid(&v, name, &minimal);
+
+    let schema = schema_of(doc, name);
+    let documented = keys(&schema["properties"]);
+    assert_eq!(
+        documented,
+        keys(&full),
+        "components.schemas.{name}.properties (left) differs from the fields {name} serializes to (right)"
+    );
+    let required = match schema.get("required") {
+        Some(r) => string_set(r, &format!("{name}.required")),
+        None => BTreeSet::new(),
+    };
+    for field in keys(&full) {
+        let mut without = full.clone();
+        without
+            .as_object_mut()
+            .expect("checked to be an object above")
+            .remove(&field);
+        let serde_accepts = serde_json::from_value::<T>(without).is_ok();
+        assert_eq!(
+            !serde_accepts,
+            required.contains(&field),
+            "{name}.{field}: serde {} it missing, but the schema says required = {}",
+            if serde_accepts { "accepts" } else { "refuses" },
+            required.contains(&field)
+        );
+    }
+    assert!(
+        required.is_subset(&keys(&minimal)),
+        "{name}: a required field is skipped when serializing the minimal sample"
+    );
+}
+
+/// Checks a unit-variant enum: the schema's `enum` is exactly the serialized variants.
+fn check_enum<T: Serialize>(doc: &Value, seen: &mut BTreeSet<String>, name: &str, variants: &[T]) {
+    seen.insert(name.to_string());
+    let documented = string_set(&schema_of(doc, name)["enum"], &format!("{name}.enum"));
+    let code: BTreeSet<String> = variants
+        .iter()
+        .map(|v| match serde_json::to_value(v) {
+            Ok(Value::String(s)) => s,
+            other => panic!("{name} variant serializes to {other:?}, not a string"),
+        })
+        .collect();
+    assert_eq!(
+        documented, code,
+        "components.schemas.{name}.enum (left) differs from the code (right)"
+    );
+}
+
+fn t0() -> OffsetDateTime {
+    datetime!(2025-09-26 13:37:00.123 UTC)
+}
+
+fn full_limits() -> JobLimits {
+    JobLimits {
+        ram_mb: 2048,
+        vram_mb: 8000,
+        cpu_time_s: 60,
+        max_runtime_s: 30,
+    }
+}
+
+fn full_proof() -> Proof {
+    Proof {
+        id: "job-1".into(),
+        miner_id: Some("host-gpu0".into()),
+        attempt: Some(2),
+        mode: Mode::Gpu,
+        output_sha: "ab".repeat(32),
+        output_len: Some(4_194_304),
+        metrics: Metrics {
+            wall_ms: Some(1500),
+            cpu_ms: Some(1400),
+            flops: Some(214_748_364_800),
+            gflops: Some(143.2),
+            peak_rss_mb: Some(44),
+        },
+        started_at: Some(t0()),
+        finished_at: Some(t0()),
+    }
+}
+
+fn minimal_proof() -> Proof {
+    Proof {
+        id: "job-1".into(),
+        miner_id: None,
+        attempt: None,
+        mode: Mode::Cpu,
+        output_sha: "0f".repeat(32),
+        output_len: None,
+        metrics: Metrics::default(),
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+fn full_failure() -> Failure {
+    Failure {
+        reason: FailReason::TimedOut,
+        message: "ran past max_runtime_s = 30".into(),
+        attempt: 1,
+    }
+}
+
+/// Every ErrorCode variant, in declaration order. The exhaustive `match` in `next` makes a new
+/// variant a compile error here until it is placed in the chain (and so checked below).
+fn every_error_code() -> Vec<ErrorCode> {
+    fn next(c: ErrorCode) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        Some(match c {
+            BadRequest => Unauthorized,
+            Unauthorized => Forbidden,
+            Forbidden => MinerIdTaken,
+            MinerIdTaken => NotFound,
+            NotFound => JobFinished,
+            JobFinished => NotAssigned,
+            NotAssigned => StaleAttempt,
+            StaleAttempt => UnknownMiner,
+            UnknownMiner => PayloadTooLarge,
+            PayloadTooLarge => ValidationFailed,
+            ValidationFailed => IdempotencyKeyReused,
+            IdempotencyKeyReused => RateLimited,
+            RateLimited => Internal,
+            Internal => Unavailable,
+            Unavailable => Other,
+            Other => return None,
+        })
+    }
+    let mut all = vec![ErrorCode::BadRequest];
+    while let Some(c) = next(*all.last().expect("starts non-empty")) {
+        all.push(c);
+    }
+    all
+}
+
+/// Names of the types `protocol/src/api.rs` derives `Serialize` for, read from its source.
+fn serialized_api_types() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut serialize = false;
+    for line in API_RS.lines().map(str::trim) {
+        if line.starts_with("#[derive(") {
+            serialize = line.contains("Serialize");
+            continue;
+        }
+        if line.starts_with("#[") || line.starts_with("///") {
+            continue;
+        }
+        let decl = line
+            .strip_prefix("pub struct ")
+            .or_else(|| line.strip_prefix("pub enum "));
+        if let (Some(rest), true) = (decl, serialize) {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            out.insert(name);
+        }
+        serialize = false;
+    }
+    out
+}
+
+/// A new serialized type in protocol::api needs a schema and a check here.
+#[test]
+fn every_serialized_api_type_has_a_checked_schema() {
+    let doc = doc();
+    let found = serialized_api_types();
+    assert!(found.len() >= 20, "read only {found:?} from api.rs");
+    let mut checked = check_objects(&doc);
+    checked.extend(check_enums(&doc));
+    // GpuFlag is checked inside MinerCapabilities and by `schema_and_serde_agree_on_raw_requests`.
+    checked.insert("GpuFlag".into());
+    let missing: Vec<&String> = found.difference(&checked).collect();
+    assert!(
+        missing.is_empty(),
+        "protocol/src/api.rs serializes {missing:?}, which have no checked schema here"
+    );
+}
+
+#[test]
+fn routes_match_the_coordinator_both_ways() {
+    let doc = doc();
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths is an object") {
+        for method in keys(item) {
+            if matches!(
+                method.as_str(),
+                "get" | "post" | "put" | "patch" | "delete" | "head" | "options"
+            ) {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let served: BTreeSet<(String, String)> = aitbc_coordinator::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_uppercase(), p.to_string()))
+        .collect();
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let not_served: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        undocumented.is_empty() && not_served.is_empty(),
+        "served but not in docs/openapi.json: {undocumented:?}; documented but not served: {not_served:?}"
+    );
+    for (method, path) in &served {
+        assert!(
+            API_MD.contains(&format!("{method} {path}")),
+            "docs/api.md does not describe `{method} {path}`"
+        );
+    }
+}
+
+#[test]
+fn every_post_documents_the_idempotency_header() {
+    let doc = doc();
+    let param = &doc["components"]["parameters"]["IdempotencyKey"];
+    assert_eq!(param["name"], json!(IDEMPOTENCY_HEADER));
+    assert_eq!(param["in"], json!("header"));
+    for (path, item) in doc["paths"].as_object().expect("paths is an object") {
+        if let Some(post) = item.get("post") {
+            let refs: Vec<&Value> = post["parameters"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|p| p.get("$ref")).collect())
+                .unwrap_or_default();
+            assert!(
+                refs.contains(&&json!("#/components/parameters/IdempotencyKey")),
+                "POST {path} does not take the Idempotency-Key header"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_error_response_carries_the_error_body() {
+    let doc = doc();
+    let body_ref = json!("#/components/schemas/ErrorBody");
+    for (name, resp) in doc["components"]["responses"]
+        .as_object()
+        .expect("components.responses is an object")
+    {
+        assert_eq!(
+            resp["content"]["application/json"]["schema"]["$ref"], body_ref,
+            "components.responses.{name} does not carry the ErrorBody"
+        );
+    }
+    for (path, item) in doc["paths"].as_object().expect("paths is an object") {
+        for (method, op) in item.as_object().expect("path item is an object") {
+            for (status, resp) in op["responses"].as_object().expect("responses") {
+                let code: u16 = status.parse().unwrap_or_else(|_| {
+                    panic!("{method} {path}: response key {status:?} is not a status")
+                });
+                if code < 400 {
+                    continue;
+                }
+                let ok = resp.get("$ref").is_some()
+                    || resp["content"]["application/json"]["schema"]["$ref"] == body_ref;
+                assert!(ok, "{method} {path} {status} lacks the ErrorBody");
+            }
+        }
+    }
+    // 204 means "no job" and has no body at all.
+    let next = &doc["paths"]["/v1/miner/next"]["get"]["responses"]["204"];
+    assert!(next.is_object() && next.get("content").is_none());
+}
+
+#[test]
+fn object_schemas_match_protocol_types() {
+    check_objects(&doc());
+}
+
+/// Checks every object type; returns the schema names checked.
+fn check_objects(doc: &Value) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    check_object(
+        doc,
+        &mut seen,
+        "MinerLimits",
+        &MinerLimits {
+            vram_mb: Some(16000),
+            ram_mb: Some(32768),
+            max_runtime_s: Some(600),
+            cpu_time_s: Some(1200),
+        },
+        &MinerLimits::default(),
+    );
+    check_object(
+        doc,
+        &mut seen,
+        "MinerCapabilities",
+        &MinerCapabilities {
+            miner_id: "host-gpu0".into(),
+            wallet: "wallet_demo".into(),
+            mode: Mode::Gpu,
+            gpu: GpuFlag(true),
+            concurrency: Some(2),
+            workloads: vec!["torch_bench".into(), "sd_infer".into(), "llm_gen".into()],
+            limits: MinerLimits {
+                vram_mb: Some(16000),
+                ..MinerLimits::default()
+            },
+            cores: Some(16),
+            ram_mb: Some(65536),
+            version: Some("aitbc-miner/0.1.0".into()),
+        },
+        &MinerCapabilities {
+            miner_id: "m".into(),
+            wallet: "w".into(),
+            mode: Mode::Cpu,
+            gpu: GpuFlag(false),
+            concurrency: None,
+            workloads: vec![],
+            limits: MinerLimits::default(),
+            cores: None,
+            ram_mb: None,
+            version: None,
+        },
+    );
+    let ack = HeartbeatAck {
+        miner_id: "host-gpu0".into(),
+        wallet: "wallet_demo".into(),
+        server_time: t0(),
+    };
+    check_object(doc, &mut seen, "HeartbeatAck", &ack, &ack);
+    check_object(
+        doc,
+        &mut seen,
+        "JobLimits",
+        &full_limits(),
+        &JobLimits::default(),
+    );
+    check_object(
+        doc,
+        &mut seen,
+        "Job",
+        &Job {
+            id: "job-1".into(),
+            workload: "torch_bench".into(),
+            params: json!({"n": 64, "iters": 3, "seed": 7}),
+            limits: full_limits(),
+            reward: 1_000_000,
+            attempt: 1,
+            lease_expires_at: t0(),
+            created_at: t0(),
+        },
+        &Job {
+            id: "j".into(),
+            workload: "sd_infer".into(),
+            params: Value::Null,
+            limits: JobLimits::default(),
+            reward: 0,
+            attempt: 1,
+            lease_expires_at: t0(),
+            created_at: t0(),
+        },
+    );
+    check_object(
+        doc,
+        &mut seen,
+        "Metrics",
+        &full_proof().metrics,
+        &Metrics::default(),
+    );
+    check_object(doc, &mut seen, "Proof", &full_proof(), &minimal_proof());
+    let pack = ProofAck {
+        id: "job-1".into(),
+        state: JobState::Completed,
+        attempt: 1,
+        wallet: "wallet_demo".into(),
+        credited: u64::MAX,
+    };
+    check_object(doc, &mut seen, "ProofAck", &pack, &pack);
+    check_object(
+        doc,
+        &mut seen,
+        "FailReport",
+        &FailReport {
+            id: "job-1".into(),
+            miner_id: Some("host-gpu0".into()),
+            attempt: Some(1),
+            reason: FailReason::OutOfMemory,
+            message: "peak RSS 2100 MiB over ram_mb = 2048".into(),
+        },
+        &FailReport {
+            id: "job-1".into(),
+            miner_id: None,
+            attempt: None,
+            reason: FailReason::Internal,
+            message: String::new(),
+        },
+    );
+    let fack = FailAck {
+        id: "job-1".into(),
+        state: JobState::Queued,
+        attempt: 1,
+    };
+    check_object(doc, &mut seen, "FailAck", &fack, &fack);
+    check_object(doc, &mut seen, "Failure", &full_failure(), &full_failure());
+    check_object(
+        doc,
+        &mut seen,
+        "SubmitJob",
+        &SubmitJob {
+            workload: "torch_bench".into(),
+            params: json!({"n": 256}),
+            limits: full_limits(),
+            reward: 25,
+        },
+        &SubmitJob {
+            workload: "llm_gen".into(),
+            params: json!({}),
+            limits: JobLimits::default(),
+            reward: 0,
+        },
+    );
+    check_object(
+        doc,
+        &mut seen,
+        "JobView",
+        &JobView {
+            id: "job-1".into(),
+            state: JobState::Completed,
+            workload: "torch_bench".into(),
+            params: json!({"n": 256}),
+            limits: full_limits(),
+            reward: 25,
+            attempt: 2,
+            max_attempts: 3,
+            created_at: t0(),
+            updated_at: t0(),
+            miner_id: Some("host-gpu0".into()),
+            lease_expires_at: Some(t0()),
+            proof: Some(full_proof()),
+            failure: Some(full_failure()),
+        },
+        &JobView {
+            id: "job-1".into(),
+            state: JobState::Queued,
+            workload: "sd_infer".into(),
+            params: json!({}),
+            limits: JobLimits::default(),
+            reward: 1,
+            attempt: 0,
+            max_attempts: 3,
+            created_at: t0(),
+            updated_at: t0(),
+            miner_id: None,
+            lease_expires_at: None,
+            proof: None,
+            failure: None,
+        },
+    );
+    let bal = Balance {
+        wallet: "wallet_demo".into(),
+        balance: 75,
+        credits: 3,
+    };
+    check_object(doc, &mut seen, "Balance", &bal, &bal);
+    let credit = aitbc_coordinator::Credit {
+        job_id: "job-1".into(),
+        attempt: 1,
+        amount: 25,
+        wallet: "wallet_demo".into(),
+        miner_id: "host-gpu0".into(),
+        created_at: t0(),
+    };
+    check_object(doc, &mut seen, "Credit", &credit, &credit);
+    let full_err = ApiError {
+        code: ErrorCode::ValidationFailed,
+        message: "params.n = 0: expected a whole number from 1 to 16384".into(),
+        details: json!({"field": "params.n"}),
+    };
+    let min_err = ApiError {
+        code: ErrorCode::NotFound,
+        message: "no such route".into(),
+        details: Value::Null,
+    };
+    check_object(doc, &mut seen, "ApiError", &full_err, &min_err);
+    check_object(
+        doc,
+        &mut seen,
+        "ErrorBody",
+        &ErrorBody { error: full_err },
+        &ErrorBody { error: min_err },
+    );
+    seen
+}
+
+#[test]
+fn enum_schemas_match_protocol_enums() {
+    check_enums(&doc());
+}
+
+/// Checks every enum type; returns the schema names checked.
+fn check_enums(doc: &Value) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    check_enum(doc, &mut seen, "Mode", &[Mode::Gpu, Mode::Cpu]);
+    check_enum(
+        doc,
+        &mut seen,
+        "JobState",
+        &[
+            JobState::Queued,
+            JobState::Assigned,
+            JobState::Completed,
+            JobState::Failed,
+        ],
+    );
+    check_enum(doc, &mut seen, "Workload", &Workload::ALL);
+    check_enum(doc, &mut seen, "FailReason", &FailReason::ALL);
+    // `Other` is the client's catch-all for codes a newer Coordinator adds; it is never sent.
+    let sent: Vec<ErrorCode> = every_error_code()
+        .into_iter()
+        .filter(|c| *c != ErrorCode::Other)
+        .collect();
+    assert_eq!(sent.len(), 15);
+    check_enum(doc, &mut seen, "ErrorCode", &sent);
+    seen
+}
+
+#[test]
+fn fail_reason_dispositions_and_error_codes_are_documented() {
+    let doc = doc();
+    let fr = schema_of(&doc, "FailReason");
+    for r in FailReason::ALL {
+        let want = match r.disposition() {
+            Disposition::Requeue => "requeue",
+            Disposition::Fail => "fail",
+        };
+        assert_eq!(
+            fr["x-disposition"][r.as_str()],
+            json!(want),
+            "FailReason {} has disposition {want} in protocol::api",
+            r.as_str()
+        );
+        assert!(
+            API_MD.contains(&format!("`{}`", r.as_str())),
+            "docs/api.md does not mention `{}`",
+            r.as_str()
+        );
+    }
+    let statuses = &schema_of(&doc, "ErrorCode")["x-status"];
+    for c in every_error_code()
+        .into_iter()
+        .filter(|c| *c != ErrorCode::Other)
+    {
+        let name = serde_json::to_value(c).expect("codes serialize");
+        let name = name.as_str().expect("codes serialize to strings");
+        assert!(
+            statuses[name].is_u64(),
+            "ErrorCode {name} has no status in x-status"
+        );
+        assert!(
+            API_MD.contains(&format!("`{name}`")),
+            "docs/api.md does not mention `{name}`"
+        );
+    }
+}
+
+/// The schema and serde agree on hand-written request bodies: what one accepts the other does,
+/// including the guide script's own heartbeat and proof.
+#[test]
+fn schema_and_serde_agree_on_raw_requests() {
+    let doc = doc();
+    fn agree<T: DeserializeOwned>(doc: &Value, name: &str, body: Value, accepted: bool) {
+        let v = validator(doc, name);
+        assert_eq!(
+            v.is_valid(&body),
+            accepted,
+            "schema {name} on {body}: expected accepted = {accepted}"
+        );
+        assert_eq!(
+            serde_json::from_value::<T>(body.clone()).is_ok(),
+            accepted,
+            "serde {name} on {body}: expected accepted = {accepted}"
+        );
+    }
+    let hb = |gpu: Value| json!({"miner_id": "host-gpu0", "wallet": "wallet_demo", "mode": "cpu", "gpu": gpu});
+    for gpu in [json!(0), json!(1), json!(true), json!(false)] {
+        agree::<MinerCapabilities>(&doc, "MinerCapabilities", hb(gpu), true);
+    }
+    for gpu in [json!(2), json!(-1), json!("1"), json!(null)] {
+        agree::<MinerCapabilities>(&doc, "MinerCapabilities", hb(gpu), false);
+    }
+    agree::<MinerCapabilities>(
+        &doc,
+        "MinerCapabilities",
+        json!({"miner_id": "m", "wallet": "w", "mode": "tpu"}),
+        false,
+    );
+    agree::<MinerCapabilities>(
+        &doc,
+        "MinerCapabilities",
+        json!({"miner_id": "m", "wallet": "w", "mode": "gpu", "limits": {"vram_mb": 1, "disk_mb": 2}}),
+        false,
+    );
+    agree::<Proof>(
+        &doc,
+        "Proof",
+        json!({"id": "j1", "mode": "cpu", "output_sha": "ab".repeat(32), "metrics": {}}),
+        true,
+    );
+    agree::<Proof>(
+        &doc,
+        "Proof",
+        json!({"id": "j1", "mode": "cpu", "output_sha": "ab".repeat(32), "started_at": "yesterday"}),
+        false,
+    );
+    agree::<SubmitJob>(
+        &doc,
+        "SubmitJob",
+        json!({"workload": "sd_infer", "reward": 5}),
+        true,
+    );
+    agree::<SubmitJob>(
+        &doc,
+        "SubmitJob",
+        json!({"workload": "sd_infer", "reward": 5, "priority": 1}),
+        false,
+    );
+    agree::<SubmitJob>(
+        &doc,
+        "SubmitJob",
+        json!({"workload": "sd_infer", "reward": 1.5}),
+        false,
+    );
+    agree::<SubmitJob>(
+        &doc,
+        "SubmitJob",
+        json!({"workload": "sd_infer", "reward": -1}),
+        false,
+    );
+    agree::<FailReport>(
+        &doc,
+        "FailReport",
+        json!({"id": "j1", "reason": "TIMED_OUT"}),
+        true,
+    );
+    agree::<FailReport>(
+        &doc,
+        "FailReport",
+        json!({"id": "j1", "reason": "TIRED"}),
+        false,
+    );
+}
+
+/// A live Coordinator, to hold its answers against the document.
+struct Live {
+    doc: Value,
+    tc: TestCoordinator,
+}
+
+impl Live {
+    /// Sends a request and checks its answer: the status is `want`, the document lists that
+    /// status for the route, and the body is what the document says (empty for 204, otherwise
+    /// valid against the documented schema). Returns the body as JSON (`Null` when empty).
+    async fn check(
+        &self,
+        method: &str,
+        template: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+        want: u16,
+    ) -> Value {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid method");
+        let body = body.map(|b| b.as_bytes().to_vec());
+        let resp = self.tc.request(m, path, key, body, &[]).await;
+        let (status, bytes) = (resp.status, &resp.body);
+        let text = resp.text();
+        assert_eq!(status, want, "{method} {path}: {text}");
+
+        let op = &self.doc["paths"][template][method.to_lowercase()];
+        assert!(op.is_object(), "{method} {template} is not documented");
+        let mut documented = &op["responses"][status.to_string()];
+        if let Some(r) = documented.get("$ref").and_then(Value::as_str) {
+            let name = r
+                .strip_prefix("#/components/responses/")
+                .unwrap_or_else(|| panic!("unexpected response $ref {r}"));
+            documented = &self.doc["components"]["responses"][name];
+        }
+        assert!(
+            documented.is_object(),
+            "{method} {template} answered {status}, which the document does not list: {text}"
+        );
+        let schema = &documented["content"]["application/json"]["schema"];
+        if status == 204 {
+            assert!(
+                bytes.is_empty(),
+                "204 must have an empty body, got {text:?}"
+            );
+            assert!(schema.is_null(), "204 must document no content");
+            return Value::Null;
+        }
+        let value: Value = serde_json::from_slice(bytes)
+            .unwrap_or_else(|e| panic!("{method} {path} -> {status}: not JSON ({e}): {text}"));
+        let mut root = schema.clone();
+        root["components"] = json!({"schemas": self.doc["components"]["schemas"].clone()});
+        let v = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| panic!("the schema of {method} {template} {status}: {e}"));
+        let errors: Vec<String> = v.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {path} -> {status}: {value} breaks the documented schema: {errors:?}"
+        );
+        value
+    }
+}
+
+/// What a running Coordinator answers is what the document promises: every status it sends on
+/// the way through a job's life and through common refusals is listed for its route, and every
+/// body validates against the listed schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_answers_match_the_document() {
+    let live = Live {
+        doc: doc(),
+        tc: TestCoordinator::start(test_config()).await,
+    };
+    let (miner, client, admin) = (
+        live.tc.miner_key.clone(),
+        live.tc.client_key.clone(),
+        live.tc.admin_key.clone(),
+    );
+    let (m, c, a) = (
+        Some(miner.as_str()),
+        Some(client.as_str()),
+        Some(admin.as_str()),
+    );
+    let hb = r#"{"miner_id":"live-0","wallet":"wallet_live","mode":"cpu","gpu":0}"#;
+    let next = "/v1/miner/next?miner=live-0&slots=1";
+
+    live.check("GET", "/v1/health", "/v1/health", None, None, 200)
+        .await;
+    live.check(
+        "POST",
+        "/v1/miner/heartbeat",
+        "/v1/miner/heartbeat",
+        m,
+        Some(hb),
+        200,
+    )
+    .await;
+    live.check("GET", "/v1/miner/next", next, m, None, 204)
+        .await;
+    let submit = r#"{"workload":"torch_bench","params":{"n":64,"iters":2},"reward":25}"#;
+    let first = live
+        .check(
+            "POST",
+            "/v1/client/jobs",
+            "/v1/client/jobs",
+            c,
+            Some(submit),
+            201,
+        )
+        .await;
+    live.check(
+        "POST",
+        "/v1/client/jobs",
+        "/v1/client/jobs",
+        a,
+        Some(submit),
+        201,
+    )
+    .await;
+    let job = live
+        .check("GET", "/v1/miner/next", next, m, None, 200)
+        .await;
+    assert_eq!(job["id"], first["id"], "the oldest job goes first");
+    let id = job["id"].as_str().expect("Job.id is a string");
+    let proof = json!({"id": id, "miner_id": "live-0", "attempt": job["attempt"], "mode": "cpu",
+        "output_sha": "ab".repeat(32), "metrics": {"wall_ms": 3}})
+    .to_string();
+    live.check(
+        "POST",
+        "/v1/miner/proof",
+        "/v1/miner/proof",
+        m,
+        Some(&proof),
+        200,
+    )
+    .await;
+    live.check(
+        "POST",
+        "/v1/miner/proof",
+        "/v1/miner/proof",
+        m,
+        Some(&proof),
+        409,
+    )
+    .await;
+    let job2 = live
+        .check("GET", "/v1/miner/next", next, m, None, 200)
+        .await;
+    let fail = json!({"id": job2["id"], "attempt": job2["attempt"], "reason": "TIMED_OUT",
+        "message": "too slow"})
+    .to_string();
+    live.check(
+        "POST",
+        "/v1/miner/fail",
+        "/v1/miner/fail",
+        m,
+        Some(&fail),
+        200,
+    )
+    .await;
+
+    let view = live
+        .check(
+            "GET",
+            "/v1/client/jobs/{id}",
+            &format!("/v1/client/jobs/{id}"),
+            c,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(view["state"], json!("completed"));
+    live.check(
+        "GET",
+        "/v1/client/jobs/{id}",
+        "/v1/client/jobs/no-such-job",
+        c,
+        None,
+        404,
+    )
+    .await;
+    let balance = "/v1/wallet/balance?wallet=wallet_live";
+    let bal = live
+        .check("GET", "/v1/wallet/balance", balance, None, None, 200)
+        .await;
+    assert_eq!(
+        (bal["balance"].as_u64(), bal["credits"].as_u64()),
+        (Some(25), Some(1))
+    );
+    let ledger = "/v1/wallet/ledger?wallet=wallet_live&limit=10";
+    live.check("GET", "/v1/wallet/ledger", ledger, None, None, 200)
+        .await;
+    let queued = "/v1/admin/jobs?state=queued";
+    let jobs = live
+        .check("GET", "/v1/admin/jobs", queued, a, None, 200)
+        .await;
+    assert_eq!(jobs.as_array().map(Vec::len), Some(1), "{jobs}");
+
+    // Refusals, each with the error body and a documented status.
+    let hb_path = "/v1/miner/heartbeat";
+    live.check("POST", hb_path, hb_path, None, Some(hb), 401)
+        .await;
+    live.check("POST", hb_path, hb_path, c, Some(hb), 403).await;
+    live.check("POST", hb_path, hb_path, m, Some("{not json"), 400)
+        .await;
+    live.check(
+        "POST",
+        hb_path,
+        hb_path,
+        m,
+        Some(r#"{"miner_id":"x"}"#),
+        422,
+    )
+    .await;
+    let unknown = "/v1/miner/next?miner=never-seen";
+    live.check("GET", "/v1/miner/next", unknown, m, None, 409)
+        .await;
+    live.check("GET", "/v1/admin/jobs", "/v1/admin/jobs", c, None, 403)
+        .await;
+    let twice = "/v1/wallet/balance?wallet=a&wallet=b";
+    live.check("GET", "/v1/wallet/balance", twice, None, None, 400)
+        .await;
+    let bad_limit = "/v1/wallet/ledger?wallet=wallet_live&limit=0";
+    live.check("GET", "/v1/wallet/ledger", bad_limit, None, None, 422)
+        .await;
+
+    live.tc.stop().await;
+}
