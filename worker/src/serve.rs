@@ -1,0 +1,399 @@
+//! The worker's side of the supervisor conversation (protocol::wire): say hello, take one
+//! order, answer it exactly once, return.
+//!
+//! The decisions (is this job acceptable, what does an outcome become on the wire) are the pure
+//! functions [`check_job`] and [`answer`]; [`serve`] only moves frames. This module must never
+//! open a socket of its own, start an async runtime, answer more than one job, or panic on
+//! anything the supervisor sends.
+
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::ExitCode;
+
+use aitbc_protocol::wire::{
+    read_frame, write_frame, FromWorker, Hello, JobOutput, JobSpec, ToWorker, WorkerFailure,
+    WIRE_VERSION,
+};
+use aitbc_protocol::workload::{TorchBenchParams, WorkloadSpec};
+
+use crate::torch_bench::{check_params, check_threads, Backend, ChainRun};
+use crate::WorkerError;
+
+/// Exit code when the descriptor is unusable (the supervisor started us wrongly).
+pub const EXIT_BAD_FD: u8 = 2;
+/// Exit code when the conversation broke (malformed frame, closed socket, write failure).
+pub const EXIT_CONVERSATION: u8 = 1;
+
+/// Serves one job over the socket inherited at `fd` (the supervisor passes fd 3) and returns
+/// the process exit code: 0 when the conversation completed (including a job that failed and
+/// was reported as `Failed`), [`EXIT_CONVERSATION`] when it broke, [`EXIT_BAD_FD`] when `fd`
+/// is not a Unix stream socket. Errors are printed on stderr.
+pub fn serve_fd(fd: RawFd) -> ExitCode {
+    let sock = match socket_from_fd(fd) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("aitbc-miner worker: {e}");
+            return ExitCode::from(EXIT_BAD_FD);
+        }
+    };
+    match serve(sock) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aitbc-miner worker: {e}");
+            ExitCode::from(EXIT_CONVERSATION)
+        }
+    }
+}
+
+/// Takes ownership of `fd` after checking that it is a Unix stream socket, and marks it
+/// close-on-exec.
+fn socket_from_fd(fd: RawFd) -> Result<UnixStream, WorkerError> {
+    let bad = |reason: String| WorkerError::BadFd { fd, reason };
+    if fd < 0 {
+        return Err(bad("a descriptor cannot be negative".into()));
+    }
+    // SAFETY: fstat only writes into the zero-initialised `stat` we own; an invalid fd is
+    // reported through the return value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(bad(format!(
+            "{} (was the worker started by the supervisor?)",
+            io::Error::last_os_error()
+        )));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(bad("not a socket".into()));
+    }
+    let domain = sockopt(fd, libc::SO_DOMAIN).map_err(|e| bad(format!("SO_DOMAIN: {e}")))?;
+    if domain != libc::AF_UNIX {
+        return Err(bad(format!("socket domain {domain}, expected AF_UNIX")));
+    }
+    let ty = sockopt(fd, libc::SO_TYPE).map_err(|e| bad(format!("SO_TYPE: {e}")))?;
+    if ty != libc::SOCK_STREAM {
+        return Err(bad(format!("socket type {ty}, expected SOCK_STREAM")));
+    }
+    // SAFETY: fcntl on a descriptor we checked is open; F_SETFD takes an int argument.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(bad(format!("F_SETFD: {}", io::Error::last_os_error())));
+    }
+    // SAFETY: the descriptor is an open Unix stream socket handed to this process for the
+    // worker's exclusive use (the supervisor's contract); nothing else in the process owns it.
+    Ok(unsafe { UnixStream::from_raw_fd(fd) })
+}
+
+/// An integer `SOL_SOCKET` option of `fd`.
+fn sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut val: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `val` and `len` are valid for writes and `len` holds `val`'s size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut val as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(val)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Runs the conversation on `sock`: `Hello`, then one `ToWorker`. `Shutdown` returns `Ok`;
+/// `Run` is checked, computed and answered with exactly one `Done` or `Failed`, then returns
+/// `Ok`. A malformed or oversized frame, or a closed socket, is an `Err` (never a panic).
+pub fn serve(mut sock: UnixStream) -> Result<(), WorkerError> {
+    let backend_kind = Backend::Cpu { threads: 1 }.kind();
+    write_frame(
+        &mut sock,
+        &FromWorker::Hello(Hello {
+            version: WIRE_VERSION,
+            pid: std::process::id(),
+            kind: backend_kind,
+        }),
+    )?;
+    match read_frame::<ToWorker, _>(&mut sock)? {
+        ToWorker::Shutdown => Ok(()),
+        ToWorker::Run(job) => {
+            let reply = answer(run_job(&job));
+            write_frame(&mut sock, &reply)?;
+            Ok(())
+        }
+    }
+}
+
+/// The worker's re-check of a job: parameters in range, a usable thread count, and the job's
+/// memory need within its `ram_mb`. Returns what to run.
+pub fn check_job(job: &JobSpec) -> Result<(Backend, TorchBenchParams), WorkerError> {
+    let WorkloadSpec::TorchBench(p) = job.spec;
+    check_params(&p)?;
+    let threads = check_threads(job.threads)?;
+    let needed = job.spec.memory_mb();
+    if needed > job.ram_mb {
+        return Err(WorkerError::BadParams {
+            field: "ram_mb",
+            value: job.ram_mb.to_string(),
+            reason: format!("the job needs {needed} MiB (n = {})", p.n),
+        });
+    }
+    Ok((Backend::Cpu { threads }, p))
+}
+
+/// Checks and runs one job, turning a panic into an error.
+fn run_job(job: &JobSpec) -> Result<ChainRun, WorkerError> {
+    let (backend, p) = check_job(job)?;
+    catch_unwind(AssertUnwindSafe(|| backend.run(&p))).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        Err(WorkerError::Internal(format!(
+            "the computation panicked: {what}"
+        )))
+    })
+}
+
+/// The frame that reports a job's outcome.
+pub fn answer(outcome: Result<ChainRun, WorkerError>) -> FromWorker {
+    match outcome {
+        Ok(run) => FromWorker::Done(JobOutput {
+            output_sha: run.output_sha,
+            output_len: run.output_len,
+            flops: run.flops,
+            compute_us: u64::try_from(run.elapsed.as_micros()).unwrap_or(u64::MAX),
+            kind: run.kind,
+        }),
+        Err(e) => FromWorker::Failed(WorkerFailure {
+            reason: e.fail_reason(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::unix::net::UnixDatagram;
+    use std::thread;
+
+    use aitbc_protocol::wire::{WireError, WorkerFailReason, WorkerKind};
+
+    use super::*;
+    use crate::torch_bench::run_cpu;
+
+    fn job(n: u32, iters: u32, threads: u32, ram_mb: u64) -> JobSpec {
+        JobSpec {
+            job_id: "job-1".into(),
+            spec: WorkloadSpec::TorchBench(TorchBenchParams { n, iters, seed: 3 }),
+            threads,
+            ram_mb,
+        }
+    }
+
+    /// Starts `serve` on one end of a socket pair and reads its `Hello` on the other.
+    fn start() -> (UnixStream, thread::JoinHandle<Result<(), WorkerError>>) {
+        let (mut sup, worker) = UnixStream::pair().unwrap();
+        let handle = thread::spawn(move || serve(worker));
+        match read_frame::<FromWorker, _>(&mut sup).unwrap() {
+            FromWorker::Hello(h) => {
+                assert_eq!(h.version, WIRE_VERSION);
+                assert_eq!(h.pid, std::process::id());
+                assert_eq!(h.kind, WorkerKind::Cpu);
+            }
+            other => panic!("expected Hello, got {other:?}"),
+        }
+        (sup, handle)
+    }
+
+    /// Sends `Run(job)`, returns the one answer, and checks the worker then hangs up cleanly.
+    fn run(job: JobSpec) -> FromWorker {
+        let (mut sup, handle) = start();
+        write_frame(&mut sup, &ToWorker::Run(job)).unwrap();
+        let reply = read_frame::<FromWorker, _>(&mut sup).unwrap();
+        handle.join().unwrap().unwrap();
+        assert!(matches!(
+            read_frame::<FromWorker, _>(&mut sup),
+            Err(WireError::Closed)
+        ));
+        reply
+    }
+
+    #[test]
+    fn run_answers_done_with_the_chains_hash() {
+        let reply = run(job(48, 5, 2, 64));
+        let want = run_cpu(
+            &TorchBenchParams {
+                n: 48,
+                iters: 5,
+                seed: 3,
+            },
+            2,
+        )
+        .unwrap();
+        let FromWorker::Done(out) = reply else {
+            panic!("expected Done, got {reply:?}");
+        };
+        assert_eq!(out.output_sha, want.output_sha);
+        assert_eq!(out.output_len, 48 * 48 * 4);
+        assert_eq!(out.flops, 2 * 48u64.pow(3) * 5);
+        assert_eq!(out.kind, WorkerKind::Cpu);
+        assert!(out.compute_us > 0);
+    }
+
+    #[test]
+    fn bad_jobs_are_answered_with_failed_bad_params() {
+        let cases = [
+            (job(0, 1, 1, 64), "params.n = 0"),
+            (job(8, 0, 1, 64), "params.iters = 0"),
+            (job(8, 1, 0, 64), "threads = 0"),
+            (job(8192, 1, 1, 512), "ram_mb = 512: the job needs 800 MiB"),
+        ];
+        for (j, want) in cases {
+            match run(j) {
+                FromWorker::Failed(f) => {
+                    assert_eq!(f.reason, WorkerFailReason::BadParams);
+                    assert!(f.message.starts_with(want), "{} !~ {want}", f.message);
+                }
+                other => panic!("expected Failed, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn shutdown_ends_the_conversation_cleanly() {
+        let (mut sup, handle) = start();
+        write_frame(&mut sup, &ToWorker::Shutdown).unwrap();
+        handle.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn broken_supervisors_get_errors_not_panics() {
+        // A payload that is not a ToWorker.
+        let (mut sup, handle) = start();
+        sup.write_all(&[3, 0, 0, 0, 0xde, 0xad, 0xbe]).unwrap();
+        let err = handle.join().unwrap().unwrap_err();
+        assert!(
+            matches!(err, WorkerError::Wire(WireError::Malformed(_))),
+            "{err}"
+        );
+
+        // A header announcing more than MAX_FRAME_LEN: refused before reading the payload.
+        let (mut sup, handle) = start();
+        sup.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        let err = handle.join().unwrap().unwrap_err();
+        assert!(
+            matches!(err, WorkerError::Wire(WireError::TooLarge { .. })),
+            "{err}"
+        );
+
+        // The supervisor hangs up without an order.
+        let (sup, handle) = start();
+        drop(sup);
+        let err = handle.join().unwrap().unwrap_err();
+        assert!(matches!(err, WorkerError::Wire(WireError::Closed)), "{err}");
+    }
+
+    #[test]
+    fn answers_map_errors_to_reasons() {
+        let oom = answer(Err(WorkerError::OutOfMemory {
+            what: "W",
+            bytes: 1 << 40,
+        }));
+        let FromWorker::Failed(f) = oom else {
+            panic!("{oom:?}")
+        };
+        assert_eq!(f.reason, WorkerFailReason::OutOfMemory);
+        assert_eq!(
+            f.message,
+            "could not allocate W (1099511627776 bytes): out of memory"
+        );
+        let bug = answer(Err(WorkerError::Internal("x".into())));
+        assert!(matches!(
+            bug,
+            FromWorker::Failed(WorkerFailure {
+                reason: WorkerFailReason::Internal,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn only_a_unix_stream_socket_is_accepted_as_the_fd() {
+        let err = |fd| socket_from_fd(fd).unwrap_err().to_string();
+        assert!(err(-1).contains("cannot be negative"), "{}", err(-1));
+        let file = tempfile_fd();
+        assert!(
+            err(file.as_raw_fd()).ends_with("not a socket"),
+            "{}",
+            err(file.as_raw_fd())
+        );
+        let (dgram, _other) = UnixDatagram::pair().unwrap();
+        let e = err(dgram.as_raw_fd());
+        assert!(e.contains("expected SOCK_STREAM"), "{e}");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let e = err(udp.as_raw_fd());
+        assert!(e.contains("expected AF_UNIX"), "{e}");
+        assert_eq!(serve_fd(file.as_raw_fd()), ExitCode::from(EXIT_BAD_FD));
+    }
+
+    #[test]
+    fn serve_fd_serves_an_inherited_socket() {
+        let (mut sup, worker) = UnixStream::pair().unwrap();
+        let fd = worker.into_raw_fd();
+        let handle = thread::spawn(move || serve_fd(fd));
+        assert!(matches!(
+            read_frame::<FromWorker, _>(&mut sup).unwrap(),
+            FromWorker::Hello(_)
+        ));
+        write_frame(&mut sup, &ToWorker::Shutdown).unwrap();
+        assert_eq!(handle.join().unwrap(), ExitCode::SUCCESS);
+
+        let (mut sup, worker) = UnixStream::pair().unwrap();
+        let fd = worker.into_raw_fd();
+        let handle = thread::spawn(move || serve_fd(fd));
+        let _hello = read_frame::<FromWorker, _>(&mut sup).unwrap();
+        sup.write_all(&[0, 0, 0, 0]).unwrap();
+        assert_eq!(handle.join().unwrap(), ExitCode::from(EXIT_CONVERSATION));
+    }
+
+    proptest::proptest! {
+        /// The re-check accepts exactly the jobs whose every field is in range, and never panics.
+        #[test]
+        fn check_job_accepts_exactly_the_sane_jobs(
+            n in 0u32..20_000,
+            iters in 0u32..200_000,
+            threads in 0u32..5000,
+            ram_mb in 0u64..4096,
+        ) {
+            let j = job(n, iters, threads, ram_mb);
+            let sane = (1..=TorchBenchParams::MAX_N).contains(&n)
+                && (1..=TorchBenchParams::MAX_ITERS).contains(&iters)
+                && (1..=crate::torch_bench::MAX_THREADS).contains(&threads)
+                && j.spec.memory_mb() <= ram_mb;
+            match check_job(&j) {
+                Ok((backend, p)) => {
+                    proptest::prop_assert!(sane);
+                    proptest::prop_assert_eq!(backend, Backend::Cpu { threads: threads as usize });
+                    proptest::prop_assert_eq!(p.n, n);
+                }
+                Err(e) => {
+                    proptest::prop_assert!(!sane, "refused a sane job: {}", e);
+                    let bad_params = matches!(e, WorkerError::BadParams { .. });
+                    proptest::prop_assert!(bad_params, "not BadParams: {}", e);
+                }
+            }
+        }
+    }
+
+    /// An open descriptor that is not a socket (this test binary's own executable).
+    fn tempfile_fd() -> std::fs::File {
+        std::fs::File::open(std::env::current_exe().unwrap()).unwrap()
+    }
+}
