@@ -1,0 +1,290 @@
+//! The Coordinator API v1 client: heartbeat, long-poll for a job, proof and fail report, over
+//! HTTP(S) with `Authorization: Bearer` and an `Idempotency-Key` on every POST.
+//!
+//! The decision "what does this answer mean" ([`classify`]) is pure and unit-tested; the rest is
+//! a thin reqwest wrapper. This module must never log or format the API key or any request
+//! header, and never treat an empty 2xx body as a job.
+
+use std::time::Duration;
+
+use protocol::api::{FailAck, FailReport, HeartbeatAck, Job, MinerCapabilities, Proof, ProofAck};
+use serde::de::DeserializeOwned;
+
+use crate::backoff::parse_retry_after;
+use crate::config::ApiKey;
+use crate::Error;
+
+/// Timeout of a POST and the margin added to a long-poll's `wait`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a call did not give an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    /// No HTTP answer at all (refused, reset, timeout): retry with backoff.
+    Transport(String),
+    /// An answer worth retrying later: 408, 429, 5xx. `retry_after` from the header.
+    Retry {
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// A definitive refusal (other 4xx), or a 2xx whose body is not what the API promises.
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Transport(m) => write!(f, "no answer: {m}"),
+            CallError::Retry {
+                status,
+                code,
+                message,
+                ..
+            }
+            | CallError::Refused {
+                status,
+                code,
+                message,
+            } => write!(f, "HTTP {status} {code}: {message}"),
+        }
+    }
+}
+
+/// What an HTTP answer means to the miner.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Classified {
+    /// 2xx with a body: parse it.
+    Body,
+    /// 2xx with an empty body (the 204 of `next`): nothing.
+    Empty,
+    Error(CallError),
+}
+
+/// Classifies an answer by status, `Retry-After` header and body (pure).
+pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Classified {
+    if (200..300).contains(&status) {
+        return if body.iter().all(u8::is_ascii_whitespace) {
+            Classified::Empty
+        } else {
+            Classified::Body
+        };
+    }
+    let (code, message) = error_fields(status, body);
+    if status == 408 || status == 429 || status >= 500 {
+        Classified::Error(CallError::Retry {
+            status,
+            code,
+            message,
+            retry_after: retry_after.and_then(parse_retry_after),
+        })
+    } else {
+        Classified::Error(CallError::Refused {
+            status,
+            code,
+            message,
+        })
+    }
+}
+
+/// The `error.code` and `error.message` of an error body, or stand-ins when the body is not one.
+fn error_fields(status: u16, body: &[u8]) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let code = v["error"]["code"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("HTTP_{status}"));
+    let message = match v["error"]["message"].as_str() {
+        Some(m) => m.to_owned(),
+        None => {
+            let text = String::from_utf8_lossy(body);
+            text.chars().take(200).collect()
+        }
+    };
+    (code, message)
+}
+
+/// A Coordinator client for one miner.
+/// Deliberately not `Debug`: it holds the API key.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Client {
+    pub fn new(base: &str, key: &ApiKey) -> Result<Client, Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("aitbc-miner/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Client {
+                url: base.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            key: key.expose().to_owned(),
+        })
+    }
+
+    pub async fn heartbeat(
+        &self,
+        caps: &MinerCapabilities,
+        idempotency_key: &str,
+    ) -> Result<HeartbeatAck, CallError> {
+        self.post("/v1/miner/heartbeat", caps, idempotency_key)
+            .await
+    }
+
+    pub async fn proof(&self, proof: &Proof, idempotency_key: &str) -> Result<ProofAck, CallError> {
+        self.post("/v1/miner/proof", proof, idempotency_key).await
+    }
+
+    pub async fn fail(
+        &self,
+        report: &FailReport,
+        idempotency_key: &str,
+    ) -> Result<FailAck, CallError> {
+        self.post("/v1/miner/fail", report, idempotency_key).await
+    }
+
+    /// `GET /v1/miner/next`: `Ok(None)` on 204 or any empty 2xx body.
+    pub async fn next(
+        &self,
+        miner_id: &str,
+        slots: u32,
+        wait: Duration,
+    ) -> Result<Option<Job>, CallError> {
+        let wait_s = format!("{}", wait.as_secs_f64());
+        let slots_s = slots.to_string();
+        let req = self
+            .http
+            .get(format!("{}/v1/miner/next", self.base))
+            .query(&[
+                ("miner", miner_id),
+                ("slots", slots_s.as_str()),
+                ("wait", wait_s.as_str()),
+            ])
+            .timeout(wait + REQUEST_TIMEOUT)
+            .bearer_auth(&self.key);
+        let (status, retry_after, body) = send(req).await?;
+        match classify(status, retry_after.as_deref(), &body) {
+            Classified::Empty => Ok(None),
+            Classified::Body => parse(status, &body).map(Some),
+            Classified::Error(e) => Err(e),
+        }
+    }
+
+    async fn post<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        idempotency_key: &str,
+    ) -> Result<T, CallError> {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(protocol::api::IDEMPOTENCY_HEADER, idempotency_key)
+            .timeout(REQUEST_TIMEOUT)
+            .bearer_auth(&self.key)
+            .json(body);
+        let (status, retry_after, bytes) = send(req).await?;
+        match classify(status, retry_after.as_deref(), &bytes) {
+            Classified::Body => parse(status, &bytes),
+            Classified::Empty => Err(CallError::Refused {
+                status,
+                code: "EMPTY_BODY".into(),
+                message: format!("{path} answered {status} with an empty body"),
+            }),
+            Classified::Error(e) => Err(e),
+        }
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder) -> Result<(u16, Option<String>, Vec<u8>), CallError> {
+    // reqwest's error Display names the URL, never the headers.
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| CallError::Transport(e.without_url().to_string()))?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| CallError::Transport(e.without_url().to_string()))?;
+    Ok((status, retry_after, body.to_vec()))
+}
+
+fn parse<T: DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, CallError> {
+    serde_json::from_slice(body).map_err(|e| CallError::Refused {
+        status,
+        code: "BAD_RESPONSE".into(),
+        message: format!("the Coordinator's answer does not parse: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_success_is_never_a_job() {
+        assert_eq!(classify(204, None, b""), Classified::Empty);
+        assert_eq!(classify(200, None, b""), Classified::Empty);
+        assert_eq!(classify(200, None, b" \n"), Classified::Empty);
+        assert_eq!(classify(200, None, b"{}"), Classified::Body);
+    }
+
+    #[test]
+    fn errors_split_into_retry_and_refused() {
+        let body = br#"{"error":{"code":"RATE_LIMITED","message":"slow down","details":{}}}"#;
+        assert_eq!(
+            classify(429, Some("2"), body),
+            Classified::Error(CallError::Retry {
+                status: 429,
+                code: "RATE_LIMITED".into(),
+                message: "slow down".into(),
+                retry_after: Some(Duration::from_secs(2)),
+            })
+        );
+        assert!(matches!(
+            classify(503, None, b"<html>oops</html>"),
+            Classified::Error(CallError::Retry { status: 503, ref code, ref message, retry_after: None })
+                if code == "HTTP_503" && message == "<html>oops</html>"
+        ));
+        for status in [400, 401, 403, 404, 409, 422] {
+            assert!(matches!(
+                classify(status, Some("5"), b""),
+                Classified::Error(CallError::Refused { .. })
+            ));
+        }
+        assert!(matches!(
+            classify(408, None, b""),
+            Classified::Error(CallError::Retry { .. })
+        ));
+    }
+
+    #[test]
+    fn display_names_status_and_code() {
+        let e = CallError::Refused {
+            status: 403,
+            code: "FORBIDDEN".into(),
+            message: "not yours".into(),
+        };
+        assert_eq!(e.to_string(), "HTTP 403 FORBIDDEN: not yours");
+    }
+}

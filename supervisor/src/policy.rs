@@ -1,0 +1,447 @@
+//! The supervisor's decisions as plain functions over plain values: which jobs a slot accepts
+//! (the workload plan plus the operator's caps), which mode the miner declares, how a worker's
+//! end (answer, exit status, signal, timeout) becomes a [`FailReason`], whether a job id is safe
+//! to use as a file name, and how long to pause between empty polls.
+//!
+//! Nothing here does I/O, reads a clock or spawns anything; the runtime calls these functions
+//! and the unit tests below pin their behaviour.
+
+use std::time::Duration;
+
+use protocol::api::{FailReason, Job, JobLimits, MinerLimits, Mode};
+use protocol::wire::{WorkerFailReason, WorkerFailure};
+use protocol::workload::{plan, WorkloadSpec};
+
+use crate::config::{AccelMode, MaxLimits};
+use crate::worker_proc::Ending;
+
+/// Workloads this build runs (what the heartbeat declares).
+pub const WORKLOADS: &[&str] = &["torch_bench"];
+
+/// A job the miner will not start, with the reason and message for the fail report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: FailReason,
+    pub message: String,
+}
+
+/// Turns a job into what a worker runs, or refuses it: the workload's own check
+/// ([`protocol::workload::plan`]: unknown workload, bad params, memory over `limits.ram_mb`)
+/// and then the operator's maxima (`CAPS_REFUSED`), all before any process is touched.
+pub fn admit(job: &Job, max: &MaxLimits) -> Result<WorkloadSpec, Refusal> {
+    let spec = plan(&job.workload, &job.params, &job.limits).map_err(|e| Refusal {
+        reason: e.fail_reason(),
+        message: e.to_string(),
+    })?;
+    check_caps(&job.limits, max)?;
+    Ok(spec)
+}
+
+/// The operator clamp: every job limit must be within this miner's maxima.
+pub fn check_caps(limits: &JobLimits, max: &MaxLimits) -> Result<(), Refusal> {
+    let checks = [
+        ("ram_mb", limits.ram_mb, max.ram_mb, "MAX_JOB_RAM_MB"),
+        ("vram_mb", limits.vram_mb, max.vram_mb, "MAX_JOB_VRAM_MB"),
+        (
+            "max_runtime_s",
+            limits.max_runtime_s,
+            max.runtime_s,
+            "MAX_JOB_RUNTIME_SECS",
+        ),
+        (
+            "cpu_time_s",
+            limits.cpu_time_s,
+            max.cpu_time_s,
+            "MAX_JOB_CPU_SECS",
+        ),
+    ];
+    for (field, asked, allowed, key) in checks {
+        if asked > allowed {
+            return Err(Refusal {
+                reason: FailReason::CapsRefused,
+                message: format!("limits.{field} = {asked} exceeds this miner's {key} = {allowed}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What the heartbeat declares as this miner's limits: the operator's maxima.
+pub fn miner_limits(max: &MaxLimits) -> MinerLimits {
+    MinerLimits {
+        vram_mb: Some(max.vram_mb),
+        ram_mb: Some(max.ram_mb),
+        max_runtime_s: Some(max.runtime_s),
+        cpu_time_s: Some(max.cpu_time_s),
+    }
+}
+
+/// The mode this build computes in, and a warning to log when the operator asked for more.
+/// The seam for the GPU path: once a GPU worker exists, `Auto` and `Gpu` probe for a device here.
+pub fn detect_mode(requested: AccelMode) -> (Mode, Option<&'static str>) {
+    match requested {
+        AccelMode::Cpu | AccelMode::Auto => (Mode::Cpu, None),
+        AccelMode::Gpu => (
+            Mode::Cpu,
+            Some(
+                "ACCEL_MODE=gpu: this build has no GPU worker yet (GPU support comes with the \
+                 GPU path); running torch_bench on the CPU",
+            ),
+        ),
+    }
+}
+
+/// How a worker process ended, as `waitpid` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// Decodes a raw `wait` status word.
+    pub fn from_raw(status: i32) -> ExitStatus {
+        if libc::WIFSIGNALED(status) {
+            ExitStatus::Signaled(libc::WTERMSIG(status))
+        } else {
+            ExitStatus::Exited(libc::WEXITSTATUS(status))
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            ExitStatus::Exited(code) => format!("exit code {code}"),
+            ExitStatus::Signaled(sig) => match nix::sys::signal::Signal::try_from(sig) {
+                Ok(s) => format!("signal {}", s.as_str()),
+                Err(_) => format!("signal {sig}"),
+            },
+        }
+    }
+}
+
+/// A worker that ended (or closed its socket) without answering: `SANDBOX_VIOLATION` when the
+/// kernel's seccomp filter killed it (SIGSYS), `TIMED_OUT` when it hit its CPU-time limit
+/// (SIGXCPU from RLIMIT_CPU), otherwise `WORKER_CRASHED`.
+pub fn crash_reason(status: ExitStatus) -> FailReason {
+    match status {
+        ExitStatus::Signaled(libc::SIGSYS) => FailReason::SandboxViolation,
+        ExitStatus::Signaled(libc::SIGXCPU) => FailReason::TimedOut,
+        _ => FailReason::WorkerCrashed,
+    }
+}
+
+/// A worker's own `Failed` answer as the API's reason.
+pub fn worker_failure_reason(f: &WorkerFailure) -> FailReason {
+    match f.reason {
+        WorkerFailReason::BadParams => FailReason::BadParams,
+        WorkerFailReason::OutOfMemory => FailReason::OutOfMemory,
+        WorkerFailReason::Internal => FailReason::Internal,
+    }
+}
+
+/// A job id is used as a directory and file name: it must be 1..=128 of `[A-Za-z0-9._-]` and not
+/// start with a dot (no `.`, `..`, hidden names, no `/`).
+pub fn safe_job_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// After an empty answer that took `elapsed`, how long to wait before the next poll:
+/// the rest of `job_poll` (long-polls that waited already count towards it).
+pub fn pause_after_empty(elapsed: Duration, job_poll: Duration) -> Duration {
+    job_poll.saturating_sub(elapsed)
+}
+
+/// How many slots to ask the Coordinator for: all free ones, or none (then do not poll).
+pub fn slots_to_request(free: usize, stopping: bool) -> Option<u32> {
+    if stopping || free == 0 {
+        None
+    } else {
+        Some(u32::try_from(free).unwrap_or(u32::MAX))
+    }
+}
+
+/// The reason and message of the fail report for a job attempt that did not end in `Done`.
+/// `deadline` is the job's runtime limit; `stderr` the worker's last words.
+pub fn failure_of(
+    ending: &Ending,
+    exit: Option<ExitStatus>,
+    deadline: Duration,
+    stderr: &str,
+) -> (FailReason, String) {
+    let exit_text = exit
+        .map(|s| s.describe())
+        .unwrap_or_else(|| "status unknown".into());
+    let (reason, mut message) = match ending {
+        Ending::Done(_) => (
+            FailReason::Internal,
+            "a finished job was reported as a failure (supervisor bug)".to_owned(),
+        ),
+        Ending::Failed(f) => (worker_failure_reason(f), f.message.clone()),
+        Ending::Crashed => match exit.map(crash_reason) {
+            Some(FailReason::SandboxViolation) => (
+                FailReason::SandboxViolation,
+                format!("the worker was killed by its sandbox ({exit_text})"),
+            ),
+            Some(FailReason::TimedOut) => (
+                FailReason::TimedOut,
+                format!("the job used up limits.cpu_time_s and was stopped ({exit_text})"),
+            ),
+            _ => (
+                FailReason::WorkerCrashed,
+                format!("the worker ended without answering ({exit_text})"),
+            ),
+        },
+        Ending::TimedOut => (
+            FailReason::TimedOut,
+            format!(
+                "the job ran past limits.max_runtime_s = {} s; its process group was killed",
+                deadline.as_secs()
+            ),
+        ),
+        Ending::Protocol(what) => (
+            FailReason::ProtocolError,
+            format!("the worker broke the wire protocol ({what}); it was killed"),
+        ),
+        Ending::Cancelled => (
+            FailReason::MinerShutdown,
+            "the miner is shutting down and its drain grace ran out; the job was killed".to_owned(),
+        ),
+    };
+    if !stderr.is_empty()
+        && matches!(
+            ending,
+            Ending::Crashed | Ending::Protocol(_) | Ending::Failed(_)
+        )
+    {
+        let tail: String = {
+            let chars: Vec<char> = stderr.chars().collect();
+            chars[chars.len().saturating_sub(512)..].iter().collect()
+        };
+        message.push_str("; stderr: ");
+        message.push_str(&tail);
+    }
+    (reason, message)
+}
+
+/// Giga-FLOP/s from a FLOP count and microseconds; 0 when no time was measured.
+pub fn gflops(flops: u64, micros: u64) -> f64 {
+    if micros == 0 {
+        0.0
+    } else {
+        flops as f64 / micros as f64 / 1e3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn max() -> MaxLimits {
+        MaxLimits {
+            ram_mb: 2048,
+            runtime_s: 600,
+            cpu_time_s: 1200,
+            vram_mb: 0,
+        }
+    }
+
+    fn job(workload: &str, params: serde_json::Value, limits: JobLimits) -> Job {
+        Job {
+            id: "j1".into(),
+            workload: workload.into(),
+            params,
+            limits,
+            reward: 1,
+            attempt: 1,
+            lease_expires_at: time::OffsetDateTime::UNIX_EPOCH,
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn admits_a_job_within_caps() {
+        let j = job(
+            "torch_bench",
+            json!({"n": 64, "iters": 2}),
+            JobLimits::default(),
+        );
+        let WorkloadSpec::TorchBench(p) = admit(&j, &max()).unwrap();
+        assert_eq!((p.n, p.iters), (64, 2));
+    }
+
+    #[test]
+    fn refusals_carry_the_right_reason() {
+        let over = |f: fn(&mut JobLimits)| {
+            let mut l = JobLimits::default();
+            f(&mut l);
+            admit(&job("torch_bench", json!({"n": 8}), l), &max()).unwrap_err()
+        };
+        let r = over(|l| l.ram_mb = 4096);
+        assert_eq!(r.reason, FailReason::CapsRefused);
+        assert_eq!(
+            r.message,
+            "limits.ram_mb = 4096 exceeds this miner's MAX_JOB_RAM_MB = 2048"
+        );
+        assert_eq!(over(|l| l.vram_mb = 1).reason, FailReason::CapsRefused);
+        assert!(over(|l| l.max_runtime_s = 601)
+            .message
+            .contains("MAX_JOB_RUNTIME_SECS = 600"));
+        assert!(over(|l| l.cpu_time_s = 1201)
+            .message
+            .contains("MAX_JOB_CPU_SECS"));
+
+        let unknown = admit(&job("bitcoin", json!({}), JobLimits::default()), &max());
+        assert_eq!(unknown.unwrap_err().reason, FailReason::UnknownWorkload);
+        let sd = admit(&job("sd_infer", json!({}), JobLimits::default()), &max());
+        assert_eq!(sd.unwrap_err().reason, FailReason::UnknownWorkload);
+        let bad = admit(
+            &job("torch_bench", json!({"n": "x"}), JobLimits::default()),
+            &max(),
+        );
+        let bad = bad.unwrap_err();
+        assert_eq!(bad.reason, FailReason::BadParams);
+        assert!(bad.message.contains("params.n"), "{}", bad.message);
+        // Limits exactly at the maxima are fine.
+        let l = JobLimits {
+            ram_mb: 2048,
+            vram_mb: 0,
+            cpu_time_s: 1200,
+            max_runtime_s: 600,
+        };
+        assert!(check_caps(&l, &max()).is_ok());
+    }
+
+    #[test]
+    fn exit_statuses_map_to_reasons() {
+        assert_eq!(
+            crash_reason(ExitStatus::Signaled(libc::SIGKILL)),
+            FailReason::WorkerCrashed
+        );
+        assert_eq!(
+            crash_reason(ExitStatus::Signaled(libc::SIGSYS)),
+            FailReason::SandboxViolation
+        );
+        assert_eq!(
+            crash_reason(ExitStatus::Exited(101)),
+            FailReason::WorkerCrashed
+        );
+        assert_eq!(
+            ExitStatus::Signaled(libc::SIGKILL).describe(),
+            "signal SIGKILL"
+        );
+        assert_eq!(ExitStatus::Exited(3).describe(), "exit code 3");
+        assert_eq!(ExitStatus::Signaled(200).describe(), "signal 200");
+        // Raw wait statuses as the kernel encodes them.
+        assert_eq!(ExitStatus::from_raw(9), ExitStatus::Signaled(9));
+        assert_eq!(ExitStatus::from_raw(3 << 8), ExitStatus::Exited(3));
+    }
+
+    #[test]
+    fn worker_failures_map_one_to_one() {
+        let f = |reason| WorkerFailure {
+            reason,
+            message: String::new(),
+        };
+        assert_eq!(
+            worker_failure_reason(&f(WorkerFailReason::BadParams)),
+            FailReason::BadParams
+        );
+        assert_eq!(
+            worker_failure_reason(&f(WorkerFailReason::OutOfMemory)),
+            FailReason::OutOfMemory
+        );
+        assert_eq!(
+            worker_failure_reason(&f(WorkerFailReason::Internal)),
+            FailReason::Internal
+        );
+    }
+
+    #[test]
+    fn endings_become_fail_reports() {
+        let d = Duration::from_secs(1);
+        let killed = Some(ExitStatus::Signaled(libc::SIGKILL));
+        let (r, m) = failure_of(&Ending::Crashed, killed, d, "panicked at x");
+        assert_eq!(r, FailReason::WorkerCrashed);
+        assert_eq!(
+            m,
+            "the worker ended without answering (signal SIGKILL); stderr: panicked at x"
+        );
+        let sys = Some(ExitStatus::Signaled(libc::SIGSYS));
+        assert_eq!(
+            failure_of(&Ending::Crashed, sys, d, "").0,
+            FailReason::SandboxViolation
+        );
+        let (r, m) = failure_of(&Ending::TimedOut, killed, d, "noise");
+        assert_eq!(r, FailReason::TimedOut);
+        assert!(
+            m.contains("max_runtime_s = 1 s") && !m.contains("noise"),
+            "{m}"
+        );
+        let (r, m) = failure_of(
+            &Ending::Protocol("frame of 2147483647 bytes exceeds".into()),
+            killed,
+            d,
+            "",
+        );
+        assert_eq!(r, FailReason::ProtocolError);
+        assert!(m.contains("2147483647"), "{m}");
+        assert_eq!(
+            failure_of(&Ending::Cancelled, killed, d, "").0,
+            FailReason::MinerShutdown
+        );
+        let oom = Ending::Failed(WorkerFailure {
+            reason: WorkerFailReason::OutOfMemory,
+            message: "cannot allocate 3 GiB".into(),
+        });
+        let (r, m) = failure_of(&oom, Some(ExitStatus::Exited(0)), d, "");
+        assert_eq!(
+            (r, m.as_str()),
+            (FailReason::OutOfMemory, "cannot allocate 3 GiB")
+        );
+        let long = "x".repeat(5000);
+        assert!(failure_of(&Ending::Crashed, None, d, &long).1.len() < 700);
+    }
+
+    #[test]
+    fn job_ids_safe_as_file_names() {
+        for ok in ["j1", "0192-abc_DEF.x", &"a".repeat(128)] {
+            assert!(safe_job_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "ü",
+            &"a".repeat(129),
+        ] {
+            assert!(!safe_job_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn modes_and_polling() {
+        assert_eq!(detect_mode(AccelMode::Cpu), (Mode::Cpu, None));
+        assert_eq!(detect_mode(AccelMode::Auto), (Mode::Cpu, None));
+        let (m, warn) = detect_mode(AccelMode::Gpu);
+        assert_eq!(m, Mode::Cpu);
+        assert!(warn.unwrap().contains("GPU"));
+        let ms = Duration::from_millis;
+        assert_eq!(pause_after_empty(ms(10), ms(3000)), ms(2990));
+        assert_eq!(pause_after_empty(ms(25_000), ms(3000)), Duration::ZERO);
+        assert_eq!(slots_to_request(0, false), None);
+        assert_eq!(slots_to_request(2, true), None);
+        assert_eq!(slots_to_request(3, false), Some(3));
+        assert_eq!(gflops(2_000_000_000, 1_000_000), 2.0);
+        assert_eq!(gflops(5, 0), 0.0);
+        let l = miner_limits(&max());
+        assert_eq!((l.ram_mb, l.vram_mb), (Some(2048), Some(0)));
+    }
+}
