@@ -1,0 +1,124 @@
+//! `aitbc-miner`: the miner's command line, and nothing more.
+//!
+//! It parses arguments and hands over to the libraries: `run` is the daemon
+//! (`aitbc_supervisor::run`), `dev` a whole local network in one process (see `dev.rs`),
+//! `bench` one workload through the real worker path, and the hidden `worker` subcommand is
+//! the per-job worker process the supervisor starts (`aitbc_worker::serve_fd`).
+//!
+//! Invariant: the `worker` path is taken before anything else happens, so a worker process
+//! never starts an async runtime, never reads a config file and never opens a socket.
+
+mod bench;
+mod dev;
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// The file descriptor on which a worker finds its socket (set up by the supervisor).
+const WORKER_FD: i32 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "aitbc-miner",
+    version,
+    about = "A hardened compute miner for the AITBC network"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the miner daemon: heartbeat, fetch jobs, run them in workers, submit proofs.
+    Run {
+        /// Configuration file (default /etc/aitbc/miner.conf).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also append logs to this file (overrides LOG_FILE).
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
+    /// Run a Coordinator, a miner with 2 slots and a client in one process, on 127.0.0.1,
+    /// with SQLite in a temporary directory; print a summary when the jobs are done.
+    Dev(dev::DevArgs),
+    /// Run one workload on this machine through the real worker path (no Coordinator).
+    Bench(bench::BenchArgs),
+    /// Print a fully commented configuration file with every key and its default.
+    ExampleConfig,
+    /// The per-job worker process (started by the supervisor; not for people).
+    #[command(hide = true)]
+    Worker,
+}
+
+fn main() -> ExitCode {
+    if std::env::args_os().nth(1).as_deref() == Some(OsStr::new("worker")) {
+        return aitbc_worker::serve_fd(WORKER_FD);
+    }
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run { config, log_file } => run(config, log_file),
+        Cmd::Dev(args) => dev::main(args),
+        Cmd::Bench(args) => bench::main(args),
+        Cmd::ExampleConfig => {
+            print!("{}", aitbc_supervisor::config::example());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Worker => return aitbc_worker::serve_fd(WORKER_FD),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("aitbc-miner: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(config: Option<PathBuf>, log_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use aitbc_supervisor::{config, logging};
+    let (mut cfg, warnings) = config::load(config.as_deref())?;
+    if log_file.is_some() {
+        cfg.log_file = log_file;
+    }
+    let _guard = logging::init(&cfg.log_level, cfg.log_file.as_deref())?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let worker = aitbc_supervisor::WorkerCommand::for_config(&cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let summary = rt.block_on(aitbc_supervisor::run(cfg, worker, None, shutdown_signal()))?;
+    tracing::info!(
+        jobs_done = summary.jobs_done,
+        jobs_failed = summary.jobs_failed,
+        "miner stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The one integration-test binary: real processes and real sockets on 127.0.0.1.
+//! Each module is one suite; `common` holds the helpers they share.
+
+mod cli;
+mod common;
+mod config_cli;
+mod coordinator_api;
+mod coordinator_restart;
+mod guide_script;
+mod miner_e2e;
+mod miner_faults;
+mod openapi;
+mod tidy;
