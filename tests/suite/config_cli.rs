@@ -18,30 +18,7 @@ use nix::unistd::Pid;
 
 /// Every key the miner reads from the environment; removed from the child's environment so
 /// the test runner's own variables cannot change what is tested.
-const CONFIG_KEYS: &[&str] = &[
-    "COORD_URL",
-    "WALLET_ADDR",
-    "API_KEY",
-    "MINER_ID",
-    "WORK_DIR",
-    "STATE_DIR",
-    "HEARTBEAT_SECS",
-    "JOB_POLL_SECS",
-    "POLL_WAIT_SECS",
-    "MAX_CONCURRENCY",
-    "ACCEL_MODE",
-    "LOG_FILE",
-    "LOG_LEVEL",
-    "BACKOFF_MIN_SECS",
-    "BACKOFF_MAX_SECS",
-    "DRAIN_GRACE_SECS",
-    "MAX_JOB_RAM_MB",
-    "MAX_JOB_RUNTIME_SECS",
-    "MAX_JOB_CPU_SECS",
-    "MAX_JOB_VRAM_MB",
-    "THREADS_PER_JOB",
-    "WORKER_EXE",
-];
+const CONFIG_KEYS: &[&str] = aitbc_supervisor::config::KEYS;
 
 /// How long a miner may take to print a line or to exit before the test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
