@@ -95,7 +95,12 @@ fn run(config: Option<PathBuf>, log_file: Option<PathBuf>) -> anyhow::Result<Exi
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let summary = rt.block_on(aitbc_supervisor::run(cfg, worker, None, shutdown_signal()))?;
+    let summary = rt.block_on(async {
+        // Install the handlers before the supervisor logs or does anything else: a SIGTERM
+        // that arrived before them would take the default action and skip the drain.
+        let shutdown = shutdown_signal()?;
+        anyhow::Ok(aitbc_supervisor::run(cfg, worker, None, shutdown).await?)
+    })?;
     tracing::info!(
         jobs_done = summary.jobs_done,
         jobs_failed = summary.jobs_failed,
@@ -104,21 +109,16 @@ fn run(config: Option<PathBuf>, log_file: Option<PathBuf>) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
-pub(crate) async fn shutdown_signal() {
+/// Installs SIGTERM (systemd stop) and SIGINT (Ctrl-C) handlers now, and returns a future
+/// that resolves when either arrives.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                _ = int.recv() => tracing::info!("SIGINT: draining"),
-            }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
         }
-        _ => {
-            tracing::error!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await
-        }
-    }
+    })
 }
