@@ -13,6 +13,7 @@
 //! `gethostname(2)`, every other command substitution is refused), and must never put the API
 //! key's value into an error, a warning or `Debug` output.
 
+use crate::Error;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
@@ -219,45 +220,6 @@ pub fn meminfo_total_mb(meminfo: &str) -> Option<u64> {
         Some("kB") | None => Some(kib / 1024),
         Some(_) => None,
     }
-}
-
-/// Something wrong enough that the miner must not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read (missing when named explicitly, unreadable, not UTF-8).
-    #[error("cannot read config file {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
-    /// A line of the file is not `KEY=value`, a comment or blank.
-    #[error("{location}: {message}")]
-    Syntax {
-        /// `file:line`.
-        location: String,
-        /// What is wrong, with the offending text unless it may be secret.
-        message: String,
-    },
-    /// A value is not what its key expects.
-    #[error("{location}: {shown}: {expected}")]
-    Invalid {
-        /// `file:line` or `environment`.
-        location: String,
-        /// `KEY="value"`, or `API_KEY=<redacted>`.
-        shown: String,
-        /// What the key expects, with an example.
-        expected: String,
-    },
-    /// A required key is set neither in the file nor in the environment.
-    #[error("{location}: required key {key} is not set; add {key}=... to the config file or set it in the environment")]
-    Missing {
-        /// The file, or a note that there was none.
-        location: String,
-        /// The key.
-        key: &'static str,
-    },
 }
 
 /// Something the operator should fix, but that does not stop the miner.
@@ -654,7 +616,7 @@ fn valid_key_name(key: &str) -> bool {
 /// Accepted per line: blank, `# comment`, or `[export ]KEY=value [# comment]`, with blanks
 /// around; CRLF endings are fine. Values follow [`parse_value`]'s shell-like rules.
 /// Unknown keys and repeated keys are warnings; anything else unreadable is an error.
-pub fn parse(text: &str, source: &str) -> Result<(RawConfig, Vec<Warning>), ConfigError> {
+pub fn parse(text: &str, source: &str) -> Result<(RawConfig, Vec<Warning>), Error> {
     let mut raw = RawConfig {
         source_name: source.to_string(),
         path: Some(PathBuf::from(source)),
@@ -678,7 +640,7 @@ pub fn parse(text: &str, source: &str) -> Result<(RawConfig, Vec<Warning>), Conf
             } else {
                 format!("{line:?}")
             };
-            return Err(ConfigError::Syntax {
+            return Err(Error::ConfigSyntax {
                 location,
                 message: format!("expected KEY=value or a # comment, found {shown}"),
             });
@@ -691,7 +653,7 @@ pub fn parse(text: &str, source: &str) -> Result<(RawConfig, Vec<Warning>), Conf
             } else {
                 format!("{key:?}")
             };
-            return Err(ConfigError::Syntax {
+            return Err(Error::ConfigSyntax {
                 location,
                 message: format!(
                     "{shown} is not a key name; keys are letters, digits and _, e.g. HEARTBEAT_SECS"
@@ -712,7 +674,7 @@ pub fn parse(text: &str, source: &str) -> Result<(RawConfig, Vec<Warning>), Conf
             } else {
                 format!("{key}={value_text}")
             };
-            ConfigError::Syntax {
+            Error::ConfigSyntax {
                 location: location.clone(),
                 message: format!("{shown}: {}", error.describe(secret)),
             }
@@ -765,11 +727,11 @@ struct Lookup<'a> {
 }
 
 impl Lookup<'_> {
-    fn find(&self, key: &'static str) -> Result<Option<Found>, ConfigError> {
+    fn find(&self, key: &'static str) -> Result<Option<Found>, Error> {
         let secret = key == SECRET_KEY;
         let (value, location) = if let Some(text) = (self.env)(key) {
             let location = "environment".to_string();
-            let value = parse_env_value(&text).map_err(|error| ConfigError::Invalid {
+            let value = parse_env_value(&text).map_err(|error| Error::ConfigInvalid {
                 location: location.clone(),
                 shown: show(key, &text),
                 expected: error.describe(secret),
@@ -783,7 +745,7 @@ impl Lookup<'_> {
         };
         match value.expand(&self.host.hostname) {
             Some(value) => Ok(Some(Found { value, location })),
-            None => Err(ConfigError::Invalid {
+            None => Err(Error::ConfigInvalid {
                 location,
                 shown: format!("{key}=<uses $(hostname)>"),
                 expected: "the host name is unknown (gethostname failed); write the name out"
@@ -792,8 +754,8 @@ impl Lookup<'_> {
         }
     }
 
-    fn required(&self, key: &'static str) -> Result<Found, ConfigError> {
-        self.find(key)?.ok_or_else(|| ConfigError::Missing {
+    fn required(&self, key: &'static str) -> Result<Found, Error> {
+        self.find(key)?.ok_or_else(|| Error::ConfigMissing {
             location: self.raw.source_name.clone(),
             key,
         })
@@ -805,7 +767,7 @@ impl Lookup<'_> {
         key: &'static str,
         default: T,
         check: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
+    ) -> Result<T, Error> {
         match self.find(key)? {
             None => Ok(default),
             Some(found) => checked(key, &found, &check),
@@ -817,8 +779,8 @@ fn checked<T>(
     key: &'static str,
     found: &Found,
     check: &dyn Fn(&str) -> Result<T, String>,
-) -> Result<T, ConfigError> {
-    check(&found.value).map_err(|expected| ConfigError::Invalid {
+) -> Result<T, Error> {
+    check(&found.value).map_err(|expected| Error::ConfigInvalid {
         location: found.location.clone(),
         shown: show(key, &found.value),
         expected,
@@ -969,7 +931,7 @@ pub fn resolve(
     raw: &RawConfig,
     env: &dyn Fn(&str) -> Option<String>,
     host: &HostFacts,
-) -> Result<Config, ConfigError> {
+) -> Result<Config, Error> {
     let look = Lookup { raw, env, host };
 
     let coord_url = checked("COORD_URL", &look.required("COORD_URL")?, &parse_coord_url)?;
@@ -1027,7 +989,7 @@ pub fn resolve(
         })?,
         None if default_ram > 0 => default_ram,
         None => {
-            return Err(ConfigError::Invalid {
+            return Err(Error::ConfigInvalid {
                 location: raw.source_name.clone(),
                 shown: "MAX_JOB_RAM_MB (not set)".into(),
                 expected: "the host's RAM is unknown, so there is no default; set MAX_JOB_RAM_MB, \
@@ -1090,11 +1052,11 @@ pub fn permission_warning(path: &Path, mode: u32, holds_api_key: bool) -> Option
 }
 
 /// Reads the process environment for the known keys; a value that is not UTF-8 is an error.
-fn process_env() -> Result<BTreeMap<&'static str, String>, ConfigError> {
+fn process_env() -> Result<BTreeMap<&'static str, String>, Error> {
     let mut vars = BTreeMap::new();
     for key in KEYS {
         if let Some(value) = std::env::var_os(key) {
-            let value = value.into_string().map_err(|bad| ConfigError::Invalid {
+            let value = value.into_string().map_err(|bad| Error::ConfigInvalid {
                 location: "environment".into(),
                 shown: show(key, &bad.to_string_lossy()),
                 expected: "expected UTF-8 text".into(),
@@ -1109,15 +1071,12 @@ fn process_env() -> Result<BTreeMap<&'static str, String>, ConfigError> {
 /// `default` (missing means "no file": defaults and environment only). Adds the
 /// [`WarningKind::InsecurePermissions`] warning when the file holds `API_KEY` and group or
 /// others may access it.
-pub fn read_file(
-    path: Option<&Path>,
-    default: &Path,
-) -> Result<(RawConfig, Vec<Warning>), ConfigError> {
+pub fn read_file(path: Option<&Path>, default: &Path) -> Result<(RawConfig, Vec<Warning>), Error> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
 
     let file = path.unwrap_or(default);
-    let read_error = |source| ConfigError::Read {
+    let read_error = |source| Error::ConfigRead {
         path: file.to_path_buf(),
         source,
     };
@@ -1143,7 +1102,7 @@ pub fn read_file(
 /// Loads the configuration: the file at `path` (or [`DEFAULT_PATH`] when `None`), overridden by
 /// the process environment, defaults from this host. A missing default file means defaults and
 /// environment only; a missing file that was named explicitly is an error.
-pub fn load(path: Option<&Path>) -> Result<(Config, Vec<Warning>), ConfigError> {
+pub fn load(path: Option<&Path>) -> Result<(Config, Vec<Warning>), Error> {
     let (raw, warnings) = read_file(path, Path::new(DEFAULT_PATH))?;
     let env = process_env()?;
     let config = resolve(&raw, &|key| env.get(key).cloned(), &HostFacts::detect())?;
@@ -1244,12 +1203,12 @@ mod tests {
         None
     }
 
-    fn config_of(text: &str) -> Result<Config, ConfigError> {
+    fn config_of(text: &str) -> Result<Config, Error> {
         let (raw, _) = parse(text, "miner.conf")?;
         resolve(&raw, &no_env, &host())
     }
 
-    fn config_with(extra: &str) -> Result<Config, ConfigError> {
+    fn config_with(extra: &str) -> Result<Config, Error> {
         config_of(&format!("{MINIMAL}{extra}\n"))
     }
 
@@ -1848,7 +1807,7 @@ ACCEL_MODE="auto"
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.conf");
         let err = load(Some(&missing)).unwrap_err();
-        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(matches!(err, Error::ConfigRead { .. }));
         assert!(err
             .to_string()
             .starts_with(&format!("cannot read config file {}: ", missing.display())));
@@ -1866,7 +1825,7 @@ ACCEL_MODE="auto"
 
         let binary = dir.path().join("bin.conf");
         std::fs::write(&binary, b"K=\xff\xfe\n").unwrap();
-        assert!(matches!(load(Some(&binary)), Err(ConfigError::Read { .. })));
+        assert!(matches!(load(Some(&binary)), Err(Error::ConfigRead { .. })));
     }
 
     #[test]
@@ -1904,7 +1863,7 @@ ACCEL_MODE="auto"
         assert_eq!(raw.entries.len(), 4);
         // an explicit path never falls back
         let err = read_file(Some(&dir.path().join("other.conf")), &default).unwrap_err();
-        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        assert!(matches!(err, Error::ConfigRead { .. }), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The supervisor's one error enum: everything `run`, `run_local` and their helpers can fail
-//! with, each variant naming the thing that failed and the value involved.
+//! The supervisor crate's one error enum: everything the config parser, logging set-up, `run`,
+//! `run_local` and their helpers can fail with, each variant naming the thing that failed and
+//! the value involved.
 //!
 //! It must never carry the API key or a request header: errors end up in logs and on terminals.
 
@@ -48,4 +49,61 @@ pub enum Error {
     /// A task of the supervisor panicked or was cancelled.
     #[error("supervisor task {task} ended abnormally: {message}")]
     Task { task: &'static str, message: String },
+
+    // --- configuration (config.rs) ---
+    /// The file could not be read (missing when named explicitly, unreadable, not UTF-8).
+    #[error("cannot read config file {}: {source}", path.display())]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A line of the file is not `KEY=value`, a comment or blank.
+    #[error("{location}: {message}")]
+    ConfigSyntax {
+        /// `file:line`.
+        location: String,
+        /// What is wrong, with the offending text unless it may be secret.
+        message: String,
+    },
+    /// A value is not what its key expects.
+    #[error("{location}: {shown}: {expected}")]
+    ConfigInvalid {
+        /// `file:line` or `environment`.
+        location: String,
+        /// `KEY="value"`, or `API_KEY=<redacted>`.
+        shown: String,
+        /// What the key expects, with an example.
+        expected: String,
+    },
+    /// A required key is set neither in the file nor in the environment.
+    #[error("{location}: required key {key} is not set; add {key}=... to the config file or set it in the environment")]
+    ConfigMissing {
+        /// The file, or a note that there was none.
+        location: String,
+        /// The key.
+        key: &'static str,
+    },
+
+    // --- logging (logging.rs) ---
+    /// The filter directive (`LOG_LEVEL`) does not parse.
+    #[error("LOG_LEVEL={level:?}: expected a log filter such as info, debug or aitbc_supervisor=debug,warn ({reason})")]
+    LogLevel {
+        /// The directive as given.
+        level: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// The log file cannot be opened for appending.
+    #[error("cannot open log file {} for appending: {source}", path.display())]
+    LogOpen {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A global subscriber is already installed in this process.
+    #[error("logging is already initialised in this process: {0}")]
+    LogAlreadyInitialised(String),
 }

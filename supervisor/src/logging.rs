@@ -17,29 +17,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Registry};
 
-/// Why logging could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum LoggingError {
-    /// The filter directive (`LOG_LEVEL`) does not parse.
-    #[error("LOG_LEVEL={level:?}: expected a log filter such as info, debug or aitbc_supervisor=debug,warn ({reason})")]
-    Level {
-        /// The directive as given.
-        level: String,
-        /// The parser's complaint.
-        reason: String,
-    },
-    /// The log file cannot be opened for appending.
-    #[error("cannot open log file {} for appending: {source}", path.display())]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
-    /// A global subscriber is already installed in this process.
-    #[error("logging is already initialised in this process: {0}")]
-    AlreadyInitialised(String),
-}
+use crate::Error;
 
 /// Keeps the log file open while the miner runs; drop it last. Dropping it syncs the file so
 /// that the final lines reach the disk.
@@ -66,23 +44,23 @@ impl Drop for LogGuard {
 
 /// Opens `path` for appending, creating it with mode 0600; an existing file keeps its content
 /// and its mode.
-pub fn open_append(path: &Path) -> Result<File, LoggingError> {
+pub fn open_append(path: &Path) -> Result<File, Error> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| LoggingError::Open {
+        .map_err(|source| Error::LogOpen {
             path: path.to_path_buf(),
             source,
         })
 }
 
 /// Parses a `LOG_LEVEL` directive into a filter.
-pub fn filter(level: &str) -> Result<EnvFilter, LoggingError> {
+pub fn filter(level: &str) -> Result<EnvFilter, Error> {
     EnvFilter::builder()
         .parse(level)
-        .map_err(|e| LoggingError::Level {
+        .map_err(|e| Error::LogLevel {
             level: level.to_string(),
             reason: e.to_string(),
         })
@@ -97,7 +75,7 @@ pub fn subscriber<W>(
     log_file: Option<&Path>,
     console: W,
     ansi: bool,
-) -> Result<(impl tracing::Subscriber + Send + Sync, LogGuard), LoggingError>
+) -> Result<(impl tracing::Subscriber + Send + Sync, LogGuard), Error>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
@@ -119,12 +97,12 @@ where
 
 /// Installs the process-wide logger: stderr (ANSI only on a terminal) plus, when `log_file` is
 /// given, the file opened for appending. Keep the returned guard alive until exit.
-pub fn init(level: &str, log_file: Option<&Path>) -> Result<LogGuard, LoggingError> {
+pub fn init(level: &str, log_file: Option<&Path>) -> Result<LogGuard, Error> {
     let ansi = io::stderr().is_terminal();
     let (subscriber, guard) = subscriber(level, log_file, io::stderr, ansi)?;
     subscriber
         .try_init()
-        .map_err(|e| LoggingError::AlreadyInitialised(e.to_string()))?;
+        .map_err(|e| Error::LogAlreadyInitialised(e.to_string()))?;
     Ok(guard)
 }
 
