@@ -98,6 +98,15 @@ impl Drop for Server {
     }
 }
 
+/// `(balance, credits)` of `wallet`, read over HTTP.
+async fn balance(http: &reqwest::Client, s: &Server, key: &str, wallet: &str) -> (u64, u64) {
+    let path = format!("/v1/wallet/balance?wallet={wallet}");
+    let (st, b) = call(http, s, reqwest::Method::GET, &path, key, None).await;
+    assert_eq!(st, 200, "{b}");
+    let n = |k: &str| b[k].as_u64().unwrap_or_else(|| panic!("{k} in {b}"));
+    (n("balance"), n("credits"))
+}
+
 async fn call(
     http: &reqwest::Client,
     s: &Server,
@@ -217,19 +226,7 @@ async fn state_survives_sigkill() {
     assert_eq!(leased.lease_expires_at, Some(jobs[1].lease_expires_at));
     assert_eq!(leased.miner_id.as_deref(), Some("m1"));
     assert_eq!(view(ids[2].clone()).await.state, JobState::Queued);
-    let (_, b) = call(
-        &http,
-        &s,
-        Method::GET,
-        "/v1/wallet/balance?wallet=w_restart",
-        &client,
-        None,
-    )
-    .await;
-    assert_eq!(
-        (b["balance"].clone(), b["credits"].clone()),
-        (json!(11), json!(1))
-    );
+    assert_eq!(balance(&http, &s, &client, "w_restart").await, (11, 1));
 
     // The lease from before the crash is honoured, without a new heartbeat.
     let (st, v) = call(
@@ -242,19 +239,7 @@ async fn state_survives_sigkill() {
     )
     .await;
     assert_eq!(st, 200, "{v}");
-    let (_, b) = call(
-        &http,
-        &s,
-        Method::GET,
-        "/v1/wallet/balance?wallet=w_restart",
-        &client,
-        None,
-    )
-    .await;
-    assert_eq!(
-        (b["balance"].clone(), b["credits"].clone()),
-        (json!(33), json!(2))
-    );
+    assert_eq!(balance(&http, &s, &client, "w_restart").await, (33, 2));
     // The queue order survived too: the third job is next.
     let (st, v) = call(
         &http,

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aitbc_protocol::api::{JobState, JobView};
+use aitbc_protocol::api::{FailReason, JobState, JobView};
 use aitbc_protocol::workload::TorchBenchParams;
 use aitbc_supervisor::config::{AccelMode, ApiKey, MaxLimits};
 use aitbc_supervisor::{Config, Event, Summary, WorkerCommand};
@@ -140,6 +140,31 @@ impl Miner {
             if pred(&e) {
                 return e;
             }
+        }
+    }
+
+    /// The next `JobFailed` (of `job`, when given) as `(id, reason, message)`; panics after
+    /// `within`.
+    pub(crate) async fn wait_failure(
+        &mut self,
+        what: &str,
+        within: Duration,
+        job: Option<&str>,
+    ) -> (String, FailReason, String) {
+        let e = self
+            .wait_event(
+                what,
+                within,
+                |e| matches!(e, Event::JobFailed { id, .. } if job.is_none_or(|j| j == id)),
+            )
+            .await;
+        match e {
+            Event::JobFailed {
+                id,
+                reason,
+                message,
+            } => (id, reason, message),
+            other => unreachable!("wait_event matched {other:?}"),
         }
     }
 

@@ -104,19 +104,9 @@ async fn a_worker_killed_mid_job_is_reported_crashed_and_the_slot_recovers() {
     })
     .await;
     sigkill(pid);
-    let e = miner
-        .wait_event(
-            "the crash report",
-            Duration::from_secs(10),
-            |e| matches!(e, Event::JobFailed { id, .. } if *id == long.id),
-        )
+    let (_, reason, message) = miner
+        .wait_failure("the crash report", Duration::from_secs(10), Some(&long.id))
         .await;
-    let Event::JobFailed {
-        reason, message, ..
-    } = e
-    else {
-        unreachable!()
-    };
     assert_eq!(reason, FailReason::WorkerCrashed);
     assert!(message.contains("SIGKILL"), "{message}");
     assert!(!running(pid));
@@ -420,19 +410,9 @@ async fn workers_that_break_the_protocol_are_reported_and_the_miner_carries_on()
     let job = c.submit_small(1).await;
     let mut messages = Vec::new();
     for _ in 0..3 {
-        let e = miner
-            .wait_event("a protocol error", Duration::from_secs(20), |e| {
-                matches!(e, Event::JobFailed { .. })
-            })
+        let (id, reason, message) = miner
+            .wait_failure("a protocol error", Duration::from_secs(20), None)
             .await;
-        let Event::JobFailed {
-            id,
-            reason,
-            message,
-        } = e
-        else {
-            unreachable!()
-        };
         assert_eq!(
             (id.as_str(), reason),
             (job.id.as_str(), FailReason::ProtocolError),
@@ -482,19 +462,9 @@ async fn a_job_over_the_operators_caps_is_refused_without_touching_a_worker() {
         .submit(json!({"workload": "torch_bench", "reward": 1,
             "params": {"n": 8, "iters": 1}, "limits": {"ram_mb": 512}}))
         .await;
-    let e = miner
-        .wait_event("the refusal", Duration::from_secs(10), |e| {
-            matches!(e, Event::JobFailed { .. })
-        })
+    let (id, reason, message) = miner
+        .wait_failure("the refusal", Duration::from_secs(10), None)
         .await;
-    let Event::JobFailed {
-        id,
-        reason,
-        message,
-    } = e
-    else {
-        unreachable!()
-    };
     assert_eq!((id, reason), (job.id.clone(), FailReason::CapsRefused));
     assert_eq!(
         message,
@@ -532,17 +502,9 @@ async fn a_job_past_its_deadline_is_killed_and_a_shutdown_drain_gives_the_next_o
         .submit(json!({"workload": "torch_bench", "reward": 1,
             "params": {"n": 512, "iters": 100000}, "limits": {"max_runtime_s": 1}}))
         .await;
-    let e = miner
-        .wait_event("the timeout", Duration::from_secs(20), |e| {
-            matches!(e, Event::JobFailed { .. })
-        })
+    let (_, reason, message) = miner
+        .wait_failure("the timeout", Duration::from_secs(20), None)
         .await;
-    let Event::JobFailed {
-        reason, message, ..
-    } = e
-    else {
-        unreachable!()
-    };
     assert_eq!(reason, FailReason::TimedOut, "{message}");
     let first = worker_pids(&pids)[0];
     assert!(!running(first), "the timed-out worker {first} is gone");
