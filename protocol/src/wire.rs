@@ -22,11 +22,16 @@ use bincode::{Decode, Encode};
 use crate::workload::WorkloadSpec;
 
 /// Bumped whenever a message changes shape. Both ends must agree exactly.
-pub const WIRE_VERSION: u32 = 1;
+/// Version 2: `Hello.sandbox` and [`WorkerFailReason::SandboxViolation`].
+pub const WIRE_VERSION: u32 = 2;
 /// Largest payload either side accepts, in bytes.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
+/// The start of the line a worker's seccomp reporter writes to stderr just before the worker
+/// dies of SIGSYS: `{SECCOMP_REPORT_PREFIX}{name} ({nr})\n`. The supervisor looks for it in the
+/// worker's stderr tail to name the forbidden system call.
+pub const SECCOMP_REPORT_PREFIX: &str = "aitbc-worker: seccomp: forbidden system call ";
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME_LEN>()
@@ -55,6 +60,13 @@ pub struct JobSpec {
     pub threads: u32,
     /// The job's memory limit, for the worker's own re-check.
     pub ram_mb: u64,
+    /// The job's `cpu_time_s`: the worker lowers its RLIMIT_CPU to it before it computes (the
+    /// supervisor also sets it from outside where the kernel lets it).
+    pub cpu_time_s: u64,
+    /// The address-space backstop (RLIMIT_AS) the worker lowers itself to before it computes;
+    /// set by the supervisor for CPU workers, `None` for GPU workers (CUDA reserves address
+    /// space far beyond what it uses).
+    pub address_space_bytes: Option<u64>,
 }
 
 /// Worker -> supervisor.
@@ -71,6 +83,10 @@ pub struct Hello {
     pub version: u32,
     pub pid: u32,
     pub kind: WorkerKind,
+    /// One human-readable line naming the confinement the worker actually applied to itself,
+    /// in set-up order, e.g. `userns+netns; rlimits; no_new_privs; caps=0; landlock abi 7;
+    /// seccomp cpu`. Informational: the supervisor logs it; it is not a proof of anything.
+    pub sandbox: String,
 }
 
 /// A finished job: the hash of its output and what it cost.
@@ -90,6 +106,9 @@ pub enum WorkerFailReason {
     BadParams,
     OutOfMemory,
     Internal,
+    /// The job tried something a confinement layer refused (EPERM/EACCES from Landlock, the
+    /// mount view, seccomp's deliberate EPERM answers, rlimits).
+    SandboxViolation,
 }
 
 #[derive(Encode, Decode, Clone, Debug, PartialEq)]
@@ -205,6 +224,8 @@ mod tests {
             }),
             threads: 2,
             ram_mb: 128,
+            cpu_time_s: 60,
+            address_space_bytes: Some(1 << 30),
         })
     }
 
@@ -243,6 +264,26 @@ mod tests {
             Err(WireError::TooLarge { .. })
         ));
         assert!(matches!(frame_len([0; 4]), Err(WireError::Empty)));
+    }
+
+    #[test]
+    fn hello_and_sandbox_violation_round_trip() {
+        let msgs = [
+            FromWorker::Hello(Hello {
+                version: WIRE_VERSION,
+                pid: 42,
+                kind: WorkerKind::Cpu,
+                sandbox: "userns+netns; rlimits; no_new_privs; caps=0; landlock abi 7".into(),
+            }),
+            FromWorker::Failed(WorkerFailure {
+                reason: WorkerFailReason::SandboxViolation,
+                message: "writing /etc/x: permission denied".into(),
+            }),
+        ];
+        for m in msgs {
+            let frame = encode(&m).unwrap();
+            assert_eq!(decode::<FromWorker>(&frame).unwrap().unwrap().0, m);
+        }
     }
 
     #[test]

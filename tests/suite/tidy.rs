@@ -12,7 +12,8 @@ fn root() -> PathBuf {
 /// protocol at the bottom, binaries (the root package) at the top.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("protocol", &[]),
-    ("worker", &["aitbc-protocol"]),
+    ("seccomp", &["aitbc-protocol"]),
+    ("worker", &["aitbc-protocol", "aitbc-seccomp"]),
     ("supervisor", &["aitbc-protocol"]),
     ("coordinator", &["aitbc-protocol"]),
 ];
