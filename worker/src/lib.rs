@@ -1,6 +1,9 @@
-//! The per-job worker: one fresh process per job that computes a workload, hashes its output
-//! and answers the supervisor over an inherited Unix socket (see `protocol::wire`).
+//! The per-job worker: one fresh process per job that confines itself, computes a workload,
+//! hashes its output and answers the supervisor over an inherited Unix socket (see
+//! `protocol::wire`).
 //!
+//! * [`worker_main`]: the whole process: parse the command line ([`args`]), confine
+//!   ([`confine`], in its one documented order), then serve fd 3.
 //! * [`serve_fd`] / [`serve`]: the conversation (hello, one order, one answer).
 //! * [`torch_bench`]: the matrix-product chain, its input generator, the CPU backend and the
 //!   seam where a GPU backend plugs in.
@@ -8,11 +11,17 @@
 //! Architecture invariant: the worker depends on no async runtime (a test checks `cargo tree`),
 //! never opens a network socket, never talks to the Coordinator, never reads configuration,
 //! and never panics on a frame from the supervisor. It trusts nothing it is sent: the job is
-//! re-checked before any memory is allocated for it.
+//! re-checked before any memory is allocated for it. It reads no job before it is confined.
 
+pub mod args;
+pub mod confine;
+mod entry;
 mod error;
+#[cfg(feature = "hostile")]
+pub mod hostile;
 mod serve;
 pub mod torch_bench;
 
+pub use entry::{worker_main, EXIT_SETUP, EXIT_USAGE, WORKER_FD};
 pub use error::WorkerError;
 pub use serve::{answer, check_job, serve, serve_fd, EXIT_BAD_FD, EXIT_CONVERSATION};

@@ -1,5 +1,9 @@
-//! The worker's side of the supervisor conversation (protocol::wire): say hello, take one
-//! order, answer it exactly once, return.
+//! The worker's side of the supervisor conversation (protocol::wire): say hello (naming the
+//! sandbox the worker applied to itself), take one order, answer it exactly once, return.
+//!
+//! With the `hostile` feature (test builds only), a job is first offered to
+//! `crate::hostile::intercept`, which runs an attack on the sandbox instead when the job's seed
+//! selects one.
 //!
 //! The decisions (is this job acceptable, what does an outcome become on the wire) are the pure
 //! functions [`check_job`] and [`answer`]; [`serve`] only moves frames. This module must never
@@ -26,11 +30,12 @@ pub const EXIT_BAD_FD: u8 = 2;
 /// Exit code when the conversation broke (malformed frame, closed socket, write failure).
 pub const EXIT_CONVERSATION: u8 = 1;
 
-/// Serves one job over the socket inherited at `fd` (the supervisor passes fd 3) and returns
-/// the process exit code: 0 when the conversation completed (including a job that failed and
-/// was reported as `Failed`), [`EXIT_CONVERSATION`] when it broke, [`EXIT_BAD_FD`] when `fd`
-/// is not a Unix stream socket. Errors are printed on stderr.
-pub fn serve_fd(fd: RawFd) -> ExitCode {
+/// Serves one job over the socket inherited at `fd` and returns the process exit code: 0 when
+/// the conversation completed (including a job that failed and was reported as `Failed`),
+/// [`EXIT_CONVERSATION`] when it broke, [`EXIT_BAD_FD`] when `fd` is not a Unix stream socket.
+/// Errors are printed on stderr. `sandbox` is the Hello line: the caller states what
+/// confinement it applied ([`crate::worker_main`] confines first, then serves).
+pub fn serve_fd(fd: RawFd, sandbox: &str) -> ExitCode {
     let sock = match socket_from_fd(fd) {
         Ok(s) => s,
         Err(e) => {
@@ -38,7 +43,14 @@ pub fn serve_fd(fd: RawFd) -> ExitCode {
             return ExitCode::from(EXIT_BAD_FD);
         }
     };
-    match serve(sock) {
+    serve_exit(sock, sandbox)
+}
+
+/// [`serve`], turned into the process exit code (see [`serve_fd`]).
+/// This is the process-level entry: the job's own limits (RLIMIT_CPU, RLIMIT_AS) are applied to
+/// this process when the job arrives.
+pub(crate) fn serve_exit(sock: UnixStream, sandbox: &str) -> ExitCode {
+    match converse(sock, sandbox, Process::Worker) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("aitbc-miner worker: {e}");
@@ -49,7 +61,7 @@ pub fn serve_fd(fd: RawFd) -> ExitCode {
 
 /// Takes ownership of `fd` after checking that it is a Unix stream socket, and marks it
 /// close-on-exec.
-fn socket_from_fd(fd: RawFd) -> Result<UnixStream, WorkerError> {
+pub(crate) fn socket_from_fd(fd: RawFd) -> Result<UnixStream, WorkerError> {
     let bad = |reason: String| WorkerError::BadFd { fd, reason };
     if fd < 0 {
         return Err(bad("a descriptor cannot be negative".into()));
@@ -104,10 +116,26 @@ fn sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Runs the conversation on `sock`: `Hello`, then one `ToWorker`. `Shutdown` returns `Ok`;
-/// `Run` is checked, computed and answered with exactly one `Done` or `Failed`, then returns
-/// `Ok`. A malformed or oversized frame, or a closed socket, is an `Err` (never a panic).
-pub fn serve(mut sock: UnixStream) -> Result<(), WorkerError> {
+/// Runs the conversation on `sock`: `Hello` (carrying `sandbox`), then one `ToWorker`.
+/// `Shutdown` returns `Ok`; `Run` is checked, computed and answered with exactly one `Done` or
+/// `Failed`, then returns `Ok`. A malformed or oversized frame, or a closed socket, is an `Err`
+/// (never a panic).
+///
+/// This never changes the calling process's limits (it may be a test harness); the worker
+/// process's entry ([`serve_fd`], [`crate::worker_main`]) does.
+pub fn serve(sock: UnixStream, sandbox: &str) -> Result<(), WorkerError> {
+    converse(sock, sandbox, Process::Shared)
+}
+
+/// Whether the process serving the job is a worker of its own (which takes the job's limits
+/// on itself) or shared with other code.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Process {
+    Worker,
+    Shared,
+}
+
+fn converse(mut sock: UnixStream, sandbox: &str, process: Process) -> Result<(), WorkerError> {
     let backend_kind = Backend::Cpu { threads: 1 }.kind();
     write_frame(
         &mut sock,
@@ -115,12 +143,19 @@ pub fn serve(mut sock: UnixStream) -> Result<(), WorkerError> {
             version: WIRE_VERSION,
             pid: std::process::id(),
             kind: backend_kind,
+            sandbox: sandbox.to_string(),
         }),
     )?;
     match read_frame::<ToWorker, _>(&mut sock)? {
         ToWorker::Shutdown => Ok(()),
         ToWorker::Run(job) => {
-            let reply = answer(run_job(&job));
+            let limited = match process {
+                Process::Worker => {
+                    crate::confine::apply_job_limits(job.cpu_time_s, job.address_space_bytes)
+                }
+                Process::Shared => Ok(()),
+            };
+            let reply = answer(limited.and_then(|()| run_job(&job)));
             write_frame(&mut sock, &reply)?;
             Ok(())
         }
@@ -144,10 +179,18 @@ pub fn check_job(job: &JobSpec) -> Result<(Backend, TorchBenchParams), WorkerErr
     Ok((Backend::Cpu { threads }, p))
 }
 
-/// Checks and runs one job, turning a panic into an error.
+/// Checks and runs one job, turning a panic into an error. A job that passed the re-check is
+/// first offered to the hostile hook (test builds only).
 fn run_job(job: &JobSpec) -> Result<ChainRun, WorkerError> {
     let (backend, p) = check_job(job)?;
-    catch_unwind(AssertUnwindSafe(|| backend.run(&p))).unwrap_or_else(|panic| {
+    catch_unwind(AssertUnwindSafe(|| {
+        #[cfg(feature = "hostile")]
+        if let Some(outcome) = crate::hostile::intercept(job) {
+            return outcome;
+        }
+        backend.run(&p)
+    }))
+    .unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -194,18 +237,21 @@ mod tests {
             spec: WorkloadSpec::TorchBench(TorchBenchParams { n, iters, seed: 3 }),
             threads,
             ram_mb,
+            cpu_time_s: 60,
+            address_space_bytes: None,
         }
     }
 
     /// Starts `serve` on one end of a socket pair and reads its `Hello` on the other.
     fn start() -> (UnixStream, thread::JoinHandle<Result<(), WorkerError>>) {
         let (mut sup, worker) = UnixStream::pair().unwrap();
-        let handle = thread::spawn(move || serve(worker));
+        let handle = thread::spawn(move || serve(worker, "unconfined (unit test)"));
         match read_frame::<FromWorker, _>(&mut sup).unwrap() {
             FromWorker::Hello(h) => {
                 assert_eq!(h.version, WIRE_VERSION);
                 assert_eq!(h.pid, std::process::id());
                 assert_eq!(h.kind, WorkerKind::Cpu);
+                assert_eq!(h.sandbox, "unconfined (unit test)");
             }
             other => panic!("expected Hello, got {other:?}"),
         }
@@ -340,14 +386,14 @@ mod tests {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let e = err(udp.as_raw_fd());
         assert!(e.contains("expected AF_UNIX"), "{e}");
-        assert_eq!(serve_fd(file.as_raw_fd()), ExitCode::from(EXIT_BAD_FD));
+        assert_eq!(serve_fd(file.as_raw_fd(), ""), ExitCode::from(EXIT_BAD_FD));
     }
 
     #[test]
     fn serve_fd_serves_an_inherited_socket() {
         let (mut sup, worker) = UnixStream::pair().unwrap();
         let fd = worker.into_raw_fd();
-        let handle = thread::spawn(move || serve_fd(fd));
+        let handle = thread::spawn(move || serve_fd(fd, ""));
         assert!(matches!(
             read_frame::<FromWorker, _>(&mut sup).unwrap(),
             FromWorker::Hello(_)
@@ -357,7 +403,7 @@ mod tests {
 
         let (mut sup, worker) = UnixStream::pair().unwrap();
         let fd = worker.into_raw_fd();
-        let handle = thread::spawn(move || serve_fd(fd));
+        let handle = thread::spawn(move || serve_fd(fd, ""));
         let _hello = read_frame::<FromWorker, _>(&mut sup).unwrap();
         sup.write_all(&[0, 0, 0, 0]).unwrap();
         assert_eq!(handle.join().unwrap(), ExitCode::from(EXIT_CONVERSATION));

@@ -181,6 +181,18 @@ fn alloc_matrix(len: usize, what: &'static str) -> Result<Vec<f32>, WorkerError>
     Ok(v)
 }
 
+/// Makes `gemm` read, now, what it otherwise reads lazily from the filesystem on the first
+/// product: the CPU cache sizes under `/sys/devices/system/cpu`, which a confined worker can
+/// no longer see. Without this a confined worker would fall back to other cache sizes, block
+/// its products differently, and could hash differently from the same machine unconfined.
+/// One 8 x 8 product on this thread: no thread is started.
+pub fn warm_up() {
+    const N: usize = 8;
+    let a = [1.0f32; N * N];
+    let mut out = [0.0f32; N * N];
+    product(&mut out, &a, &a, N, Parallelism::None);
+}
+
 /// The final matrix `X_iters` of the chain for `p`, computed with `threads` compute threads.
 pub fn chain_cpu(p: &TorchBenchParams, threads: usize) -> Result<Vec<f32>, WorkerError> {
     let mut chain = CpuChain::new(p, threads)?;

@@ -45,7 +45,7 @@ use sha2::{Digest, Sha256};
 
 use crate::WorkerError;
 
-pub use cpu::{chain_cpu, run_cpu, CpuChain};
+pub use cpu::{chain_cpu, run_cpu, warm_up, CpuChain};
 pub use input::input;
 pub use reference::chain_reference;
 
