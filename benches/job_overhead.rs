@@ -28,10 +28,10 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(300);
-    let worker = WorkerCommand {
-        program: env!("CARGO_BIN_EXE_aitbc-miner").into(),
-        args: vec!["worker".into()],
-    };
+    // The same confinement a miner gives its workers: the worker confines itself, and a root
+    // run also puts each worker in its own cgroup.
+    let mut worker = WorkerCommand::new(env!("CARGO_BIN_EXE_aitbc-miner"), ["worker"]);
+    worker.subtree = aitbc_supervisor::cgroup::workers_subtree("bench-overhead");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -86,6 +86,62 @@ pub enum Error {
         key: &'static str,
     },
 
+    // --- privileges (privilege.rs) ---
+    /// `RUN_AS_USER` names no user of this system (or the user database could not be read).
+    #[error("RUN_AS_USER={user:?}: {message}")]
+    RunAsUser {
+        /// The user name as configured.
+        user: String,
+        /// What went wrong and how to fix it.
+        message: String,
+    },
+    /// A step of giving up root (or capabilities) failed; the miner must not go on.
+    #[error("dropping privileges: {step}: {source}")]
+    Privilege {
+        /// The step, e.g. "setresuid(65534)".
+        step: String,
+        /// The system's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// After dropping privileges, the process still holds something it must not.
+    #[error("privileges were not dropped: {0}")]
+    PrivilegeCheck(String),
+    /// A directory the run-as user needs (WORK_DIR, STATE_DIR, the spool) could not be
+    /// prepared for it.
+    #[error("{key} {}: {message}", path.display())]
+    Directory {
+        /// `WORK_DIR`, `STATE_DIR` or `STATE_DIR/spool`.
+        key: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong, with the fix.
+        message: String,
+    },
+
+    // --- cgroups (cgroup/) ---
+    /// A cgroup file or directory could not be created, written or removed.
+    #[error("cgroup {}: {action}: {source}", path.display())]
+    Cgroup {
+        /// The cgroup directory or control file.
+        path: PathBuf,
+        /// What was being done, e.g. "create", "write 134217728 to memory.max".
+        action: String,
+        /// The system's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// Processes were still in a worker's cgroup after the whole-cgroup kill and its wait.
+    #[error("cgroup {}: {left} process(es) still there {waited:?} after the kill", path.display())]
+    CgroupKill {
+        /// The worker's cgroup.
+        path: PathBuf,
+        /// How many were left.
+        left: usize,
+        /// How long the kill waited.
+        waited: std::time::Duration,
+    },
+
     // --- logging (logging.rs) ---
     /// The filter directive (`LOG_LEVEL`) does not parse.
     #[error("LOG_LEVEL={level:?}: expected a log filter such as info, debug or aitbc_supervisor=debug,warn ({reason})")]

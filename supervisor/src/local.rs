@@ -1,6 +1,7 @@
 //! One job through the real worker path with no Coordinator: plan the job, start a worker, wait
 //! for its Hello, hand it the job, read the answer, reap it. `aitbc-miner bench` and the
 //! overhead benchmark use it; the timings separate process start-up from the per-job hand-off.
+//! The worker gets a cgroup only when the [`WorkerCommand`] carries a subtree.
 //!
 //! It must never talk to the network or touch the spool.
 
@@ -49,9 +50,11 @@ pub async fn run_local(
         spec,
         threads: threads.max(1),
         ram_mb: limits.ram_mb,
+        cpu_time_s: limits.cpu_time_s,
+        address_space_bytes: None,
     };
     let f = w.run(job, deadline, std::future::pending()).await;
-    match f.ending {
+    match &f.ending {
         Ending::Done(out) => Ok(LocalRun {
             output_sha: crate::runtime::hex(&out.output_sha),
             output_len: out.output_len,
@@ -65,8 +68,8 @@ pub async fn run_local(
             spawn_to_ready,
             handoff_to_answer: f.handoff_to_answer,
         }),
-        other => {
-            let (reason, message) = failure_of(&other, f.exit, deadline, &f.stderr_tail);
+        _ => {
+            let (reason, message) = failure_of(&f, &limits);
             Err(Error::Job { reason, message })
         }
     }

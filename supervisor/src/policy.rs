@@ -9,11 +9,11 @@
 use std::time::Duration;
 
 use protocol::api::{FailReason, Job, JobLimits, MinerLimits, Mode};
-use protocol::wire::{WorkerFailReason, WorkerFailure};
+use protocol::wire::{WorkerFailReason, WorkerFailure, SECCOMP_REPORT_PREFIX};
 use protocol::workload::{plan, WorkloadSpec};
 
 use crate::config::{AccelMode, MaxLimits};
-use crate::worker_proc::Ending;
+use crate::worker_proc::{Ending, Finished};
 
 /// Workloads this build runs (what the heartbeat declares).
 pub const WORKLOADS: &[&str] = &["torch_bench"];
@@ -119,15 +119,34 @@ impl ExitStatus {
     }
 }
 
-/// A worker that ended (or closed its socket) without answering: `SANDBOX_VIOLATION` when the
-/// kernel's seccomp filter killed it (SIGSYS), `TIMED_OUT` when it hit its CPU-time limit
-/// (SIGXCPU from RLIMIT_CPU), otherwise `WORKER_CRASHED`.
-pub fn crash_reason(status: ExitStatus) -> FailReason {
+/// A worker that ended (or closed its socket) without answering, by how it ended and whether
+/// the kernel's OOM killer struck in its cgroup:
+/// - SIGSYS (the seccomp filter) and SIGXFSZ (past RLIMIT_FSIZE): `SANDBOX_VIOLATION`;
+/// - SIGXCPU (RLIMIT_CPU): `TIMED_OUT`;
+/// - SIGKILL with `oom_killed`: `OUT_OF_MEMORY`;
+/// - anything else: `WORKER_CRASHED`.
+pub fn crash_reason(status: ExitStatus, oom_killed: bool) -> FailReason {
     match status {
-        ExitStatus::Signaled(libc::SIGSYS) => FailReason::SandboxViolation,
+        ExitStatus::Signaled(libc::SIGSYS | libc::SIGXFSZ) => FailReason::SandboxViolation,
         ExitStatus::Signaled(libc::SIGXCPU) => FailReason::TimedOut,
+        ExitStatus::Signaled(libc::SIGKILL) if oom_killed => FailReason::OutOfMemory,
         _ => FailReason::WorkerCrashed,
     }
+}
+
+/// The system call the worker's seccomp reporter named on stderr just before it died:
+/// `name (nr)` from the last `{SECCOMP_REPORT_PREFIX}name (nr)` line, if it is well formed.
+pub fn forbidden_syscall(stderr: &str) -> Option<String> {
+    let at = stderr.rfind(SECCOMP_REPORT_PREFIX)?;
+    let rest = stderr[at + SECCOMP_REPORT_PREFIX.len()..].lines().next()?;
+    let (name, nr) = rest.trim_end().split_once(" (")?;
+    let nr = nr.strip_suffix(')')?;
+    let name_ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'?');
+    let nr_ok = (1..=20).contains(&nr.len()) && nr.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+    (name_ok && nr_ok).then(|| format!("{name} ({nr})"))
 }
 
 /// A worker's own `Failed` answer as the API's reason.
@@ -136,6 +155,7 @@ pub fn worker_failure_reason(f: &WorkerFailure) -> FailReason {
         WorkerFailReason::BadParams => FailReason::BadParams,
         WorkerFailReason::OutOfMemory => FailReason::OutOfMemory,
         WorkerFailReason::Internal => FailReason::Internal,
+        WorkerFailReason::SandboxViolation => FailReason::SandboxViolation,
     }
 }
 
@@ -164,14 +184,16 @@ pub fn slots_to_request(free: usize, stopping: bool) -> Option<u32> {
     }
 }
 
-/// The reason and message of the fail report for a job attempt that did not end in `Done`.
-/// `deadline` is the job's runtime limit; `stderr` the worker's last words.
-pub fn failure_of(
-    ending: &Ending,
-    exit: Option<ExitStatus>,
-    deadline: Duration,
-    stderr: &str,
-) -> (FailReason, String) {
+/// The reason and message of the fail report for a job attempt that did not end in `Done`:
+/// how it ended, how the process exited, whether the OOM killer struck in its cgroup, and its
+/// last words on stderr, against the job's `limits`.
+pub fn failure_of(finished: &Finished, limits: &JobLimits) -> (FailReason, String) {
+    let (ending, exit, stderr) = (
+        &finished.ending,
+        finished.exit,
+        finished.stderr_tail.as_str(),
+    );
+    let oom_killed = finished.cgroup.is_some_and(|s| s.oom_killed);
     let exit_text = exit
         .map(|s| s.describe())
         .unwrap_or_else(|| "status unknown".into());
@@ -181,16 +203,42 @@ pub fn failure_of(
             "a finished job was reported as a failure (supervisor bug)".to_owned(),
         ),
         Ending::Failed(f) => (worker_failure_reason(f), f.message.clone()),
-        Ending::Crashed => match exit.map(crash_reason) {
-            Some(FailReason::SandboxViolation) => (
+        Ending::Crashed => match exit {
+            Some(ExitStatus::Signaled(libc::SIGSYS)) => (
                 FailReason::SandboxViolation,
-                format!("the worker was killed by its sandbox ({exit_text})"),
+                match forbidden_syscall(stderr) {
+                    Some(call) => format!(
+                        "the worker was killed by its sandbox: forbidden system call {call}"
+                    ),
+                    None => format!("the worker was killed by its sandbox ({exit_text})"),
+                },
             ),
-            Some(FailReason::TimedOut) => (
-                FailReason::TimedOut,
-                format!("the job used up limits.cpu_time_s and was stopped ({exit_text})"),
+            Some(ExitStatus::Signaled(libc::SIGXFSZ)) => (
+                FailReason::SandboxViolation,
+                format!(
+                    "the job wrote past the file-size limit (MAX_JOB_DISK_MB) and was stopped \
+                     ({exit_text})"
+                ),
             ),
-            _ => (
+            Some(s) => match crash_reason(s, oom_killed) {
+                FailReason::TimedOut => (
+                    FailReason::TimedOut,
+                    format!("the job used up limits.cpu_time_s and was stopped ({exit_text})"),
+                ),
+                FailReason::OutOfMemory => (
+                    FailReason::OutOfMemory,
+                    format!(
+                        "the job exceeded limits.ram_mb = {} MiB and was killed by the kernel's \
+                         OOM killer ({exit_text})",
+                        limits.ram_mb
+                    ),
+                ),
+                _ => (
+                    FailReason::WorkerCrashed,
+                    format!("the worker ended without answering ({exit_text})"),
+                ),
+            },
+            None => (
                 FailReason::WorkerCrashed,
                 format!("the worker ended without answering ({exit_text})"),
             ),
@@ -198,13 +246,17 @@ pub fn failure_of(
         Ending::TimedOut => (
             FailReason::TimedOut,
             format!(
-                "the job ran past limits.max_runtime_s = {} s; its process group was killed",
-                deadline.as_secs()
+                "the job ran past limits.max_runtime_s = {} s; its processes were killed",
+                limits.max_runtime_s
             ),
         ),
         Ending::Protocol(what) => (
             FailReason::ProtocolError,
             format!("the worker broke the wire protocol ({what}); it was killed"),
+        ),
+        Ending::Confinement(what) => (
+            FailReason::Internal,
+            format!("the worker could not be confined for the job ({what}); it was killed"),
         ),
         Ending::Cancelled => (
             FailReason::MinerShutdown,
@@ -247,6 +299,7 @@ mod tests {
             runtime_s: 600,
             cpu_time_s: 1200,
             vram_mb: 0,
+            disk_mb: 1024,
         }
     }
 
@@ -318,18 +371,19 @@ mod tests {
 
     #[test]
     fn exit_statuses_map_to_reasons() {
-        assert_eq!(
-            crash_reason(ExitStatus::Signaled(libc::SIGKILL)),
-            FailReason::WorkerCrashed
-        );
-        assert_eq!(
-            crash_reason(ExitStatus::Signaled(libc::SIGSYS)),
-            FailReason::SandboxViolation
-        );
-        assert_eq!(
-            crash_reason(ExitStatus::Exited(101)),
-            FailReason::WorkerCrashed
-        );
+        let sig = ExitStatus::Signaled;
+        let cases = [
+            (sig(libc::SIGKILL), false, FailReason::WorkerCrashed),
+            (sig(libc::SIGKILL), true, FailReason::OutOfMemory),
+            (sig(libc::SIGSYS), false, FailReason::SandboxViolation),
+            (sig(libc::SIGXFSZ), false, FailReason::SandboxViolation),
+            (sig(libc::SIGXCPU), false, FailReason::TimedOut),
+            (sig(libc::SIGSEGV), true, FailReason::WorkerCrashed),
+            (ExitStatus::Exited(101), false, FailReason::WorkerCrashed),
+        ];
+        for (status, oom, want) in cases {
+            assert_eq!(crash_reason(status, oom), want, "{status:?} oom={oom}");
+        }
         assert_eq!(
             ExitStatus::Signaled(libc::SIGKILL).describe(),
             "signal SIGKILL"
@@ -339,6 +393,29 @@ mod tests {
         // Raw wait statuses as the kernel encodes them.
         assert_eq!(ExitStatus::from_raw(9), ExitStatus::Signaled(9));
         assert_eq!(ExitStatus::from_raw(3 << 8), ExitStatus::Exited(3));
+    }
+
+    #[test]
+    fn the_seccomp_report_names_the_system_call() {
+        let p = SECCOMP_REPORT_PREFIX;
+        assert_eq!(
+            forbidden_syscall(&format!("noise\n{p}ptrace (101)\n")).as_deref(),
+            Some("ptrace (101)")
+        );
+        // The last report wins; a truncated or doctored one names nothing.
+        assert_eq!(
+            forbidden_syscall(&format!("{p}socket (41)\n{p}execve (59)")).as_deref(),
+            Some("execve (59)")
+        );
+        for bad in [
+            format!("{p}ptrace"),
+            format!("{p}ptrace (1x1)"),
+            format!("{p}rm -rf / (1)"),
+            format!("{p} (1)"),
+            "ptrace (101)".to_owned(),
+        ] {
+            assert_eq!(forbidden_syscall(&bad), None, "{bad}");
+        }
     }
 
     #[test]
@@ -359,52 +436,123 @@ mod tests {
             worker_failure_reason(&f(WorkerFailReason::Internal)),
             FailReason::Internal
         );
+        assert_eq!(
+            worker_failure_reason(&f(WorkerFailReason::SandboxViolation)),
+            FailReason::SandboxViolation
+        );
+    }
+
+    fn finished(ending: Ending, exit: Option<ExitStatus>, oom: bool, stderr: &str) -> Finished {
+        Finished {
+            ending,
+            handoff_to_answer: Duration::ZERO,
+            exit,
+            usage: Default::default(),
+            cgroup: Some(crate::cgroup::CgroupStats {
+                oom_killed: oom,
+                ..Default::default()
+            }),
+            stderr_tail: stderr.to_owned(),
+        }
     }
 
     #[test]
     fn endings_become_fail_reports() {
-        let d = Duration::from_secs(1);
+        let limits = JobLimits {
+            ram_mb: 256,
+            vram_mb: 0,
+            cpu_time_s: 10,
+            max_runtime_s: 1,
+        };
+        let fail = |ending, exit, oom, stderr: &str| {
+            failure_of(&finished(ending, exit, oom, stderr), &limits)
+        };
         let killed = Some(ExitStatus::Signaled(libc::SIGKILL));
-        let (r, m) = failure_of(&Ending::Crashed, killed, d, "panicked at x");
+        let (r, m) = fail(Ending::Crashed, killed, false, "panicked at x");
         assert_eq!(r, FailReason::WorkerCrashed);
         assert_eq!(
             m,
             "the worker ended without answering (signal SIGKILL); stderr: panicked at x"
         );
-        let sys = Some(ExitStatus::Signaled(libc::SIGSYS));
-        assert_eq!(
-            failure_of(&Ending::Crashed, sys, d, "").0,
-            FailReason::SandboxViolation
+        let (r, m) = fail(Ending::Crashed, killed, true, "");
+        assert_eq!(r, FailReason::OutOfMemory);
+        assert!(
+            m.starts_with("the job exceeded limits.ram_mb = 256 MiB"),
+            "{m}"
         );
-        let (r, m) = failure_of(&Ending::TimedOut, killed, d, "noise");
+        let sys = Some(ExitStatus::Signaled(libc::SIGSYS));
+        let (r, m) = fail(Ending::Crashed, sys, false, "");
+        assert_eq!(r, FailReason::SandboxViolation);
+        assert_eq!(m, "the worker was killed by its sandbox (signal SIGSYS)");
+        let report = format!("{SECCOMP_REPORT_PREFIX}ptrace (101)");
+        let (r, m) = fail(Ending::Crashed, sys, false, &report);
+        assert_eq!(r, FailReason::SandboxViolation);
+        assert!(
+            m.starts_with(
+                "the worker was killed by its sandbox: forbidden system call ptrace (101)"
+            ),
+            "{m}"
+        );
+        let (r, m) = fail(
+            Ending::Crashed,
+            Some(ExitStatus::Signaled(libc::SIGXFSZ)),
+            false,
+            "",
+        );
+        assert_eq!(r, FailReason::SandboxViolation);
+        assert!(m.contains("wrote past the file-size limit"), "{m}");
+        let (r, m) = fail(
+            Ending::Crashed,
+            Some(ExitStatus::Signaled(libc::SIGXCPU)),
+            false,
+            "",
+        );
+        assert_eq!(r, FailReason::TimedOut);
+        assert!(m.contains("limits.cpu_time_s"), "{m}");
+        // A timeout stays a timeout even when memory also ran out on the way.
+        let (r, m) = fail(Ending::TimedOut, killed, true, "noise");
         assert_eq!(r, FailReason::TimedOut);
         assert!(
             m.contains("max_runtime_s = 1 s") && !m.contains("noise"),
             "{m}"
         );
-        let (r, m) = failure_of(
-            &Ending::Protocol("frame of 2147483647 bytes exceeds".into()),
+        let (r, m) = fail(
+            Ending::Protocol("frame of 2147483647 bytes exceeds".into()),
             killed,
-            d,
+            false,
             "",
         );
         assert_eq!(r, FailReason::ProtocolError);
         assert!(m.contains("2147483647"), "{m}");
         assert_eq!(
-            failure_of(&Ending::Cancelled, killed, d, "").0,
+            fail(Ending::Cancelled, killed, false, "").0,
             FailReason::MinerShutdown
+        );
+        let (r, m) = fail(Ending::Confinement("EPERM".into()), killed, false, "");
+        assert_eq!(r, FailReason::Internal);
+        assert!(
+            m.contains("could not be confined") && m.contains("EPERM"),
+            "{m}"
         );
         let oom = Ending::Failed(WorkerFailure {
             reason: WorkerFailReason::OutOfMemory,
             message: "cannot allocate 3 GiB".into(),
         });
-        let (r, m) = failure_of(&oom, Some(ExitStatus::Exited(0)), d, "");
+        let (r, m) = fail(oom, Some(ExitStatus::Exited(0)), false, "");
         assert_eq!(
             (r, m.as_str()),
             (FailReason::OutOfMemory, "cannot allocate 3 GiB")
         );
+        let refused = Ending::Failed(WorkerFailure {
+            reason: WorkerFailReason::SandboxViolation,
+            message: "writing /etc/x: permission denied".into(),
+        });
+        assert_eq!(
+            fail(refused, Some(ExitStatus::Exited(0)), false, "").0,
+            FailReason::SandboxViolation
+        );
         let long = "x".repeat(5000);
-        assert!(failure_of(&Ending::Crashed, None, d, &long).1.len() < 700);
+        assert!(fail(Ending::Crashed, None, false, &long).1.len() < 700);
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! The miner's main loop: heartbeat, fetch, one task per job slot with a pre-started worker,
 //! the outbox sender, and the drain on shutdown. It wires the pure decisions of [`crate::policy`]
 //! and [`crate::backoff`] to the I/O of [`crate::client`], [`crate::spool`] and
-//! [`crate::worker_proc`].
+//! [`crate::worker_proc`]. Unless the caller's [`WorkerCommand`] brings a cgroup subtree (the
+//! `run` command's, into whose leaf the supervisor has moved), `run` makes one for its workers
+//! only ([`crate::cgroup::workers_subtree`]: the calling process stays where it is, since it may
+//! host other code); without root or delegation it warns once and workers go without cgroups.
+//! Each slot keeps one worker pre-started; the worker's own job directory is the job's scratch
+//! space.
 //!
 //! Invariants: never more jobs in flight than slots (a job is only fetched while a slot's permit
 //! is held); a result is on disk before it is sent; nothing here formats the API key; no task
@@ -68,6 +73,10 @@ pub async fn run(
         path: config.work_dir.clone(),
         source,
     })?;
+    let mut worker = worker;
+    if worker.subtree.is_none() {
+        worker.subtree = crate::cgroup::workers_subtree(&config.miner_id);
+    }
     let (mode, mode_warning) = policy::detect_mode(config.accel_mode);
     if let Some(w) = mode_warning {
         warn!("{w}");
@@ -341,7 +350,7 @@ async fn dispatcher_task(
 async fn start_worker(ctx: &Ctx, slot: usize) -> Result<WorkerProcess, Error> {
     let r = WorkerProcess::start(&ctx.worker, WORKER_START_TIMEOUT).await;
     match &r {
-        Ok(w) => debug!(slot, worker_pid = w.pid(), "worker ready"),
+        Ok(w) => debug!(slot, worker_pid = w.pid(), sandbox = %w.hello().sandbox, "worker ready"),
         Err(e) => error!(slot, "cannot start a worker: {e}"),
     }
     r
@@ -441,18 +450,11 @@ async fn run_job(
             return report_failure(ctx, &job, protocol::api::FailReason::Internal, msg).await;
         }
     };
-    let scratch = ctx.config.work_dir.join(&job.id);
-    if let Err(e) = create_private_dir(&scratch) {
-        let msg = format!(
-            "cannot create the scratch directory {}: {e}",
-            scratch.display()
-        );
-        *ready = Some(tokio::spawn(async move { Ok(worker) }));
-        return report_failure(ctx, &job, protocol::api::FailReason::Internal, msg).await;
-    }
     info!(job = %job.id, workload = %job.workload, slot, attempt = job.attempt, worker_pid = worker.pid(), "job started");
     if let Err(e) = worker.limit_cpu(job.limits.cpu_time_s) {
-        warn!(job = %job.id, "cannot set the worker's CPU-time limit: {e}");
+        // A root supervisor without CAP_SYS_RESOURCE cannot set it on a worker that switched
+        // to another user; the worker lowers its own limit from the JobSpec before computing.
+        debug!(job = %job.id, "setting the worker's CPU-time limit from outside: {e}; the worker sets it itself");
     }
     let deadline = Duration::from_secs(job.limits.max_runtime_s);
     let run = JobSpec {
@@ -460,11 +462,13 @@ async fn run_job(
         spec,
         threads: ctx.config.threads_per_job.max(1),
         ram_mb: job.limits.ram_mb,
+        cpu_time_s: job.limits.cpu_time_s,
+        // Filled in by `WorkerProcess::run`, which knows the worker's kind.
+        address_space_bytes: None,
     };
+    // The worker's own job directory (created with it, removed when it is reaped) is the
+    // job's scratch space.
     let finished = worker.run(run, deadline, raised(kill)).await;
-    if let Err(e) = std::fs::remove_dir_all(&scratch) {
-        warn!(job = %job.id, "cannot remove the scratch directory {}: {e}", scratch.display());
-    }
     let finished_at = ts::now();
     match &finished.ending {
         Ending::Done(out) => {
@@ -496,20 +500,11 @@ async fn run_job(
             });
             enqueue(ctx, Entry::proof(proof)).await;
         }
-        other => {
-            let (reason, message) =
-                failure_of(other, finished.exit, deadline, &finished.stderr_tail);
+        _ => {
+            let (reason, message) = failure_of(&finished, &job.limits);
             report_failure(ctx, &job, reason, message).await;
         }
     }
-}
-
-fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
 }
 
 async fn report_failure(ctx: &Ctx, job: &Job, reason: protocol::api::FailReason, message: String) {
@@ -796,9 +791,12 @@ mod tests {
                 runtime_s: 600,
                 cpu_time_s: 1200,
                 vram_mb: 0,
+                disk_mb: 1024,
             },
             threads_per_job: 1,
             worker_exe: None,
+            run_as_user: "nobody".into(),
+            sandbox_fs: crate::config::SandboxFs::Auto,
         };
         let (mode, _) = policy::detect_mode(config.accel_mode);
         let caps = capabilities(&config, mode);

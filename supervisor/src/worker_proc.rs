@@ -1,25 +1,45 @@
-//! Worker processes: start one (socket pair on fd 3, clean environment, own process group),
-//! wait for its Hello, hand it one job, read exactly one answer under a deadline, and reap it
-//! with its resource usage. Every way a worker can end is turned into an [`Ending`].
+//! Worker processes: start one (socket pair on fd 3, clean environment, own process group, its
+//! own cgroup and job directory, the run-as user), wait for its Hello, apply the job's limits
+//! at hand-off, hand it one job, read exactly one answer under a deadline, and reap it with its
+//! resource usage. Every way a worker can end is turned into an [`Ending`].
+//!
+//! Launch: before the fork the supervisor creates the worker's job directory
+//! (`WORK_DIR/<unique>`, mode 0700, owned by the run-as user) and cgroup
+//! (`<subtree>/workers/<unique>`, its `cgroup.procs` opened). Between fork and exec the child
+//! only makes raw system calls on what was prepared: it joins the cgroup (writes `0` to each
+//! `cgroup.procs`), switches to the run-as user (`setgroups`, `setresgid`, `setresuid`) when
+//! the supervisor is root, moves its socket to fd 3, marks every other descriptor
+//! close-on-exec and sets its parent-death signal (after the uid switch, which clears it).
+//! The worker then runs `worker --job-dir DIR [--fs ..] [--file-size-mb N]` and confines the
+//! rest itself.
+//!
+//! Hand-off ([`WorkerProcess::run`]): the cgroup's memory (swap off), pids and CPU limits for
+//! the job, and RLIMIT_AS for CPU workers (see [`address_space_limit`]); RLIMIT_CPU comes from
+//! [`WorkerProcess::limit_cpu`].
 //!
 //! Reaping: once the answer is in (or the socket closed, or the deadline passed), a blocking
 //! `waitid(WEXITED | WNOWAIT)` on `spawn_blocking` waits for the leader to exit without reaping
-//! it (bounded: on expiry the group gets SIGKILL). While the leader is an unreaped zombie its pid
+//! it (bounded: on expiry it is killed). While the leader is an unreaped zombie its pid
 //! (= the group id) cannot be reused, so `killpg(SIGKILL)` then safely removes anything it left
-//! behind, and `wait4` finally reaps it and yields `rusage` (cpu_ms, peak RSS). A process dropped
-//! without that (task cancelled) is killed and reaped in `Drop`. No zombies, ever.
+//! behind in its group, the whole-cgroup kill anything that left the group, the cgroup's
+//! accounting is read (CPU time, peak memory, OOM kills), `wait4` reaps the leader with its
+//! `rusage` (the fallback accounting without a cgroup), and the cgroup and job directory are
+//! removed. A process dropped without that (task cancelled) is killed and reaped in `Drop`.
+//! No zombies, no stray processes, no leftover directories.
 //!
 //! This module must never trust the worker: frame headers are checked against `MAX_FRAME_LEN`
 //! before allocating, any unexpected frame is a protocol error, and it never panics on what the
-//! worker sends.
+//! worker sends. Between fork and exec it must never allocate, lock or call anything that is
+//! not async-signal-safe.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,12 +47,13 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 use protocol::wire::{
-    self, FromWorker, Hello, JobOutput, JobSpec, ToWorker, WireError, WorkerFailure, HEADER_LEN,
-    WIRE_VERSION,
+    self, FromWorker, Hello, JobOutput, JobSpec, ToWorker, WireError, WorkerFailure, WorkerKind,
+    HEADER_LEN, WIRE_VERSION,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::cgroup::{CgroupStats, Limits, Subtree, WorkerCgroup};
 use crate::policy::ExitStatus;
 use crate::Error;
 
@@ -40,36 +61,101 @@ use crate::Error;
 pub const WORKER_FD: i32 = 3;
 /// How much of a worker's stderr is kept for failure messages.
 pub const STDERR_TAIL: usize = 4096;
+/// How long a reaped worker's stderr may take to reach its end (the last line in flight).
+pub const STDERR_DRAIN: Duration = Duration::from_millis(250);
 /// How long a worker that answered (or closed its socket) may take to exit before SIGKILL.
 pub const EXIT_GRACE: Duration = Duration::from_secs(2);
 
-/// The program started as a worker: e.g. the miner's own binary with `["worker"]`.
+/// Where job directories go when nothing else is said (the config's `WORK_DIR` default).
+pub const DEFAULT_WORK_DIR: &str = "/tmp/aitbc-work";
+
+/// Everything a worker launch needs: the program (e.g. the miner's own binary with
+/// `["worker"]`), the sandbox arguments from the config, where job directories go, the
+/// supervisor's cgroup subtree (none: rlimits and process groups only), and the user a root
+/// supervisor runs workers as.
+///
+/// The command line is `program args.. --job-dir DIR sandbox_args..`.
 #[derive(Clone, Debug)]
 pub struct WorkerCommand {
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    /// `--fs MODE --file-size-mb N` from the config; empty: the worker's defaults.
+    pub sandbox_args: Vec<OsString>,
+    /// The parent of each worker's job directory (`WORK_DIR`).
+    pub work_dir: PathBuf,
+    /// The supervisor's cgroup subtree; `None`: no per-worker cgroup.
+    pub subtree: Option<Arc<Subtree>>,
+    /// `(uid, gid)` the child switches to before exec, when the supervisor runs as root.
+    /// Ignored when it does not (a non-root supervisor's workers already run as its user).
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl WorkerCommand {
+    /// `program args..` with the defaults: no sandbox arguments, job directories under
+    /// [`DEFAULT_WORK_DIR`], no cgroup subtree, no user switch.
+    pub fn new<I, A>(program: impl Into<PathBuf>, args: I) -> WorkerCommand
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<OsString>,
+    {
+        WorkerCommand {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            sandbox_args: Vec::new(),
+            work_dir: PathBuf::from(DEFAULT_WORK_DIR),
+            subtree: None,
+            run_as: None,
+        }
+    }
+
     /// This very executable, re-run as `<exe> worker`.
     pub fn current_exe() -> Result<WorkerCommand, Error> {
-        Ok(WorkerCommand {
-            program: std::env::current_exe().map_err(Error::CurrentExe)?,
-            args: vec!["worker".into()],
-        })
+        Ok(WorkerCommand::new(
+            std::env::current_exe().map_err(Error::CurrentExe)?,
+            ["worker"],
+        ))
     }
 
     /// The worker a config asks for: `WORKER_EXE worker` when WORKER_EXE is set, otherwise
-    /// this very executable (see [`WorkerCommand::current_exe`]).
+    /// this very executable (see [`WorkerCommand::current_exe`]); `--fs SANDBOX_FS`,
+    /// `--file-size-mb MAX_JOB_DISK_MB`; job directories in `WORK_DIR`; and, when this
+    /// process is root, `RUN_AS_USER` for the workers. The cgroup subtree is left to the
+    /// caller ([`crate::cgroup::supervisor_subtree`]; `run` makes one when none is given).
     pub fn for_config(config: &crate::Config) -> Result<WorkerCommand, Error> {
-        match &config.worker_exe {
-            Some(exe) => Ok(WorkerCommand {
-                program: exe.clone(),
-                args: vec!["worker".into()],
-            }),
-            None => WorkerCommand::current_exe(),
+        let mut cmd = match &config.worker_exe {
+            Some(exe) => WorkerCommand::new(exe.clone(), ["worker"]),
+            None => WorkerCommand::current_exe()?,
+        };
+        cmd.sandbox_args = vec![
+            "--fs".into(),
+            config.sandbox_fs.as_arg().into(),
+            "--file-size-mb".into(),
+            config.job_limits_max.disk_mb.to_string().into(),
+        ];
+        cmd.work_dir = config.work_dir.clone();
+        if crate::privilege::is_root() {
+            cmd.run_as = Some(crate::privilege::lookup_user(&config.run_as_user)?);
         }
+        Ok(cmd)
     }
+}
+
+/// The address-space limit (RLIMIT_AS) of a CPU worker running a job of `ram_mb` MiB on
+/// `threads` compute threads, in bytes: a generous backstop behind the cgroup's memory limit,
+/// not the limit itself (address space is not memory). The formula:
+/// `ram_mb` + 256 MiB (the binary, its libraries, the loader's and the kernel's mappings) +
+/// 72 MiB for each thread including the main one (glibc reserves up to 64 MiB of address space
+/// per malloc arena, one arena per thread at most, and a thread's stack is at most 8 MiB).
+/// Saturates to "unlimited". GPU workers get none: CUDA reserves about twice the device memory
+/// in host address space.
+pub fn address_space_limit(ram_mb: u64, threads: u32) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let per_thread = 72 * MIB;
+    let threads = u64::from(threads.max(1)) + 1;
+    ram_mb
+        .saturating_mul(MIB)
+        .saturating_add(256 * MIB)
+        .saturating_add(per_thread.saturating_mul(threads))
 }
 
 /// Resource usage of a reaped worker.
@@ -91,6 +177,8 @@ pub enum Ending {
     Protocol(String),
     /// The supervisor gave up on the job (shutdown after the drain grace); it was killed.
     Cancelled,
+    /// The job's limits could not be applied to the worker; it was killed before the job.
+    Confinement(String),
 }
 
 /// A finished attempt: the ending, the time from Run to answer, and how the process ended.
@@ -99,7 +187,11 @@ pub struct Finished {
     pub ending: Ending,
     pub handoff_to_answer: Duration,
     pub exit: Option<ExitStatus>,
+    /// CPU time and peak memory: from the worker's cgroup when it had one (every process
+    /// of the job counted), else from `wait4`'s rusage of the worker process.
     pub usage: Usage,
+    /// The cgroup's own accounting, when the worker had a cgroup (`oom_killed` among it).
+    pub cgroup: Option<CgroupStats>,
     pub stderr_tail: String,
 }
 
@@ -109,12 +201,81 @@ struct StderrTail {
     bytes: VecDeque<u8>,
 }
 
+/// What a worker has outside its process: its cgroup and its job directory. Dropping it
+/// kills whatever is left in the cgroup, then removes both.
+#[derive(Default)]
+struct Resources {
+    cgroup: Option<WorkerCgroup>,
+    job_dir: Option<PathBuf>,
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        drop(self.cgroup.take());
+        if let Some(dir) = self.job_dir.take() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("cannot remove the job directory {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+}
+
+/// A unique name for a worker's job directory and cgroup: `w<supervisor pid>-<n>`.
+fn unique_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "w{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates the job directory (mode 0700; its parent as needed) and, for a root supervisor
+/// that switches users, hands it to the worker's user.
+fn create_job_dir(dir: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// Sets both limits of `resource` of process `pid` to `value` (prlimit(2)).
+fn set_rlimit(
+    pid: i32,
+    resource: libc::__rlimit_resource_t,
+    soft: u64,
+    hard: u64,
+) -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    // SAFETY: prlimit on our own (unreaped, so not reused) child's pid, valid pointers.
+    let r = unsafe { libc::prlimit(pid, resource, &lim, std::ptr::null_mut()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// A started worker that has said Hello and waits for its one job.
 pub struct WorkerProcess {
     pid: i32,
     sock: UnixStream,
     stderr: Arc<Mutex<StderrTail>>,
+    /// The task copying the worker's stderr into `stderr`; awaited (briefly) after the reap so
+    /// the worker's last line (e.g. the seccomp report) is in the tail before it is read.
+    stderr_reader: Option<tokio::task::JoinHandle<()>>,
     hello: Hello,
+    res: Resources,
     reaped: bool,
 }
 
@@ -137,23 +298,64 @@ impl WorkerProcess {
         )
         .map_err(|e| spawn_err(e.into()))?;
         let child_fd = child.as_raw_fd();
+        let name = unique_name();
+        // Only a root supervisor switches users; one that already dropped root runs its
+        // workers as itself.
+        let run_as = cmd.run_as.filter(|_| nix::unistd::geteuid().is_root());
+        let mut res = Resources::default();
+        let job_dir = cmd.work_dir.join(&name);
+        create_job_dir(&job_dir, run_as).map_err(|source| Error::WorkDir {
+            path: job_dir.clone(),
+            source,
+        })?;
+        res.job_dir = Some(job_dir.clone());
+        if let Some(subtree) = &cmd.subtree {
+            res.cgroup = Some(subtree.worker(&name)?);
+        }
+        let join_fds = res
+            .cgroup
+            .as_ref()
+            .map(WorkerCgroup::join_fds)
+            .unwrap_or_default();
         let mut command = std::process::Command::new(&cmd.program);
         command
             .args(&cmd.args)
+            .arg("--job-dir")
+            .arg(&job_dir)
+            .args(&cmd.sandbox_args)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
-        // SAFETY: the closure runs in the forked child before exec and only makes the
-        // async-signal-safe system calls dup2(2), fcntl(2), close_range(2) and prctl(2) on descriptors of
-        // the child; it allocates nothing and touches no lock. dup2 gives fd 3 without
-        // FD_CLOEXEC, so it survives exec; every descriptor above 3 (including any the
-        // supervisor itself inherited without CLOEXEC) is marked CLOEXEC, so the worker starts
-        // with exactly 0, 1, 2 and 3. std's own exec-error pipe stays usable until exec.
+        // SAFETY: the closure runs in the forked child before exec and only makes raw,
+        // async-signal-safe system calls (write(2), setgroups(2), setresgid(2), setresuid(2),
+        // dup2(2), fcntl(2), close_range(2), prctl(2)) on descriptors and values prepared
+        // before the fork; it allocates nothing and touches no lock (iterating the captured
+        // Vec reads memory only). The cgroup is joined first, while the child surely may
+        // (before the uid switch, and before dup2 could close a cgroup.procs descriptor that
+        // happens to be fd 3). The raw setres*id calls change only this (the child's only)
+        // thread. dup2 gives fd 3 without FD_CLOEXEC, so it survives exec; every descriptor
+        // above 3 (the cgroup.procs ones, and any the supervisor itself inherited without
+        // CLOEXEC) is marked CLOEXEC, so the worker starts with exactly 0, 1, 2 and 3. std's
+        // own exec-error pipe stays usable until exec.
         unsafe {
             command.pre_exec(move || {
+                for fd in &join_fds {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some((uid, gid)) = run_as {
+                    let groups = [gid as libc::gid_t];
+                    if libc::syscall(libc::SYS_setgroups, 1 as libc::c_long, groups.as_ptr()) != 0
+                        || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+                        || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if child_fd == WORKER_FD {
                     if libc::fcntl(WORKER_FD, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
@@ -165,20 +367,23 @@ impl WorkerProcess {
                 // If the supervisor dies (even by SIGKILL) the worker gets SIGKILL too. The
                 // signal follows the *thread* that forked: workers are spawned from tokio's
                 // long-lived runtime threads (or a caller's block_on thread), never from the
-                // transient blocking pool, so a live supervisor never triggers it.
+                // transient blocking pool, so a live supervisor never triggers it. Set after
+                // the uid switch, which would clear it.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
+        // On failure `res` is dropped: the cgroup and the job directory go again.
         let mut child_proc = command.spawn().map_err(spawn_err)?;
         drop(child);
         let pid = i32::try_from(child_proc.id()).expect("pids fit in i32");
         let stderr = Arc::new(Mutex::new(StderrTail::default()));
-        if let Some(pipe) = child_proc.stderr.take() {
-            spawn_stderr_reader(pid, pipe, stderr.clone());
-        }
+        let stderr_reader = child_proc
+            .stderr
+            .take()
+            .and_then(|pipe| spawn_stderr_reader(pid, pipe, stderr.clone()));
         // Dropping a std Child neither kills nor waits; this module reaps by pid.
         drop(child_proc);
 
@@ -189,7 +394,8 @@ impl WorkerProcess {
             hello: Hello {
                 version: 0,
                 pid: 0,
-                kind: wire::WorkerKind::Cpu,
+                kind: WorkerKind::Cpu,
+                sandbox: String::new(),
             },
             sock: match std_sock
                 .set_nonblocking(true)
@@ -202,6 +408,8 @@ impl WorkerProcess {
                 }
             },
             stderr,
+            stderr_reader,
+            res,
             reaped: false,
         };
         let start_err = |w: &WorkerProcess, message: String| Error::WorkerStart {
@@ -263,24 +471,49 @@ impl WorkerProcess {
     /// sends SIGXCPU at the soft limit and SIGKILL one second later. Set when the job is handed
     /// over, because the worker was started before the job was known.
     pub fn limit_cpu(&self, secs: u64) -> std::io::Result<()> {
-        let lim = libc::rlimit {
-            rlim_cur: secs as libc::rlim_t,
-            rlim_max: secs.saturating_add(1) as libc::rlim_t,
-        };
-        // SAFETY: prlimit on our own (unreaped, so not reused) child's pid, valid pointers.
-        let r = unsafe { libc::prlimit(self.pid, libc::RLIMIT_CPU, &lim, std::ptr::null_mut()) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
+        set_rlimit(self.pid, libc::RLIMIT_CPU, secs, secs.saturating_add(1))
+    }
+
+    /// The worker's cgroup directory, when it has one (v1: the freezer's, else the first).
+    pub fn cgroup_path(&self) -> Option<&Path> {
+        self.res.cgroup.as_ref().map(WorkerCgroup::path)
+    }
+
+    /// The worker's job directory.
+    pub fn job_dir(&self) -> Option<&Path> {
+        self.res.job_dir.as_deref()
+    }
+
+    /// The job's limits on the worker, set when it is handed over (the worker was started
+    /// before the job was known): the cgroup's memory, pids and CPU quota, and for a CPU worker
+    /// RLIMIT_AS ([`address_space_limit`]), which also goes into `spec` so the worker lowers
+    /// itself to it before computing. From outside, RLIMIT_AS is set where the kernel lets us
+    /// (same user, or CAP_SYS_RESOURCE); a refusal is only logged, since the worker applies the
+    /// same limit to itself before it touches the job.
+    fn confine(&self, spec: &mut JobSpec) -> Result<(), String> {
+        if let Some(cg) = &self.res.cgroup {
+            cg.set_limits(&Limits::for_job(spec.ram_mb, spec.threads))
+                .map_err(|e| e.to_string())?;
         }
+        if self.hello.kind == WorkerKind::Cpu {
+            // Saturated to u64::MAX, which is RLIM_INFINITY.
+            let bytes = address_space_limit(spec.ram_mb, spec.threads);
+            spec.address_space_bytes = Some(bytes);
+            if let Err(e) = set_rlimit(self.pid, libc::RLIMIT_AS, bytes, bytes) {
+                tracing::debug!(
+                    worker_pid = self.pid,
+                    "setting RLIMIT_AS to {bytes} bytes from outside: {e}; the worker sets it itself"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Runs one job: sends `Run`, waits for one answer for at most `deadline` (or until
     /// `cancel` resolves), then makes sure the process and its group are gone and reaped.
     pub async fn run(
         mut self,
-        spec: JobSpec,
+        mut spec: JobSpec,
         deadline: Duration,
         cancel: impl Future<Output = ()>,
     ) -> Finished {
@@ -288,10 +521,12 @@ impl WorkerProcess {
             t.job = Some(spec.job_id.clone());
         }
         let started = Instant::now();
+        let confined = self.confine(&mut spec);
         let frame = wire::encode(&ToWorker::Run(spec));
-        let ending = match frame {
-            Err(e) => Ending::Protocol(format!("cannot encode the job: {e}")),
-            Ok(frame) => match self.sock.write_all(&frame).await {
+        let ending = match (confined, frame) {
+            (Err(e), _) => Ending::Confinement(e),
+            (Ok(()), Err(e)) => Ending::Protocol(format!("cannot encode the job: {e}")),
+            (Ok(()), Ok(frame)) => match self.sock.write_all(&frame).await {
                 Err(_) => Ending::Crashed,
                 Ok(()) => {
                     tokio::select! {
@@ -312,14 +547,18 @@ impl WorkerProcess {
         let handoff_to_answer = started.elapsed();
         let grace = match ending {
             Ending::Done(_) | Ending::Failed(_) | Ending::Crashed => EXIT_GRACE,
-            Ending::TimedOut | Ending::Protocol(_) | Ending::Cancelled => Duration::ZERO,
+            Ending::TimedOut | Ending::Protocol(_) | Ending::Cancelled | Ending::Confinement(_) => {
+                Duration::ZERO
+            }
         };
-        let (usage, exit) = self.reap(grace).await;
+        let (usage, exit, cgroup) = self.reap(grace).await;
+        self.drain_stderr().await;
         Finished {
             ending,
             handoff_to_answer,
             exit,
             usage,
+            cgroup,
             stderr_tail: self.stderr_tail(),
         }
     }
@@ -332,9 +571,19 @@ impl WorkerProcess {
         self.reap(EXIT_GRACE).await.1
     }
 
-    /// Kills the worker's group at once and reaps it.
+    /// Kills the worker (its group and its cgroup) at once and reaps it.
     pub async fn kill_and_reap(&mut self) -> (Usage, Option<ExitStatus>) {
-        self.reap(Duration::ZERO).await
+        let (usage, exit, _) = self.reap(Duration::ZERO).await;
+        self.drain_stderr().await;
+        (usage, exit)
+    }
+
+    /// Waits (at most [`STDERR_DRAIN`]) until the stderr reader has seen the end of the pipe,
+    /// which comes as soon as every process holding it is gone. Call after reaping.
+    async fn drain_stderr(&mut self) {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = tokio::time::timeout(STDERR_DRAIN, reader).await;
+        }
     }
 
     /// The last bytes the worker wrote to stderr, as text.
@@ -359,11 +608,12 @@ impl WorkerProcess {
         }
     }
 
-    /// Waits up to `grace` for the leader to exit (without reaping), SIGKILLs the group, then
-    /// reaps the leader with its rusage.
-    async fn reap(&mut self, grace: Duration) -> (Usage, Option<ExitStatus>) {
+    /// Waits up to `grace` for the leader to exit (without reaping), kills its group and its
+    /// cgroup, reads the cgroup's accounting, reaps the leader with its rusage, and removes the
+    /// cgroup and the job directory.
+    async fn reap(&mut self, grace: Duration) -> (Usage, Option<ExitStatus>, Option<CgroupStats>) {
         if self.reaped {
-            return (Usage::default(), None);
+            return (Usage::default(), None, None);
         }
         let pid = self.pid;
         if !grace.is_zero() {
@@ -373,13 +623,42 @@ impl WorkerProcess {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        let result = tokio::task::spawn_blocking(move || wait4_reap(pid)).await;
+        let res = std::mem::take(&mut self.res);
+        let result = tokio::task::spawn_blocking(move || {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            // Whatever left the process group (setsid) is still in the cgroup.
+            if let Some(cg) = &res.cgroup {
+                if let Err(e) = cg.kill_all() {
+                    tracing::warn!(worker_pid = pid, "{e}");
+                }
+            }
+            let stats = res.cgroup.as_ref().map(WorkerCgroup::stats);
+            let reaped = wait4_reap(pid);
+            drop(res);
+            (reaped, stats)
+        })
+        .await;
         self.reaped = true;
         match result {
-            Ok(Some((status, usage))) => (usage, Some(status)),
-            _ => (Usage::default(), None),
+            Ok((Some((status, usage)), stats)) => {
+                (merge_usage(usage, stats.as_ref()), Some(status), stats)
+            }
+            Ok((None, stats)) => (merge_usage(Usage::default(), stats.as_ref()), None, stats),
+            Err(_) => (Usage::default(), None, None),
         }
+    }
+}
+
+/// The usage to report: the cgroup's numbers (every process of the job) where it has them,
+/// else the worker process's rusage.
+fn merge_usage(rusage: Usage, cgroup: Option<&CgroupStats>) -> Usage {
+    Usage {
+        cpu_ms: cgroup
+            .and_then(|s| s.cpu_usage_us)
+            .map_or(rusage.cpu_ms, |us| us / 1000),
+        peak_rss_mb: cgroup
+            .and_then(|s| s.peak_memory_bytes)
+            .map_or(rusage.peak_rss_mb, |b| b.div_ceil(1 << 20)),
     }
 }
 
@@ -497,11 +776,13 @@ fn frame_name(f: &FromWorker) -> &'static str {
 
 /// Logs the worker's stderr lines at debug (with the job id once known) and keeps the last
 /// [`STDERR_TAIL`] bytes for failure messages.
-fn spawn_stderr_reader(pid: i32, pipe: std::process::ChildStderr, tail: Arc<Mutex<StderrTail>>) {
-    let Ok(pipe) = tokio::process::ChildStderr::from_std(pipe) else {
-        return;
-    };
-    tokio::spawn(async move {
+fn spawn_stderr_reader(
+    pid: i32,
+    pipe: std::process::ChildStderr,
+    tail: Arc<Mutex<StderrTail>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let pipe = tokio::process::ChildStderr::from_std(pipe).ok()?;
+    Some(tokio::spawn(async move {
         let mut reader = tokio::io::BufReader::new(pipe);
         let mut line = Vec::new();
         loop {
@@ -522,14 +803,13 @@ fn spawn_stderr_reader(pid: i32, pipe: std::process::ChildStderr, tail: Arc<Mute
             let excess = t.bytes.len().saturating_sub(STDERR_TAIL);
             t.bytes.drain(..excess);
         }
-    });
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     //! Real processes: small bash scripts stand in for workers that misbehave in exact ways.
     use super::*;
-    use protocol::wire::WorkerKind;
     use protocol::workload::{TorchBenchParams, WorkloadSpec};
 
     struct Fake {
@@ -543,11 +823,17 @@ mod tests {
         }
 
         fn with_version(version: u32, then: &str) -> (Fake, WorkerCommand) {
+            Self::with_prelude(version, "", then)
+        }
+
+        /// Runs `prelude` before sending Hello, so it has happened once the worker is ready.
+        fn with_prelude(version: u32, prelude: &str, then: &str) -> (Fake, WorkerCommand) {
             let dir = tempfile::tempdir().unwrap();
             let hello = wire::encode(&FromWorker::Hello(Hello {
                 version,
                 pid: 1,
                 kind: WorkerKind::Cpu,
+                sandbox: "fake".into(),
             }))
             .unwrap();
             std::fs::write(dir.path().join("hello.bin"), hello).unwrap();
@@ -555,15 +841,13 @@ mod tests {
             std::fs::write(
                 &script,
                 format!(
-                    "cat '{}' >&3\n{then}\n",
+                    "{prelude}\ncat '{}' >&3\n{then}\n",
                     dir.path().join("hello.bin").display()
                 ),
             )
             .unwrap();
-            let cmd = WorkerCommand {
-                program: "/bin/bash".into(),
-                args: vec![script.into()],
-            };
+            let mut cmd = WorkerCommand::new("/bin/bash", [script]);
+            cmd.work_dir = dir.path().join("work");
             (Fake { dir }, cmd)
         }
     }
@@ -578,6 +862,8 @@ mod tests {
             }),
             threads: 1,
             ram_mb: 64,
+            cpu_time_s: 60,
+            address_space_bytes: None,
         }
     }
 
@@ -691,7 +977,9 @@ mod tests {
             .await;
         assert_eq!(fin.ending, Ending::Crashed);
         assert_eq!(fin.exit, Some(ExitStatus::Signaled(libc::SIGXCPU)));
-        assert!(fin.usage.cpu_ms >= 900, "{:?}", fin.usage);
+        // The kernel stops it at 1 s of tick-sampled CPU time; rusage reports the precise
+        // run time, which on a loaded machine (ticks charged to whoever is on the CPU) is less.
+        assert!(fin.usage.cpu_ms >= 500, "{:?}", fin.usage);
     }
 
     #[tokio::test]
@@ -720,19 +1008,14 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("wire version"), "{e}");
-        let cmd = WorkerCommand {
-            program: "/bin/sleep".into(),
-            args: vec!["30".into()],
-        };
+        // Extra arguments (`--job-dir DIR`) become bash's positional parameters.
+        let cmd = WorkerCommand::new("/bin/bash", ["-c", "sleep 30"]);
         let e = WorkerProcess::start(&cmd, Duration::from_millis(100))
             .await
             .err()
             .unwrap();
         assert!(e.to_string().contains("no Hello"), "{e}");
-        let cmd = WorkerCommand {
-            program: "/nonexistent/worker".into(),
-            args: vec![],
-        };
+        let cmd = WorkerCommand::new("/nonexistent/worker", Vec::<OsString>::new());
         let e = WorkerProcess::start(&cmd, Duration::from_millis(100))
             .await
             .err()
@@ -774,5 +1057,236 @@ mod tests {
             assert!(Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[test]
+    fn address_space_backstop() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(address_space_limit(1024, 1), (1024 + 256 + 2 * 72) * MIB);
+        assert_eq!(address_space_limit(64, 0), address_space_limit(64, 1));
+        assert_eq!(address_space_limit(64, 8), (64 + 256 + 9 * 72) * MIB);
+        assert_eq!(address_space_limit(u64::MAX / 2, 4), u64::MAX);
+    }
+
+    #[tokio::test]
+    async fn the_command_line_carries_the_job_dir_and_sandbox_args_and_the_dir_goes_after() {
+        let (f, mut cmd) = Fake::new(
+            r#"head -c 4 <&3 >/dev/null; echo "args: $*" >&2; stat -c 'mode %a' "$2" >&2"#,
+        );
+        cmd.sandbox_args = vec!["--fs".into(), "mount".into()];
+        let (fin, _) = run(&cmd, Duration::from_secs(10)).await;
+        let work = f.dir.path().join("work");
+        let line = fin
+            .stderr_tail
+            .lines()
+            .find(|l| l.starts_with("args: "))
+            .unwrap();
+        let rest = line
+            .strip_prefix(&format!("args: --job-dir {}/w", work.display()))
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(rest.ends_with(" --fs mount"), "{line}");
+        assert!(fin.stderr_tail.contains("mode 700"), "{}", fin.stderr_tail);
+        assert_eq!(
+            std::fs::read_dir(&work).unwrap().count(),
+            0,
+            "job dir left behind"
+        );
+    }
+
+    /// A subtree for a test, or a printed SKIP line when this host cannot give one.
+    fn test_subtree(test: &str) -> Option<Arc<Subtree>> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP {test}: needs root for cgroups");
+            return None;
+        }
+        match Subtree::create(&format!("test-{test}.{}", std::process::id())) {
+            Ok(Some(s)) => Some(Arc::new(s)),
+            other => {
+                eprintln!("SKIP {test}: no cgroup subtree here ({other:?})");
+                None
+            }
+        }
+    }
+
+    /// The worker's cgroup of `controller` as /proc/<pid>/cgroup names it, under `mount`.
+    fn cgroup_file(pid: i32, controller: &str, file: &str) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let line = text.lines().find(|l| {
+            let mut it = l.splitn(3, ':');
+            let _ = it.next();
+            it.next()
+                .is_some_and(|c| c.split(',').any(|c| c == controller))
+        })?;
+        let path = line.splitn(3, ':').nth(2)?;
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}{path}/{file}"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_worker_runs_in_its_limited_cgroup_and_nothing_outlives_it() {
+        let Some(subtree) = test_subtree("worker_cgroup") else {
+            return;
+        };
+        let (f, mut cmd) = Fake::with_prelude(
+            WIRE_VERSION,
+            r#"setsid sleep 300 & echo $! > "$(dirname "$0")/escapee""#,
+            "head -c 4 <&3 >/dev/null; sleep 300",
+        );
+        cmd.subtree = Some(subtree.clone());
+        let w = WorkerProcess::start(&cmd, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let pid = w.pid();
+        let cg = w.cgroup_path().unwrap().to_path_buf();
+        let name = cg.file_name().unwrap().to_str().unwrap().to_owned();
+        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(own.contains(&format!("/workers/{name}")), "{own}");
+        // Read the limits while the job runs, then cancel it.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let probe = async move {
+            let v1 = subtree.version() == crate::cgroup::Version::V1;
+            let seen = if v1 {
+                (
+                    cgroup_file(pid, "memory", "memory.limit_in_bytes"),
+                    cgroup_file(pid, "pids", "pids.max"),
+                    cgroup_file(pid, "cpu", "cpu.cfs_quota_us"),
+                )
+            } else {
+                (None, None, None)
+            };
+            let _ = tx.send((v1, seen));
+        };
+        let fin = w.run(job(), Duration::from_secs(30), probe).await;
+        assert_eq!(fin.ending, Ending::Cancelled);
+        let (v1, (mem, pids, cpu)) = rx.await.unwrap();
+        if v1 {
+            assert_eq!(mem.as_deref(), Some("67108864"));
+            assert_eq!(pids.as_deref(), Some("17"));
+            assert_eq!(cpu.as_deref(), Some("100000"));
+        } else {
+            eprintln!("SKIP limit values: v2 without controllers here");
+        }
+        // The escapee left the process group but not the cgroup: it is dead already.
+        let gc: i32 = std::fs::read_to_string(f.dir.path().join("escapee"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(!alive(gc) || is_zombie(gc), "{gc} survived the cgroup kill");
+        assert!(!alive(pid));
+        assert!(!cg.exists(), "{} left behind", cg.display());
+        let stats = fin.cgroup.expect("cgroup stats");
+        assert!(stats.cpu_usage_us.is_some(), "{stats:?}");
+        assert!(!stats.oom_killed);
+    }
+
+    #[tokio::test]
+    async fn a_worker_past_its_memory_limit_ends_as_out_of_memory() {
+        let Some(subtree) = test_subtree("worker_oom") else {
+            return;
+        };
+        if subtree.version() == crate::cgroup::Version::V2
+            && !subtree.controllers().iter().any(|c| c == "memory")
+        {
+            eprintln!("SKIP worker_oom: no memory controller");
+            return;
+        }
+        // 100 MiB held by the worker itself (bash keeps the substitution's output) in a
+        // 64 MiB cgroup without swap; RLIMIT_AS (464 MiB here) is not what stops it.
+        let (_f, mut cmd) = Fake::new(
+            r"head -c 4 <&3 >/dev/null; x=$(head -c 104857600 /dev/zero | tr '\0' a); echo ${#x} >&2",
+        );
+        cmd.subtree = Some(subtree);
+        let (fin, _) = run(&cmd, Duration::from_secs(30)).await;
+        assert_eq!(fin.ending, Ending::Crashed);
+        assert!(
+            fin.cgroup.is_some_and(|s| s.oom_killed),
+            "{:?} {:?} {}",
+            fin.cgroup,
+            fin.exit,
+            fin.stderr_tail
+        );
+        let limits = protocol::api::JobLimits {
+            ram_mb: 64,
+            ..Default::default()
+        };
+        let (reason, message) = crate::policy::failure_of(&fin, &limits);
+        assert_eq!(reason, protocol::api::FailReason::OutOfMemory, "{message}");
+        assert!(message.contains("limits.ram_mb = 64 MiB"), "{message}");
+        assert!(fin.usage.peak_rss_mb <= 65, "{:?}", fin.usage);
+    }
+
+    #[tokio::test]
+    async fn a_root_supervisor_runs_its_worker_as_the_run_as_user() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP run_as: needs root");
+            return;
+        }
+        let (f, mut cmd) = Fake::new(
+            r#"head -c 4 <&3 >/dev/null; echo "ids $(id -u) $(id -g) $(id -G)" >&2; stat -c 'owner %u %g' "$2" >&2"#,
+        );
+        // The user must be able to read the script.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        cmd.run_as = Some((65534, 65534));
+        // Without CAP_SYS_RESOURCE (some containers) root cannot prlimit another user's
+        // process; the cgroup's memory limit then carries the job alone.
+        cmd.subtree = test_subtree("run_as");
+        let (fin, _) = run(&cmd, Duration::from_secs(10)).await;
+        assert!(fin.stderr_tail.contains("ids 65534 65534 65534"), "{fin:?}");
+        assert!(
+            fin.stderr_tail.contains("owner 65534 65534"),
+            "{}",
+            fin.stderr_tail
+        );
+    }
+
+    #[tokio::test]
+    async fn creating_joining_and_removing_a_worker_cgroup_costs_little() {
+        let Some(subtree) = test_subtree("cgroup_cost") else {
+            return;
+        };
+        let rounds = 200u32;
+        let (mut create, mut spawn, mut remove) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        for i in 0..rounds {
+            let t0 = Instant::now();
+            let cg = subtree.worker(&format!("bench{i}")).unwrap();
+            create += t0.elapsed();
+            let t0 = Instant::now();
+            let mut child = std::process::Command::new("/bin/true");
+            let fds = cg.join_fds();
+            // SAFETY: write(2) on descriptors opened before the fork.
+            unsafe {
+                child.pre_exec(move || {
+                    for fd in &fds {
+                        libc::write(*fd, b"0".as_ptr().cast(), 1);
+                    }
+                    Ok(())
+                });
+            }
+            child.status().unwrap();
+            spawn += t0.elapsed();
+            let t0 = Instant::now();
+            drop(cg);
+            remove += t0.elapsed();
+        }
+        let with = (create + spawn + remove) / rounds;
+        eprintln!(
+            "per worker: create {:?}, spawn+join+exit {:?}, kill check+remove {:?}",
+            create / rounds,
+            spawn / rounds,
+            remove / rounds
+        );
+        let t0 = Instant::now();
+        for _ in 0..rounds {
+            std::process::Command::new("/bin/true").status().unwrap();
+        }
+        let without = t0.elapsed() / rounds;
+        eprintln!(
+            "{}: spawn+exit of /bin/true {without:?}; with create+join+remove of a worker cgroup {with:?} (+{:?})",
+            subtree.describe(),
+            with.saturating_sub(without)
+        );
     }
 }
