@@ -45,8 +45,11 @@ pub const KEYS: &[&str] = &[
     "MAX_JOB_RUNTIME_SECS",
     "MAX_JOB_CPU_SECS",
     "MAX_JOB_VRAM_MB",
+    "MAX_JOB_DISK_MB",
     "THREADS_PER_JOB",
     "WORKER_EXE",
+    "RUN_AS_USER",
+    "SANDBOX_FS",
 ];
 
 /// Keys without a default: the miner cannot start without them.
@@ -57,6 +60,10 @@ const SECRET_KEY: &str = "API_KEY";
 
 /// The longest duration any `*_SECS` key accepts (one year), so arithmetic on it cannot overflow.
 const MAX_SECS: u64 = 365 * 24 * 3600;
+
+/// The largest `MAX_JOB_DISK_MB` (1 PiB in MiB), so the byte count for RLIMIT_FSIZE cannot
+/// overflow.
+const MAX_DISK_MB: u64 = 1 << 30;
 
 /// The miner's settings after parsing, environment overrides, defaults and validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +111,16 @@ pub struct Config {
     /// `WORKER_EXE` (default none: the supervisor re-executes its own binary as
     /// `aitbc-miner worker`).
     pub worker_exe: Option<PathBuf>,
+    /// `RUN_AS_USER` (default `aitbc-miner`): the unprivileged user a miner started as root
+    /// drops to once its root-only set-up is done; workers a root supervisor starts switch to
+    /// it too. Ignored when the miner does not start as root.
+    pub run_as_user: String,
+    /// `SANDBOX_FS` (default `auto`): how a worker confines its view of the filesystem.
+    pub sandbox_fs: SandboxFs,
 }
+
+/// The user [`Config::run_as_user`] defaults to.
+pub const DEFAULT_RUN_AS_USER: &str = "aitbc-miner";
 
 /// The most one job may use on this miner, whatever the job asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +133,9 @@ pub struct MaxLimits {
     pub cpu_time_s: u64,
     /// `MAX_JOB_VRAM_MB` (default 0: no GPU jobs).
     pub vram_mb: u64,
+    /// `MAX_JOB_DISK_MB` (default 1024, > 0): the largest file a job may write (the worker's
+    /// RLIMIT_FSIZE, `--file-size-mb`).
+    pub disk_mb: u64,
 }
 
 /// `ACCEL_MODE`: which accelerator the miner offers.
@@ -144,6 +163,34 @@ impl AccelMode {
 impl fmt::Display for AccelMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// `SANDBOX_FS`: how a worker confines its view of the filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxFs {
+    /// Landlock when the kernel has it, the mount-namespace view otherwise.
+    Auto,
+    /// Landlock only; a worker refuses to start where the kernel lacks it.
+    Landlock,
+    /// A mount namespace with a read-only view of the system.
+    Mount,
+}
+
+impl SandboxFs {
+    /// The spelling used in the config file and on the worker's command line (`--fs`).
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            SandboxFs::Auto => "auto",
+            SandboxFs::Landlock => "landlock",
+            SandboxFs::Mount => "mount",
+        }
+    }
+}
+
+impl fmt::Display for SandboxFs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_arg())
     }
 }
 
@@ -912,6 +959,34 @@ fn parse_accel_mode(text: &str) -> Result<AccelMode, String> {
     }
 }
 
+fn parse_sandbox_fs(text: &str) -> Result<SandboxFs, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "auto" => Ok(SandboxFs::Auto),
+        "landlock" => Ok(SandboxFs::Landlock),
+        "mount" => Ok(SandboxFs::Mount),
+        _ => Err("expected auto, landlock or mount".into()),
+    }
+}
+
+/// A user name as `useradd` accepts it (and as `getpwnam` can find it): 1 to 32 characters,
+/// starting with a lower-case letter or `_`, then lower-case letters, digits, `_`, `-`, and an
+/// optional final `$`. Checked here so a typo is a config error with a line number rather than
+/// a failed look-up at start.
+fn parse_user_name(text: &str) -> Result<String, String> {
+    const EXPECTED: &str = "expected a user name: 1 to 32 characters from a-z 0-9 _ -, starting \
+                            with a letter or _, e.g. aitbc-miner or nobody";
+    let body = text.strip_suffix('$').unwrap_or(text);
+    let mut chars = body.chars();
+    let ok = (1..=32).contains(&text.len())
+        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(EXPECTED.into())
+    }
+}
+
 fn parse_log_level(text: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::builder()
         .parse(text)
@@ -1008,11 +1083,20 @@ pub fn resolve(
             parse_int(t, 1, u64::MAX, "3600")
         })?,
         vram_mb: look.get("MAX_JOB_VRAM_MB", 0, |t| parse_int(t, 0, u64::MAX, "8192"))?,
+        disk_mb: look.get("MAX_JOB_DISK_MB", 1024, |t| {
+            parse_int(t, 1, MAX_DISK_MB, "1024")
+        })?,
     };
     let threads_per_job = look.get("THREADS_PER_JOB", (cores / max_concurrency).max(1), |t| {
         parse_u32(t, 1, 1024, "4")
     })?;
     let worker_exe = look.get("WORKER_EXE", None, parse_optional_path)?;
+    let run_as_user = look.get(
+        "RUN_AS_USER",
+        DEFAULT_RUN_AS_USER.to_string(),
+        parse_user_name,
+    )?;
+    let sandbox_fs = look.get("SANDBOX_FS", SandboxFs::Auto, parse_sandbox_fs)?;
 
     Ok(Config {
         source: raw.path.clone(),
@@ -1035,6 +1119,8 @@ pub fn resolve(
         job_limits_max,
         threads_per_job,
         worker_exe,
+        run_as_user,
+        sandbox_fs,
     })
 }
 
@@ -1170,10 +1256,22 @@ MAX_JOB_RUNTIME_SECS=3600
 #MAX_JOB_CPU_SECS=14400
 # 0: accept no GPU jobs.
 MAX_JOB_VRAM_MB=0
+# The largest file one job may write, in MiB (> 0).
+MAX_JOB_DISK_MB=1024
 # Compute threads per job; defaults to the usable cores divided by MAX_CONCURRENCY (at least 1).
 #THREADS_PER_JOB=4
 # The worker binary; empty: the miner runs its own binary as `aitbc-miner worker`.
 WORKER_EXE=""
+
+# --- Confinement --------------------------------------------------------------------------
+
+# Started as root, the miner does its root-only set-up (directories, cgroup subtree), then
+# drops to this user; workers run as it too. Create it with
+# `useradd --system --no-create-home aitbc-miner`. Ignored when not started as root.
+RUN_AS_USER="aitbc-miner"
+# How a worker confines its view of the filesystem: auto (Landlock when the kernel has it,
+# else a read-only mount-namespace view), landlock (required) or mount.
+SANDBOX_FS="auto"
 
 # --- Logging ------------------------------------------------------------------------------
 
@@ -1251,11 +1349,14 @@ mod tests {
                 ram_mb: 8000,
                 runtime_s: 3600,
                 cpu_time_s: 3600 * 8,
-                vram_mb: 0
+                vram_mb: 0,
+                disk_mb: 1024,
             }
         );
         assert_eq!(c.threads_per_job, 8);
         assert_eq!(c.worker_exe, None);
+        assert_eq!(c.run_as_user, "aitbc-miner");
+        assert_eq!(c.sandbox_fs, SandboxFs::Auto);
     }
 
     #[test]
@@ -1276,7 +1377,8 @@ mod tests {
              POLL_WAIT_SECS=0\nMAX_CONCURRENCY=64\nACCEL_MODE=GPU\nLOG_FILE=/var/log/m.log\n\
              LOG_LEVEL=warn,aitbc_supervisor=debug\nBACKOFF_MIN_SECS=0.01\nBACKOFF_MAX_SECS=0.01\n\
              DRAIN_GRACE_SECS=0\nMAX_JOB_RAM_MB=512\nMAX_JOB_RUNTIME_SECS=10\n\
-             MAX_JOB_CPU_SECS=20\nMAX_JOB_VRAM_MB=16000\nTHREADS_PER_JOB=3\nWORKER_EXE=/usr/bin/w",
+             MAX_JOB_CPU_SECS=20\nMAX_JOB_VRAM_MB=16000\nTHREADS_PER_JOB=3\nWORKER_EXE=/usr/bin/w\n\
+             MAX_JOB_DISK_MB=1\nRUN_AS_USER=nobody\nSANDBOX_FS=Landlock",
         )
         .unwrap();
         assert_eq!(c.coord_url, "https://coord.example.net:8443/base");
@@ -1298,11 +1400,34 @@ mod tests {
                 ram_mb: 512,
                 runtime_s: 10,
                 cpu_time_s: 20,
-                vram_mb: 16000
+                vram_mb: 16000,
+                disk_mb: 1,
             }
         );
         assert_eq!(c.threads_per_job, 3);
         assert_eq!(c.worker_exe, Some(PathBuf::from("/usr/bin/w")));
+        assert_eq!(c.run_as_user, "nobody");
+        assert_eq!(c.sandbox_fs, SandboxFs::Landlock);
+        for (text, want) in [
+            ("auto", SandboxFs::Auto),
+            ("landlock", SandboxFs::Landlock),
+            ("MOUNT", SandboxFs::Mount),
+        ] {
+            let c = config_with(&format!("SANDBOX_FS={text}")).unwrap();
+            assert_eq!(c.sandbox_fs, want);
+            assert_eq!(want.as_arg(), text.to_ascii_lowercase());
+        }
+        for name in ["_svc", "a", "svc-miner_2", "machine$", &"u".repeat(32)] {
+            let c = config_with(&format!("RUN_AS_USER={name}")).unwrap();
+            assert_eq!(c.run_as_user, name);
+        }
+        assert_eq!(
+            config_with("MAX_JOB_DISK_MB=1073741824")
+                .unwrap()
+                .job_limits_max
+                .disk_mb,
+            1 << 30
+        );
         assert_eq!(
             config_with("ACCEL_MODE=cpu").unwrap().accel_mode,
             AccelMode::Cpu
@@ -1342,6 +1467,18 @@ mod tests {
             ("MAX_JOB_VRAM_MB=1GB", "miner.conf:5: MAX_JOB_VRAM_MB=\"1GB\": expected a whole number from 0"),
             ("THREADS_PER_JOB=0", "miner.conf:5: THREADS_PER_JOB=\"0\": expected a whole number from 1 to 1024"),
             ("WORKER_EXE=worker", "miner.conf:5: WORKER_EXE=\"worker\": expected an absolute path"),
+            ("MAX_JOB_DISK_MB=0", "miner.conf:5: MAX_JOB_DISK_MB=\"0\": expected a whole number from 1 to 1073741824, e.g. 1024"),
+            ("MAX_JOB_DISK_MB=1073741825", "MAX_JOB_DISK_MB=\"1073741825\": expected a whole number from 1"),
+            ("MAX_JOB_DISK_MB=1G", "MAX_JOB_DISK_MB=\"1G\": expected a whole number"),
+            ("SANDBOX_FS=chroot", "miner.conf:5: SANDBOX_FS=\"chroot\": expected auto, landlock or mount"),
+            ("SANDBOX_FS=", "miner.conf:5: SANDBOX_FS=\"\": expected auto, landlock or mount"),
+            ("RUN_AS_USER=", "miner.conf:5: RUN_AS_USER=\"\": expected a user name: 1 to 32 characters"),
+            ("RUN_AS_USER=Root", "miner.conf:5: RUN_AS_USER=\"Root\": expected a user name"),
+            ("RUN_AS_USER=1000", "RUN_AS_USER=\"1000\": expected a user name"),
+            ("RUN_AS_USER=-x", "RUN_AS_USER=\"-x\": expected a user name"),
+            ("RUN_AS_USER=\"a b\"", "RUN_AS_USER=\"a b\": expected a user name"),
+            ("RUN_AS_USER=a/b", "RUN_AS_USER=\"a/b\": expected a user name"),
+            ("RUN_AS_USER=a$b", "RUN_AS_USER=\"a$b\": expected a user name"),
             ("COORD_URL=ftp://x", "miner.conf:5: COORD_URL=\"ftp://x\": expected an http:// or https:// base URL"),
             ("COORD_URL=coordinator.example.net", "COORD_URL=\"coordinator.example.net\": expected an http:// or https:// base URL"),
             ("COORD_URL=http://", "COORD_URL=\"http://\": expected an http"),

@@ -15,12 +15,15 @@
 extern crate aitbc_protocol as protocol;
 
 pub mod backoff;
+pub mod cgroup;
 pub mod client;
 pub mod config;
+pub mod doctor;
 mod error;
 pub mod local;
 pub mod logging;
 pub mod policy;
+pub mod privilege;
 pub mod runtime;
 pub mod spool;
 pub mod worker_proc;

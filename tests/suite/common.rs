@@ -278,6 +278,21 @@ pub fn sha_of(seed: &str) -> String {
         .collect()
 }
 
+/// The user a miner started as root by these tests drops to (`RUN_AS_USER`), and the user a
+/// root supervisor's workers run as.
+pub const RUN_AS: &str = "nobody";
+
+/// A temporary directory the run-as user can pass through (mode 0711, no listing): a miner
+/// started as root drops to [`RUN_AS`] and must still reach its STATE_DIR and WORK_DIR inside
+/// it (the supervisor hands those two to the user itself).
+pub fn reachable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+        .expect("chmod 0711 the temporary directory");
+    dir
+}
+
 /// Polls `check` until it returns `Some`, at most `within`; for conditions with no event to
 /// await (another process's state). Panics with `what` on timeout.
 pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::common::{reachable_tempdir, RUN_AS};
+
 /// Every key the miner reads from the environment; removed from the child's environment so
 /// the test runner's own variables cannot change what is tested.
 const CONFIG_KEYS: &[&str] = aitbc_supervisor::config::KEYS;
@@ -23,7 +25,7 @@ const CONFIG_KEYS: &[&str] = aitbc_supervisor::config::KEYS;
 /// How long a miner may take to print a line or to exit before the test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-const SECRET: &str = "sk-test-5f0c1d2e3a4b";
+pub(crate) const SECRET: &str = "sk-test-5f0c1d2e3a4b";
 
 /// What the supervisor logs once it runs and finds no Coordinator at the closed port.
 const RUNNING: &str = "heartbeat failed";
@@ -36,7 +38,7 @@ fn closed_port() -> u16 {
 
 /// A valid config whose miner runs without a Coordinator (connection refused, backing off)
 /// and keeps its directories inside `dir`.
-fn valid_config(dir: &Path) -> String {
+pub(crate) fn valid_config(dir: &Path) -> String {
     format!(
         "COORD_URL=http://127.0.0.1:{port}\n\
          WALLET_ADDR=wallet_cli_test\n\
@@ -49,14 +51,20 @@ fn valid_config(dir: &Path) -> String {
          POLL_WAIT_SECS=0\n\
          BACKOFF_MIN_SECS=0.05\n\
          BACKOFF_MAX_SECS=0.2\n\
-         DRAIN_GRACE_SECS=1\n",
+         DRAIN_GRACE_SECS=1\n\
+         RUN_AS_USER={RUN_AS}\n",
         port = closed_port(),
         work = dir.join("work").display(),
         state = dir.join("state").display(),
     )
 }
 
-fn write_config(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+/// The number of the first line after [`valid_config`]'s, where tests append their own.
+fn first_line_after(dir: &Path) -> usize {
+    valid_config(dir).lines().count() + 1
+}
+
+pub(crate) fn write_config(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write config");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -64,14 +72,14 @@ fn write_config(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
 }
 
 /// A running `aitbc-miner run`, its stderr read line by line on a thread.
-struct Miner {
-    child: Child,
+pub(crate) struct Miner {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
-    stderr: Vec<String>,
+    pub(crate) stderr: Vec<String>,
 }
 
 impl Miner {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Miner {
+    pub(crate) fn start(args: &[&str], env: &[(&str, &str)]) -> Miner {
         let mut command = Command::new(env!("CARGO_BIN_EXE_aitbc-miner"));
         command
             .arg("run")
@@ -102,7 +110,7 @@ impl Miner {
     }
 
     /// Reads stderr until a line contains `needle`; false when stderr ends or time runs out.
-    fn wait_for(&mut self, needle: &str) -> bool {
+    pub(crate) fn wait_for(&mut self, needle: &str) -> bool {
         let until = Instant::now() + DEADLINE;
         if self.stderr.iter().any(|l| l.contains(needle)) {
             return true;
@@ -123,7 +131,7 @@ impl Miner {
     }
 
     /// Reads stderr to its end and waits for the exit; panics if that takes past the deadline.
-    fn finish(mut self) -> (ExitStatus, String) {
+    pub(crate) fn finish(mut self) -> (ExitStatus, String) {
         let until = Instant::now() + DEADLINE;
         loop {
             let left = until
@@ -147,7 +155,7 @@ impl Miner {
     /// Waits until the miner is past its start-up (it has tried the closed Coordinator port, so
     /// its warnings are printed and its SIGTERM handler is in place), then SIGTERM, then
     /// [`Miner::finish`]. A miner that stops cleanly on SIGTERM exits with status 0.
-    fn stop(mut self) -> (ExitStatus, String) {
+    pub(crate) fn stop(mut self) -> (ExitStatus, String) {
         assert!(
             self.wait_for(RUNNING),
             "the miner never reported its failed heartbeat; stderr:\n{}",
@@ -170,7 +178,7 @@ impl Drop for Miner {
 }
 
 /// Runs `aitbc-miner run --config PATH` that must refuse to start; returns its stderr.
-fn refused(config: &Path, env: &[(&str, &str)]) -> String {
+pub(crate) fn refused(config: &Path, env: &[(&str, &str)]) -> String {
     let path = config.to_str().expect("temp paths are UTF-8");
     let (status, stderr) = Miner::start(&["--config", path], env).finish();
     assert_eq!(
@@ -184,7 +192,7 @@ fn refused(config: &Path, env: &[(&str, &str)]) -> String {
 
 #[test]
 fn a_bad_value_exits_2_naming_file_line_key_and_value() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = reachable_tempdir();
     let text = format!(
         "{}JOB_POLL_SECS=abc # fetch cadence\n",
         valid_config(dir.path())
@@ -192,15 +200,16 @@ fn a_bad_value_exits_2_naming_file_line_key_and_value() {
     let config = write_config(dir.path(), "miner.conf", &text, 0o600);
     let stderr = refused(&config, &[]);
     let want = format!(
-        "{}:13: JOB_POLL_SECS=\"abc\": expected seconds greater than 0, e.g. 3 or 0.5",
-        config.display()
+        "{}:{}: JOB_POLL_SECS=\"abc\": expected seconds greater than 0, e.g. 3 or 0.5",
+        config.display(),
+        first_line_after(dir.path())
     );
     assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
 }
 
 #[test]
 fn syntax_errors_and_command_substitution_are_refused_with_their_line() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = reachable_tempdir();
     let marker = dir.path().join("ran");
     let cases = [
         (
@@ -223,7 +232,11 @@ fn syntax_errors_and_command_substitution_are_refused_with_their_line() {
         let text = format!("{}{line}", valid_config(dir.path()));
         let config = write_config(dir.path(), "miner.conf", &text, 0o600);
         let stderr = refused(&config, &[]);
-        let want = format!("{}:13: {want}", config.display());
+        let want = format!(
+            "{}:{}: {want}",
+            config.display(),
+            first_line_after(dir.path())
+        );
         assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
     }
     assert!(!marker.exists(), "a command in the config file was run");
@@ -231,7 +244,7 @@ fn syntax_errors_and_command_substitution_are_refused_with_their_line() {
 
 #[test]
 fn a_missing_file_or_key_is_named() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = reachable_tempdir();
     let missing = dir.path().join("absent.conf");
     let stderr = refused(&missing, &[]);
     let want = format!("cannot read config file {}", missing.display());
@@ -250,7 +263,7 @@ fn a_missing_file_or_key_is_named() {
 
 #[test]
 fn environment_errors_name_the_variable_and_never_the_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = reachable_tempdir();
     let config = write_config(dir.path(), "miner.conf", &valid_config(dir.path()), 0o600);
 
     let stderr = refused(&config, &[("HEARTBEAT_SECS", "soon")]);
@@ -274,7 +287,7 @@ fn environment_errors_name_the_variable_and_never_the_key() {
 
 #[test]
 fn a_world_readable_config_gets_the_chmod_warning() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = reachable_tempdir();
     // The unknown key gives a warning that is printed first in both runs; the
     // permission warning, if any, comes right after it.
     let text = format!("{}HEARTBEAT_SEC=1\n", valid_config(dir.path()));
@@ -318,7 +331,7 @@ fn a_world_readable_config_gets_the_chmod_warning() {
 
 #[test]
 fn log_file_is_appended_to_and_never_holds_the_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = reachable_tempdir();
     let text = format!(
         "{}LOG_LEVEL=debug\nWORK_DIRR=/x\n",
         valid_config(dir.path())

@@ -4,10 +4,13 @@
 mod cli;
 mod common;
 mod config_cli;
+mod confinement;
 mod coordinator_api;
 mod coordinator_restart;
+mod doctor;
 mod guide_script;
 mod miner_e2e;
 mod miner_faults;
 mod openapi;
+mod privilege;
 mod tidy;

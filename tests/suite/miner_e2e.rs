@@ -10,39 +10,34 @@ use std::time::Duration;
 
 use aitbc_protocol::api::{FailReason, JobState, JobView};
 use aitbc_protocol::workload::TorchBenchParams;
-use aitbc_supervisor::config::{AccelMode, ApiKey, MaxLimits};
+use aitbc_supervisor::config::{AccelMode, ApiKey, MaxLimits, SandboxFs};
 use aitbc_supervisor::{Config, Event, Summary, WorkerCommand};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::common::{test_config, wait_for, TestCoordinator};
+use crate::common::{reachable_tempdir, test_config, wait_for, TestCoordinator};
 
 /// The real worker: this build's `aitbc-miner worker`.
 pub(crate) fn real_worker() -> WorkerCommand {
-    WorkerCommand {
-        program: env!("CARGO_BIN_EXE_aitbc-miner").into(),
-        args: vec!["worker".into()],
-    }
+    WorkerCommand::new(env!("CARGO_BIN_EXE_aitbc-miner"), ["worker"])
 }
 
 /// The real worker behind a bash wrapper that appends each worker's pid to `dir/pids` before
-/// exec'ing it (same pid), so a test can count and find workers.
+/// exec'ing it (same pid) with the supervisor's arguments (`--job-dir ...`), so a test can
+/// count and find workers.
 pub(crate) fn counted_worker(dir: &Path) -> (WorkerCommand, PathBuf) {
     let pids = dir.join("pids");
     let script = dir.join("counted-worker.sh");
     std::fs::write(
         &script,
         format!(
-            "echo $$ >> '{}'\nexec '{}' worker\n",
+            "echo $$ >> '{}'\nexec '{}' worker \"$@\"\n",
             pids.display(),
             env!("CARGO_BIN_EXE_aitbc-miner")
         ),
     )
     .expect("write the wrapper script");
-    let cmd = WorkerCommand {
-        program: "/bin/bash".into(),
-        args: vec![script.into()],
-    };
+    let cmd = WorkerCommand::new("/bin/bash", [script]);
     (cmd, pids)
 }
 
@@ -87,9 +82,12 @@ pub(crate) fn miner_config(
             runtime_s: 600,
             cpu_time_s: 3600,
             vram_mb: 0,
+            disk_mb: 1024,
         },
         threads_per_job: 1,
         worker_exe: None,
+        run_as_user: crate::common::RUN_AS.into(),
+        sandbox_fs: SandboxFs::Auto,
     }
 }
 
@@ -210,7 +208,7 @@ fn expected_sha(p: &TorchBenchParams) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_jobs_on_two_slots_are_proved_and_credited_once_each() {
     let c = TestCoordinator::start(test_config()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = reachable_tempdir();
     let wallet = "wallet_e2e";
     let config = miner_config(&c.url, &c.miner_key, "e2e-miner", wallet, dir.path(), 2);
     let spool = config.state_dir.join("spool");

@@ -13,7 +13,7 @@ use aitbc_protocol::wire::{encode, FromWorker, Hello, WorkerKind, WIRE_VERSION};
 use aitbc_supervisor::{Event, WorkerCommand};
 use serde_json::json;
 
-use crate::common::{test_config, wait_for, TestCoordinator};
+use crate::common::{reachable_tempdir, test_config, wait_for, TestCoordinator, RUN_AS};
 use crate::miner_e2e::{counted_worker, miner_config, real_worker, settled, worker_pids, Miner};
 
 /// True while `pid` exists and is not a zombie.
@@ -73,7 +73,7 @@ fn sigkill(pid: i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_is_reported_crashed_and_the_slot_recovers() {
     let c = TestCoordinator::start(test_config()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = reachable_tempdir();
     let (worker, pids) = counted_worker(dir.path());
     let config = miner_config(
         &c.url,
@@ -150,7 +150,8 @@ fn config_file(
         "COORD_URL={url}\nWALLET_ADDR={wallet}\nAPI_KEY={key}\nMINER_ID={miner_id}\n\
          WORK_DIR={work}\nSTATE_DIR={state}\nHEARTBEAT_SECS=0.1\nJOB_POLL_SECS=0.02\n\
          POLL_WAIT_SECS=1\nMAX_CONCURRENCY=1\nACCEL_MODE=cpu\nBACKOFF_MIN_SECS=0.02\n\
-         BACKOFF_MAX_SECS=0.3\nDRAIN_GRACE_SECS=2\nTHREADS_PER_JOB=1\nLOG_LEVEL=trace\n",
+         BACKOFF_MAX_SECS=0.3\nDRAIN_GRACE_SECS=2\nTHREADS_PER_JOB=1\nLOG_LEVEL=trace\n\
+         RUN_AS_USER={RUN_AS}\n",
         work = dir.join("work").display(),
         state = dir.join("state").display(),
     );
@@ -180,7 +181,7 @@ async fn a_miner_killed_mid_job_loses_the_lease_and_another_miner_completes_it_o
         ..test_config()
     })
     .await;
-    let dir_a = tempfile::tempdir().unwrap();
+    let dir_a = reachable_tempdir();
     let conf = config_file(dir_a.path(), &c.url, &c.miner_key, "miner-a", "wallet_a");
     let log = dir_a.path().join("miner-a.log");
     let mut a = spawn_miner(&conf, &log);
@@ -222,7 +223,7 @@ async fn a_miner_killed_mid_job_loses_the_lease_and_another_miner_completes_it_o
 
     // Miner B (another miner_id, another key) gets it once A's lease has expired.
     let key_b = c.new_key(Scope::Miner);
-    let dir_b = tempfile::tempdir().unwrap();
+    let dir_b = reachable_tempdir();
     let b = Miner::start(
         miner_config(&c.url, &key_b, "miner-b", "wallet_b", dir_b.path(), 1),
         real_worker(),
@@ -244,7 +245,7 @@ async fn a_miner_killed_mid_job_loses_the_lease_and_another_miner_completes_it_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proofs_survive_a_coordinator_restart_and_are_credited_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = reachable_tempdir();
     let db = dir.path().join("coordinator.db");
     let coord = Coordinator::open(&db, test_config()).unwrap();
     let miner_key = coord.add_key(Scope::Miner, "m").unwrap();
@@ -276,7 +277,7 @@ async fn proofs_survive_a_coordinator_restart_and_are_credited_once() {
                 .to_owned(),
         );
     }
-    let mdir = tempfile::tempdir().unwrap();
+    let mdir = reachable_tempdir();
     let config = miner_config(
         &url,
         &miner_key,
@@ -364,6 +365,7 @@ fn lying_worker(dir: &Path) -> WorkerCommand {
         version: WIRE_VERSION,
         pid: 1,
         kind: WorkerKind::Cpu,
+        sandbox: "none (a fake worker)".into(),
     }))
     .unwrap();
     let hello_path = dir.join("hello.bin");
@@ -388,16 +390,13 @@ sleep 30
         ),
     )
     .unwrap();
-    WorkerCommand {
-        program: "/bin/bash".into(),
-        args: vec![script.into()],
-    }
+    WorkerCommand::new("/bin/bash", [script])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_that_break_the_protocol_are_reported_and_the_miner_carries_on() {
     let c = TestCoordinator::start(test_config()).await; // 3 attempts
-    let dir = tempfile::tempdir().unwrap();
+    let dir = reachable_tempdir();
     let config = miner_config(
         &c.url,
         &c.miner_key,
@@ -438,7 +437,7 @@ async fn workers_that_break_the_protocol_are_reported_and_the_miner_carries_on()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_over_the_operators_caps_is_refused_without_touching_a_worker() {
     let c = TestCoordinator::start(test_config()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = reachable_tempdir();
     let (worker, pids) = counted_worker(dir.path());
     let mut config = miner_config(&c.url, &c.miner_key, "caps-miner", "w_caps", dir.path(), 1);
     config.job_limits_max.ram_mb = 256;
@@ -492,7 +491,7 @@ async fn a_job_over_the_operators_caps_is_refused_without_touching_a_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_past_its_deadline_is_killed_and_a_shutdown_drain_gives_the_next_one_back() {
     let c = TestCoordinator::start(test_config()).await; // 3 attempts
-    let dir = tempfile::tempdir().unwrap();
+    let dir = reachable_tempdir();
     let (worker, pids) = counted_worker(dir.path());
     let mut config = miner_config(&c.url, &c.miner_key, "slow-miner", "w_slow", dir.path(), 1);
     config.drain_grace = Duration::from_millis(200);
@@ -539,7 +538,7 @@ async fn proofs_left_in_the_spool_by_a_previous_run_are_delivered_at_start_and_c
     use aitbc_supervisor::spool::{Entry, Spool};
 
     let c = TestCoordinator::start(test_config()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = reachable_tempdir();
     let config = miner_config(
         &c.url,
         &c.miner_key,

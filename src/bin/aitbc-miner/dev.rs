@@ -5,10 +5,16 @@
 //! and a client that submits jobs run beside it. The client keeps exactly as many jobs in
 //! flight as the miner has slots, so pickup latency measures how fast a job reaches an idle
 //! miner rather than how long it queued. Nothing here is simulated; nothing outlives the run.
+//!
+//! Run as root, the in-process supervisor stays root (it shares the process with the
+//! Coordinator and the client), but it must never give its workers root: the generated config
+//! sets `RUN_AS_USER=nobody`, so a root supervisor's workers switch to `nobody` before exec,
+//! and the temporary directory lets `nobody` pass through (mode 0711) to the work directory,
+//! which is handed to it. As a normal user `RUN_AS_USER` is ignored and nothing changes.
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -24,6 +30,8 @@ use aitbc_supervisor::{Event, WorkerCommand};
 
 const WALLET: &str = "wallet_dev";
 const REWARD: u64 = 100;
+/// The user a root `dev` run's workers switch to.
+const DEV_RUN_AS_USER: &str = "nobody";
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -68,6 +76,20 @@ pub fn main(args: DevArgs) -> anyhow::Result<ExitCode> {
         .prefix("aitbc-dev-")
         .tempdir()
         .context("creating the temporary directory")?;
+    if aitbc_supervisor::privilege::is_root() {
+        // Workers run as nobody: they must reach their job directories under work/, and only
+        // that (0711: pass through, no listing; the database stays unreadable to them).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .context("opening the temporary directory to the workers' user")?;
+        let (uid, gid) = aitbc_supervisor::privilege::lookup_user(DEV_RUN_AS_USER)?;
+        aitbc_supervisor::privilege::prepare_dir(
+            "WORK_DIR",
+            &dir.path().join("work"),
+            uid,
+            gid,
+            aitbc_supervisor::privilege::Need::ReadWrite,
+        )?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -114,7 +136,8 @@ async fn run(
          COORD_URL=\"{url}\"\nWALLET_ADDR=\"{WALLET}\"\nAPI_KEY=\"{miner_key}\"\n\
          MINER_ID=\"$(hostname)-dev\"\nWORK_DIR=\"{work}\"\nSTATE_DIR=\"{state}\"\n\
          HEARTBEAT_SECS=2\nJOB_POLL_SECS=0.05\nPOLL_WAIT_SECS=10\nMAX_CONCURRENCY={slots}\n\
-         BACKOFF_MIN_SECS=0.05\nBACKOFF_MAX_SECS=1\nDRAIN_GRACE_SECS=5\n",
+         BACKOFF_MIN_SECS=0.05\nBACKOFF_MAX_SECS=1\nDRAIN_GRACE_SECS=5\n\
+         RUN_AS_USER=\"{DEV_RUN_AS_USER}\"\n",
         work = dir.join("work").display(),
         state = dir.join("state").display(),
         slots = args.slots,
@@ -132,9 +155,12 @@ async fn run(
     }
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (stop_miner, miner_stopped) = oneshot::channel::<()>();
+    // From the config: job directories in its WORK_DIR, its sandbox settings, and (as root)
+    // RUN_AS_USER for the workers.
+    let worker = WorkerCommand::for_config(&config)?;
     let miner = tokio::spawn(aitbc_supervisor::run(
         config,
-        WorkerCommand::current_exe()?,
+        worker,
         Some(events_tx),
         async {
             let _ = miner_stopped.await;

@@ -2,11 +2,18 @@
 //!
 //! It parses arguments and hands over to the libraries: `run` is the daemon
 //! (`aitbc_supervisor::run`), `dev` a whole local network in one process (see `dev.rs`),
-//! `bench` one workload through the real worker path, and the hidden `worker` subcommand is
-//! the per-job worker process the supervisor starts (`aitbc_worker::serve_fd`).
+//! `bench` one workload through the real worker path, `doctor` the host's confinement report
+//! (`aitbc_supervisor::doctor`), and the hidden `worker` subcommand is the per-job worker
+//! process the supervisor starts.
 //!
-//! Invariant: the `worker` path is taken before anything else happens, so a worker process
-//! never starts an async runtime, never reads a config file and never opens a socket.
+//! `run` starts in a fixed order: config (as root it may be a 0600 root file) → logging (the
+//! log file is opened while still root) → `privilege::set_up` (as root: run-as user, its
+//! directories, the cgroup subtree handed to it, the drop; then `protect_self`) → only then
+//! threads (the async runtime) and the supervisor.
+//!
+//! Invariants: the `worker` path is taken before anything else happens, so a worker process
+//! never starts an async runtime, never reads a config file and never opens a socket; `run`
+//! never starts a thread before privileges are dropped (credentials are per thread).
 
 mod bench;
 mod dev;
@@ -17,9 +24,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-
-/// The file descriptor on which a worker finds its socket (set up by the supervisor).
-const WORKER_FD: i32 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +54,17 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Print a fully commented configuration file with every key and its default.
     ExampleConfig,
+    /// Check what confinement this host gives the miner, one line per check with its fix;
+    /// exit 1 when a check fails.
+    Doctor {
+        /// Also check this configuration file (readable, valid, mode) and use its settings
+        /// (default: /etc/aitbc/miner.conf when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Skip the live self-test (starting one real confined worker).
+        #[arg(long)]
+        no_self_test: bool,
+    },
     /// The per-job worker process (started by the supervisor; not for people).
     #[command(hide = true)]
     Worker,
@@ -57,18 +72,22 @@ enum Cmd {
 
 fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(OsStr::new("worker")) {
-        return aitbc_worker::serve_fd(WORKER_FD);
+        return aitbc_worker::worker_main(std::env::args_os());
     }
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run { config, log_file } => run(config, log_file),
         Cmd::Dev(args) => dev::main(args),
         Cmd::Bench(args) => bench::main(args),
+        Cmd::Doctor {
+            config,
+            no_self_test,
+        } => Ok(doctor(config, !no_self_test)),
         Cmd::ExampleConfig => {
             print!("{}", aitbc_supervisor::config::example());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Worker => return aitbc_worker::serve_fd(WORKER_FD),
+        Cmd::Worker => return aitbc_worker::worker_main(std::env::args_os()),
     };
     match result {
         Ok(code) => code,
@@ -89,7 +108,10 @@ fn run(config: Option<PathBuf>, log_file: Option<PathBuf>) -> anyhow::Result<Exi
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let worker = aitbc_supervisor::WorkerCommand::for_config(&cfg)?;
+    // Still one thread: root-only set-up, then the drop (see the module doc for the order).
+    let setup = aitbc_supervisor::privilege::set_up(&cfg)?;
+    let mut worker = aitbc_supervisor::WorkerCommand::for_config(&cfg)?;
+    worker.subtree = setup.subtree.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -107,6 +129,28 @@ fn run(config: Option<PathBuf>, log_file: Option<PathBuf>) -> anyhow::Result<Exi
         "miner stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `aitbc-miner doctor`: prints the report; exit 1 when any line is a FAIL.
+fn doctor(config: Option<PathBuf>, self_test: bool) -> ExitCode {
+    use aitbc_supervisor::doctor;
+    // Like `run`: the default file when it exists and no other is named.
+    let default = std::path::Path::new(aitbc_supervisor::config::DEFAULT_PATH);
+    let config = config.or_else(|| default.exists().then(|| default.to_path_buf()));
+    let facts = doctor::gather(&doctor::Options {
+        config,
+        self_test,
+        self_test_timeout: aitbc_supervisor::runtime::WORKER_START_TIMEOUT,
+    });
+    let lines = doctor::checks(&facts);
+    for line in &lines {
+        println!("{line}");
+    }
+    if doctor::any_failed(&lines) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Installs SIGTERM (systemd stop) and SIGINT (Ctrl-C) handlers now, and returns a future
