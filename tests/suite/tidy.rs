@@ -13,6 +13,7 @@ fn root() -> PathBuf {
 const ALLOWED: &[(&str, &[&str])] = &[
     ("protocol", &[]),
     ("seccomp", &["aitbc-protocol"]),
+    ("cuda", &[]),
     ("worker", &["aitbc-protocol", "aitbc-seccomp"]),
     ("supervisor", &["aitbc-protocol"]),
     ("coordinator", &["aitbc-protocol"]),

@@ -1,0 +1,68 @@
+//! `aitbc-cuda`: the torch_bench chain on an NVIDIA GPU.
+//!
+//! The chain is the one `worker/src/torch_bench/mod.rs` defines (inputs from the counter-based
+//! generator, `X_{k+1} = rescale(X_k · W)` in `f32`, output `X_iters` as little-endian `f32`
+//! bytes). Here it runs on the device: the inputs are generated there bit for bit as on the CPU,
+//! the products are cuBLAS `sgemm` when `libcublas` loads and the crate's own tiled kernel
+//! otherwise, the rescale rule runs as a max-reduction plus an exact power-of-two scale, and the
+//! result streams back to the caller in chunks (the copy of one chunk overlapping the caller's
+//! hashing of the previous one).
+//!
+//! **Status:** this crate is the GPU foundation only. Nothing in the miner uses it yet; the
+//! worker will depend on it (a `Backend::Gpu` behind `torch_bench::Backend`) in a later change,
+//! which is also where `ACCEL_MODE`, NVML and the supervisor's VRAM watch come in.
+//!
+//! # Modules
+//!
+//! - [`ptx`]: the PTX compiled from `kernels/torch_bench.cu` (NVRTC 12.0, PTX ISA 8.0), embedded
+//!   in the binary so a host needs the NVIDIA driver only, and the names of its kernels.
+//! - [`vram`]: what a job will allocate ([`vram_needed`]) and the one allocator that refuses to
+//!   go past a job's cap.
+//! - [`gpu`]: [`Gpu`], the context, streams and module opened once during worker start-up, and
+//!   [`Gpu::run_chain`].
+//! - [`error`]: [`CudaError`], the crate's one error type.
+//!
+//! # Invariants
+//!
+//! - Nothing here initialises CUDA, or touches any cudarc function that would load `libcuda`,
+//!   unless [`driver_present`] said the library loads: cudarc panics when it is missing.
+//! - No public function panics on a missing or broken driver: failures are [`CudaError`] values
+//!   (a panic inside cudarc is caught and returned as [`CudaError::Panicked`]).
+//! - The crate depends on no other crate of this workspace.
+
+pub mod error;
+pub mod gpu;
+pub mod ptx;
+pub mod vram;
+
+pub use error::CudaError;
+pub use gpu::{ChainStats, GemmPath, Gpu, MAX_N};
+pub use vram::{vram_needed, VramBudget, CUBLAS_WORKSPACE_BYTES};
+
+use std::sync::OnceLock;
+
+/// Whether the CUDA driver library (`libcuda.so`) can be loaded on this host. Cheap after the
+/// first call (the answer is kept), never panics, and initialises nothing: it only asks the
+/// dynamic loader. `false` means every other entry point of this crate will return
+/// [`CudaError::NoDriver`] without calling into cudarc.
+pub fn driver_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        // SAFETY: `is_culib_present` only tries `dlopen` on the candidate names and closes what
+        // it opened; it calls no CUDA function.
+        std::panic::catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() })
+            .unwrap_or(false)
+    })
+}
+
+/// Whether cuBLAS (`libcublas.so.12` or an older name cudarc accepts) can be loaded. Like
+/// [`driver_present`]: cached, never panics, initialises nothing. With `false` the chain uses
+/// the crate's own SGEMM kernel.
+pub fn cublas_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        // SAFETY: as in `driver_present`, a `dlopen` probe only.
+        std::panic::catch_unwind(|| unsafe { cudarc::cublas::sys::is_culib_present() })
+            .unwrap_or(false)
+    })
+}
