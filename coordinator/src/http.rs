@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use aitbc_protocol::api::{
-    ErrorCode, FailReport, HeartbeatAck, MinerCapabilities, Proof, SubmitJob, IDEMPOTENCY_HEADER,
+    ErrorCode, FailReport, HeartbeatAck, MinerCapabilities, MinerView, Proof, SubmitJob,
+    IDEMPOTENCY_HEADER,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
@@ -46,6 +47,7 @@ pub(crate) fn router(inner: App) -> Router {
         .route("/v1/wallet/balance", get(balance))
         .route("/v1/wallet/ledger", get(ledger))
         .route("/v1/admin/jobs", get(admin_jobs))
+        .route("/v1/admin/miners", get(admin_miners))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .with_state(inner)
@@ -244,7 +246,7 @@ async fn heartbeat(State(inner): State<App>, headers: HeaderMap, body: Body) -> 
             Some(m) if m.key_id != key.id => {
                 return Err(Refusal::miner_id_taken(&caps.miner_id).into())
             }
-            Some(m) => m.caps == caps,
+            Some(m) => same_when_stored(&m.caps, &caps),
             None => false,
         }
     };
@@ -256,7 +258,7 @@ async fn heartbeat(State(inner): State<App>, headers: HeaderMap, body: Body) -> 
         last_seen_ms: now,
     };
     if unchanged && idem.is_none() {
-        // The hot path: nothing to persist, only last_seen moves (kept in memory).
+        // The hot path: nothing to persist; last_seen and the GPU temperature move in memory.
         if let Some(m) = inner
             .miners
             .write()
@@ -264,6 +266,7 @@ async fn heartbeat(State(inner): State<App>, headers: HeaderMap, body: Body) -> 
             .get_mut(&record.miner_id)
         {
             m.last_seen_ms = now;
+            m.caps = record.caps.clone();
         }
         let ack = HeartbeatAck {
             miner_id: record.miner_id,
@@ -340,6 +343,22 @@ async fn next(
     }))
 }
 
+/// Whether two heartbeats store the same: equal but for the GPU temperature, which changes on
+/// nearly every heartbeat and is kept in memory only (like `last_seen`), so that a steady miner
+/// costs no database write. A change of health, throttle reasons or XID count is stored.
+fn same_when_stored(a: &MinerCapabilities, b: &MinerCapabilities) -> bool {
+    fn cool(c: &MinerCapabilities) -> Option<aitbc_protocol::api::GpuHealth> {
+        c.gpu_health.clone().map(|mut h| {
+            h.temperature_c = None;
+            h
+        })
+    }
+    let (mut a2, mut b2) = (a.clone(), b.clone());
+    a2.gpu_health = cool(a);
+    b2.gpu_health = cool(b);
+    a2 == b2
+}
+
 fn check_id(field: &str, id: &str) -> std::result::Result<(), Refusal> {
     if id.is_empty() || id.len() > MAX_ID {
         return Err(Refusal::invalid(field, id, "expected 1 to 128 characters"));
@@ -356,6 +375,7 @@ async fn proof(State(inner): State<App>, headers: HeaderMap, body: Body) -> Resu
     if let Some(m) = &p.miner_id {
         validate::miner_id("miner_id", m)?;
     }
+    validate::metrics(&p.metrics)?;
     let now = now_ms();
     let outcome = blocking(&inner, move |s| s.proof(key.id, &p, idem.as_ref(), now)).await?;
     if outcome.requeued {
@@ -504,6 +524,43 @@ async fn admin_jobs(
     let limit = validate::limit_param(&pairs)?;
     let jobs = blocking(&inner, move |s| s.jobs(state, limit)).await?;
     ok_json(200, &jobs)
+}
+
+/// Miners as last heard from, newest heartbeat first; served from memory, so `last_seen` and
+/// the GPU temperature are the latest even when they were not written to the database.
+async fn admin_miners(
+    State(inner): State<App>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    authenticate(&inner, &headers, Some(Scope::Admin)).await?;
+    let pairs = validate::query_pairs(q.as_deref())?;
+    let limit = validate::limit_param(&pairs)? as usize;
+    let mut records: Vec<MinerRecord> = inner
+        .miners
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    records.sort_by(|a, b| {
+        b.last_seen_ms
+            .cmp(&a.last_seen_ms)
+            .then_with(|| a.miner_id.cmp(&b.miner_id))
+    });
+    let views = records
+        .into_iter()
+        .take(limit)
+        .map(|m| {
+            Ok(MinerView {
+                last_seen: crate::sqlite::from_ms(m.last_seen_ms)?,
+                miner_id: m.miner_id,
+                wallet: m.wallet,
+                capabilities: m.caps,
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, Error>>()?;
+    ok_json(200, &views)
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

@@ -397,3 +397,27 @@ fn hot_paths_stay_off_the_database() {
         "the queue is known to be empty again"
     );
 }
+
+#[test]
+fn a_temperature_change_alone_is_not_stored() {
+    let caps = |temp: u32, healthy: bool| -> aitbc_protocol::api::MinerCapabilities {
+        serde_json::from_value(serde_json::json!({
+            "miner_id": "g", "wallet": "w", "mode": "gpu",
+            "gpus": [{"index": 0, "name": "G", "vram_mb": 8}],
+            "gpu_health": {"healthy": healthy, "temperature_c": temp}
+        }))
+        .unwrap()
+    };
+    use super::same_when_stored as same;
+    assert!(same(&caps(40, true), &caps(71, true)));
+    assert!(!same(&caps(40, true), &caps(40, false)));
+    let mut more_xid = caps(40, true);
+    more_xid.gpu_health.as_mut().unwrap().xid_errors = 1;
+    assert!(!same(&caps(40, true), &more_xid));
+    let mut no_health = caps(40, true);
+    no_health.gpu_health = None;
+    assert!(!same(&caps(40, true), &no_health));
+    let mut other_gpu = caps(40, true);
+    other_gpu.gpus[0].vram_mb = 16;
+    assert!(!same(&caps(40, true), &other_gpu));
+}

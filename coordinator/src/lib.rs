@@ -45,6 +45,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/wallet/balance"),
     ("GET", "/v1/wallet/ledger"),
     ("GET", "/v1/admin/jobs"),
+    ("GET", "/v1/admin/miners"),
 ];
 
 /// Tunables. Durations are plain values so tests run them in milliseconds.

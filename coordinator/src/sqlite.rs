@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use aitbc_protocol::api::{
-    is_sha256_hex, Balance, ErrorCode, FailAck, FailReason, FailReport, Failure, HeartbeatAck, Job,
-    JobLimits, JobState, JobView, MinerCapabilities, Proof, ProofAck,
+    is_sha256_hex, Balance, EnergySource, ErrorCode, FailAck, FailReason, FailReport, Failure,
+    HeartbeatAck, Job, JobLimits, JobState, JobView, MinerCapabilities, Proof, ProofAck,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use time::OffsetDateTime;
@@ -24,7 +24,8 @@ use crate::lifecycle::{self, Assignment, Claim, Event, Lease, Snapshot, Transiti
 use crate::store::{Credit, IdemKey, Matcher, MinerRecord, NewJob, Outcome, Store};
 
 /// Ordered schema migrations; `user_version` = how many have been applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE api_keys (
     id          INTEGER PRIMARY KEY,
     hash        TEXT NOT NULL UNIQUE,
@@ -89,7 +90,39 @@ CREATE TABLE idempotency (
     PRIMARY KEY (key_id, idem_key)
 );
 CREATE INDEX idempotency_by_age ON idempotency (created_at);
-"#];
+"#,
+    MIGRATION_2_GPU,
+];
+
+/// Version 2 (issue 5, the GPU path): a proof's accounting metrics as columns of its job, for
+/// reward weighting in SQL (the proof JSON keeps them too), and each miner's GPU count and
+/// health. Only adds nullable or defaulted columns, then fills them from the JSON already
+/// stored, so no existing row changes meaning or is lost.
+const MIGRATION_2_GPU: &str = r#"
+ALTER TABLE jobs ADD COLUMN energy_mj INTEGER CHECK (energy_mj IS NULL OR energy_mj >= 0);
+ALTER TABLE jobs ADD COLUMN energy_source TEXT
+    CHECK (energy_source IS NULL OR energy_source IN ('nvml', 'rapl', 'unavailable'));
+ALTER TABLE jobs ADD COLUMN tflops REAL CHECK (tflops IS NULL OR tflops >= 0);
+ALTER TABLE miners ADD COLUMN gpu_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE miners ADD COLUMN gpu_healthy INTEGER CHECK (gpu_healthy IS NULL OR gpu_healthy IN (0, 1));
+UPDATE jobs SET
+    energy_mj = CASE WHEN json_type(proof, '$.metrics.energy_mj') = 'integer'
+        AND json_extract(proof, '$.metrics.energy_mj') >= 0
+        THEN json_extract(proof, '$.metrics.energy_mj') END,
+    energy_source = CASE WHEN json_extract(proof, '$.metrics.energy_source')
+        IN ('nvml', 'rapl', 'unavailable')
+        THEN json_extract(proof, '$.metrics.energy_source') END,
+    tflops = CASE WHEN json_type(proof, '$.metrics.tflops') IN ('integer', 'real')
+        AND json_extract(proof, '$.metrics.tflops') >= 0
+        THEN json_extract(proof, '$.metrics.tflops') END
+    WHERE proof IS NOT NULL AND json_valid(proof);
+UPDATE miners SET
+    gpu_count = CASE WHEN json_type(capabilities, '$.gpus') = 'array'
+        THEN json_array_length(capabilities, '$.gpus') ELSE 0 END,
+    gpu_healthy = CASE json_type(capabilities, '$.gpu_health.healthy')
+        WHEN 'true' THEN 1 WHEN 'false' THEN 0 END
+    WHERE json_valid(capabilities);
+"#;
 
 /// How long a POST's answer stays replayable under its Idempotency-Key: 24 hours.
 pub const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 3600 * 1000;
@@ -526,16 +559,20 @@ impl Store for SqliteStore {
                     });
                 }
                 tx.execute(
-                    "INSERT INTO miners (miner_id, key_id, wallet, capabilities, last_seen) \
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (miner_id) DO UPDATE SET \
+                    "INSERT INTO miners (miner_id, key_id, wallet, capabilities, last_seen, \
+                     gpu_count, gpu_healthy) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                     ON CONFLICT (miner_id) DO UPDATE SET \
                      wallet = excluded.wallet, capabilities = excluded.capabilities, \
-                     last_seen = excluded.last_seen",
+                     last_seen = excluded.last_seen, gpu_count = excluded.gpu_count, \
+                     gpu_healthy = excluded.gpu_healthy",
                     params![
                         m.miner_id,
                         m.key_id,
                         m.wallet,
                         serde_json::to_string(&m.caps)?,
-                        m.last_seen_ms
+                        m.last_seen_ms,
+                        m.caps.gpus.len() as i64,
+                        m.caps.gpu_health.as_ref().map(|h| h.healthy)
                     ],
                 )?;
             }
@@ -692,14 +729,18 @@ impl Store for SqliteStore {
             let mut stored = p.clone();
             stored.attempt = Some(t.attempt);
             stored.miner_id = Some(miner_id.clone());
+            let m = &stored.metrics;
             tx.execute(
-                "UPDATE jobs SET state = ?2, lease_expires_at = NULL, proof = ?3, updated_at = ?4 \
-                 WHERE id = ?1",
+                "UPDATE jobs SET state = ?2, lease_expires_at = NULL, proof = ?3, updated_at = ?4, \
+                 energy_mj = ?5, energy_source = ?6, tflops = ?7 WHERE id = ?1",
                 params![
                     job.id,
                     t.state.as_str(),
                     serde_json::to_string(&stored)?,
-                    now_ms
+                    now_ms,
+                    m.energy_mj.map(to_i64),
+                    m.energy_source.map(EnergySource::as_str),
+                    m.tflops
                 ],
             )?;
             tx.execute(
@@ -1008,6 +1049,210 @@ mod tests {
         assert_eq!(v.failure.unwrap().reason, FailReason::AttemptsExhausted);
         let ledger = s.ledger("w1", 10).unwrap();
         assert_eq!(ledger.len(), 1);
+    }
+
+    /// `jobs.id, energy_mj, energy_source, tflops`.
+    type EnergyRow = (String, Option<i64>, Option<String>, Option<f64>);
+
+    /// A database written by the previous release (schema version 1, before the GPU columns)
+    /// opens, migrates to the current version and keeps every row and its meaning.
+    #[test]
+    fn a_version_1_database_migrates_without_losing_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute_batch(
+                r#"
+                INSERT INTO api_keys VALUES (1, 'hash-c', 'client', 'c', 0);
+                INSERT INTO api_keys VALUES (2, 'hash-m', 'miner', 'm', 0);
+                INSERT INTO miners VALUES ('old-cpu', 2, 'w1',
+                    '{"miner_id":"old-cpu","wallet":"w1","mode":"cpu","gpu":false,"workloads":[],"limits":{}}', 500);
+                INSERT INTO miners VALUES ('old-gpu', 2, 'w1',
+                    '{"miner_id":"old-gpu","wallet":"w1","mode":"gpu","gpu":true,"workloads":[],"limits":{},"gpus":[{"index":0,"name":"G","vram_mb":8}],"gpu_health":{"healthy":false,"throttle_reasons":[],"xid_errors":3}}', 600);
+                INSERT INTO jobs (id, client_key_id, workload, params, ram_mb, vram_mb, cpu_time_s,
+                    max_runtime_s, reward, state, attempt, max_attempts, miner_id, created_at,
+                    updated_at, proof)
+                    VALUES ('done', 1, 'torch_bench', '{"n":8}', 1024, 0, 600, 300, 7, 'completed',
+                    1, 3, 'old-cpu', 100, 200,
+                    '{"id":"done","miner_id":"old-cpu","attempt":1,"mode":"cpu","output_sha":"abababababababababababababababababababababababababababababababab","metrics":{"wall_ms":12,"energy_mj":900,"energy_source":"rapl","tflops":0.5}}');
+                INSERT INTO jobs (id, client_key_id, workload, params, ram_mb, vram_mb, cpu_time_s,
+                    max_runtime_s, reward, state, attempt, max_attempts, created_at, updated_at)
+                    VALUES ('waiting', 1, 'torch_bench', '{"n":8}', 1024, 0, 600, 300, 5, 'queued',
+                    0, 3, 300, 300);
+                INSERT INTO ledger (job_id, attempt, wallet, miner_id, amount, created_at)
+                    VALUES ('done', 1, 'w1', 'old-cpu', 7, 200);
+                INSERT INTO wallets VALUES ('w1', 7, 1);
+                INSERT INTO idempotency VALUES (2, 'k', 'h', 200, x'7b7d', 150);
+                "#,
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        {
+            let conn = s.lock();
+            let v: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, MIGRATIONS.len() as i64);
+            let counts: (i64, i64, i64, i64, i64, i64) = conn
+                .query_row(
+                    "SELECT (SELECT COUNT(*) FROM api_keys), (SELECT COUNT(*) FROM miners), \
+                     (SELECT COUNT(*) FROM jobs), (SELECT COUNT(*) FROM ledger), \
+                     (SELECT COUNT(*) FROM wallets), (SELECT COUNT(*) FROM idempotency)",
+                    [],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    },
+                )
+                .unwrap();
+            assert_eq!(counts, (2, 2, 2, 1, 1, 1));
+            // The new columns are filled from the JSON already stored.
+            let gpu: Vec<(String, i64, Option<bool>)> = conn
+                .prepare("SELECT miner_id, gpu_count, gpu_healthy FROM miners ORDER BY miner_id")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(
+                gpu,
+                vec![
+                    ("old-cpu".to_string(), 0, None),
+                    ("old-gpu".to_string(), 1, Some(false))
+                ]
+            );
+            let energy: Vec<EnergyRow> = conn
+                .prepare("SELECT id, energy_mj, energy_source, tflops FROM jobs ORDER BY seq")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(
+                energy,
+                vec![
+                    ("done".into(), Some(900), Some("rapl".into()), Some(0.5)),
+                    ("waiting".into(), None, None, None)
+                ]
+            );
+        }
+        assert!(s.any_queued());
+        let miners = s.load_miners().unwrap();
+        let cpu = miners.iter().find(|m| m.miner_id == "old-cpu").unwrap();
+        assert!(cpu.caps.gpus.is_empty() && cpu.caps.gpu_health.is_none());
+        assert_eq!(cpu.last_seen_ms, 500);
+        let (done, client) = s.job("done").unwrap().unwrap();
+        assert_eq!(
+            (done.state, client, done.reward),
+            (JobState::Completed, 1, 7)
+        );
+        let m = &done.proof.unwrap().metrics;
+        assert_eq!(m.energy_mj, Some(900));
+        assert_eq!(m.energy_source, Some(EnergySource::Rapl));
+        assert_eq!(s.balance("w1").unwrap().balance, 7);
+        assert_eq!(s.ledger("w1", 10).unwrap().len(), 1);
+        // And a second open finds nothing left to do.
+        drop(s);
+        drop(SqliteStore::open(&path).unwrap());
+    }
+
+    #[test]
+    fn gpu_heartbeats_and_energy_metrics_are_stored() {
+        let (_d, s) = store();
+        let client = s.add_key("c", Scope::Client, "c", 0).unwrap();
+        let mk = s.add_key("m", Scope::Miner, "m", 0).unwrap();
+        let caps: MinerCapabilities = serde_json::from_value(serde_json::json!({
+            "miner_id": "g1", "wallet": "w1", "mode": "gpu", "gpu": true,
+            "gpus": [{"index": 0, "name": "NVIDIA H100", "vram_mb": 81559},
+                     {"index": 1, "name": "NVIDIA H100", "vram_mb": 81559}],
+            "gpu_health": {"healthy": true, "temperature_c": 40, "throttle_reasons": [],
+                           "xid_errors": 0}
+        }))
+        .unwrap();
+        let rec = MinerRecord {
+            miner_id: "g1".into(),
+            key_id: mk,
+            wallet: "w1".into(),
+            caps: caps.clone(),
+            last_seen_ms: 1_000,
+        };
+        s.heartbeat(&rec, true, None).unwrap();
+        assert_eq!(s.load_miners().unwrap()[0].caps, caps);
+        let row = |s: &SqliteStore| -> (i64, Option<bool>) {
+            s.lock()
+                .query_row(
+                    "SELECT gpu_count, gpu_healthy FROM miners WHERE miner_id = 'g1'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap()
+        };
+        assert_eq!(row(&s), (2, Some(true)));
+
+        submit(&s, client, "j1", 10);
+        let job = s
+            .assign(&Matcher::for_miner(&rec), 2_000, 0)
+            .unwrap()
+            .unwrap();
+        let mut p = proof(&job.id);
+        p.metrics = serde_json::from_value(serde_json::json!({
+            "wall_ms": 20, "flops": 1_000_000_000u64, "energy_mj": 4_200,
+            "energy_source": "nvml", "tflops": 61.5
+        }))
+        .unwrap();
+        assert_eq!(s.proof(mk, &p, None, 2_100).unwrap().answer.status, 200);
+        let (v, _) = s.job("j1").unwrap().unwrap();
+        assert_eq!(v.proof.unwrap().metrics, p.metrics);
+        let cols: (Option<i64>, Option<String>, Option<f64>) = s
+            .lock()
+            .query_row(
+                "SELECT energy_mj, energy_source, tflops FROM jobs WHERE id = 'j1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(cols, (Some(4_200), Some("nvml".into()), Some(61.5)));
+
+        // An unhealthy GPU is stored as such, and its miner gets no job that needs VRAM.
+        let mut sick = rec.clone();
+        sick.caps.gpu_health = Some(aitbc_protocol::api::GpuHealth {
+            healthy: false,
+            reason: Some("XID 79: GPU has fallen off the bus".into()),
+            xid_errors: 1,
+            ..Default::default()
+        });
+        s.heartbeat(&sick, true, None).unwrap();
+        assert_eq!(row(&s), (2, Some(false)));
+        let gpu_job = NewJob {
+            id: "vram".into(),
+            client_key_id: client,
+            submit: serde_json::from_value(serde_json::json!({
+                "workload": "torch_bench", "params": {"n": 8}, "reward": 1,
+                "limits": {"vram_mb": 64}
+            }))
+            .unwrap(),
+            max_attempts: 2,
+        };
+        s.submit(&gpu_job, None, 3_000).unwrap();
+        assert!(s
+            .assign(&Matcher::for_miner(&sick), 3_100, 0)
+            .unwrap()
+            .is_none());
+        let got = s
+            .assign(&Matcher::for_miner(&rec), 3_200, 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.id, "vram");
     }
 
     #[test]

@@ -48,14 +48,21 @@ pub struct Matcher {
 }
 
 impl Matcher {
+    /// What the miner's last heartbeat allows. While it reports its GPU unhealthy
+    /// (`gpu_health.healthy = false`) it is offered no job that asks for VRAM.
     pub fn for_miner(m: &MinerRecord) -> Matcher {
         let l = &m.caps.limits;
+        let gpu_down = m.caps.gpu_health.as_ref().is_some_and(|h| !h.healthy);
         Matcher {
             miner_id: m.miner_id.clone(),
             key_id: m.key_id,
             workloads: m.caps.workloads.clone(),
             max_ram_mb: l.ram_mb.unwrap_or(u64::MAX),
-            max_vram_mb: l.vram_mb.unwrap_or(u64::MAX),
+            max_vram_mb: if gpu_down {
+                0
+            } else {
+                l.vram_mb.unwrap_or(u64::MAX)
+            },
             max_runtime_s: l.max_runtime_s.unwrap_or(u64::MAX),
             max_cpu_time_s: l.cpu_time_s.unwrap_or(u64::MAX),
         }

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use aitbc_protocol::api::{JobLimits, MinerCapabilities, SubmitJob};
+use aitbc_protocol::api::{
+    EnergySource, GpuHealth, GpuInfo, JobLimits, Metrics, MinerCapabilities, SubmitJob,
+};
 use aitbc_protocol::workload::{validate_submission, Workload};
 use serde::de::DeserializeOwned;
 
@@ -20,6 +22,23 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 pub const MAX_RUNTIME_S: u64 = 7 * 24 * 3600;
 /// Money and sizes are stored as SQLite integers (i64).
 pub const MAX_STORED: u64 = i64::MAX as u64;
+/// Most GPUs one heartbeat may list.
+pub const MAX_GPUS: usize = 16;
+/// Longest GPU name.
+pub const MAX_GPU_NAME: usize = 128;
+/// Longest driver or CUDA version string.
+pub const MAX_VERSION_STRING: usize = 32;
+/// Largest `vram_mb` of one GPU: 16 TiB.
+pub const MAX_GPU_VRAM_MB: u64 = 1 << 24;
+/// Most throttle reasons one health report may list, and the longest one.
+pub const MAX_THROTTLE_REASONS: usize = 32;
+pub const MAX_THROTTLE_REASON: usize = 64;
+/// Longest `gpu_health.reason`.
+pub const MAX_HEALTH_REASON: usize = 512;
+/// Hottest temperature taken as a reading rather than garbage, degrees Celsius.
+pub const MAX_TEMPERATURE_C: u32 = 200;
+/// Largest `metrics.tflops` (and `gflops` / 1000) accepted: one exaFLOP/s.
+pub const MAX_TFLOPS: f64 = 1e6;
 
 /// Parses a JSON body: unparsable JSON is 400 BAD_REQUEST, a well-formed body of the wrong
 /// shape is 422 VALIDATION_FAILED naming the field path (e.g. `limits.ram_mb`).
@@ -113,7 +132,151 @@ pub fn capabilities(c: &MinerCapabilities) -> Result<(), Refusal> {
             return Err(Refusal::invalid("version", v, "at most 128 bytes"));
         }
     }
+    gpus(&c.gpus)?;
+    if let Some(h) = &c.gpu_health {
+        gpu_health(h)?;
+    }
     Ok(())
+}
+
+/// A bounded, non-empty (when `min1`) string without control characters.
+fn text(field: &str, s: &str, max: usize, min1: bool) -> Result<(), Refusal> {
+    let n = s.chars().count();
+    if (min1 && n == 0) || n > max || s.chars().any(char::is_control) {
+        let what = if min1 { "1" } else { "0" };
+        return Err(Refusal::invalid(
+            field,
+            s,
+            &format!("expected {what} to {max} characters without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// `gpus`: at most [`MAX_GPUS`], distinct indexes, bounded names and versions.
+pub fn gpus(list: &[GpuInfo]) -> Result<(), Refusal> {
+    if list.len() > MAX_GPUS {
+        return Err(Refusal::invalid(
+            "gpus",
+            &format!("{} entries", list.len()),
+            &format!("at most {MAX_GPUS} entries"),
+        ));
+    }
+    for (i, g) in list.iter().enumerate() {
+        if list[..i].iter().any(|o| o.index == g.index) {
+            return Err(Refusal::invalid(
+                &format!("gpus[{i}].index"),
+                &g.index.to_string(),
+                "each GPU index may appear once",
+            ));
+        }
+        text(&format!("gpus[{i}].name"), &g.name, MAX_GPU_NAME, true)?;
+        if g.vram_mb > MAX_GPU_VRAM_MB {
+            return Err(Refusal::invalid(
+                &format!("gpus[{i}].vram_mb"),
+                &g.vram_mb.to_string(),
+                &format!("at most {MAX_GPU_VRAM_MB} (16 TiB)"),
+            ));
+        }
+        for (name, v) in [
+            ("driver_version", &g.driver_version),
+            ("cuda_version", &g.cuda_version),
+        ] {
+            if let Some(v) = v {
+                text(&format!("gpus[{i}].{name}"), v, MAX_VERSION_STRING, true)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `gpu_health`: a plausible temperature, bounded throttle reasons and reason text.
+pub fn gpu_health(h: &GpuHealth) -> Result<(), Refusal> {
+    if let Some(t) = h.temperature_c {
+        if t > MAX_TEMPERATURE_C {
+            return Err(Refusal::invalid(
+                "gpu_health.temperature_c",
+                &t.to_string(),
+                &format!("at most {MAX_TEMPERATURE_C} degrees Celsius"),
+            ));
+        }
+    }
+    if h.throttle_reasons.len() > MAX_THROTTLE_REASONS {
+        return Err(Refusal::invalid(
+            "gpu_health.throttle_reasons",
+            &format!("{} entries", h.throttle_reasons.len()),
+            &format!("at most {MAX_THROTTLE_REASONS} entries"),
+        ));
+    }
+    for (i, r) in h.throttle_reasons.iter().enumerate() {
+        text(
+            &format!("gpu_health.throttle_reasons[{i}]"),
+            r,
+            MAX_THROTTLE_REASON,
+            true,
+        )?;
+    }
+    if h.xid_errors > MAX_STORED {
+        return Err(Refusal::invalid(
+            "gpu_health.xid_errors",
+            &h.xid_errors.to_string(),
+            "must be at most 9223372036854775807",
+        ));
+    }
+    if let Some(r) = &h.reason {
+        text("gpu_health.reason", r, MAX_HEALTH_REASON, false)?;
+    }
+    Ok(())
+}
+
+/// A proof's `metrics`: finite, non-negative rates; an energy figure only with the counter it
+/// came from (never with `unavailable`); integers that fit the store.
+pub fn metrics(m: &Metrics) -> Result<(), Refusal> {
+    for (field, v, max) in [
+        ("metrics.tflops", m.tflops, MAX_TFLOPS),
+        ("metrics.gflops", m.gflops, MAX_TFLOPS * 1000.0),
+    ] {
+        if let Some(v) = v {
+            if !(v.is_finite() && (0.0..=max).contains(&v)) {
+                return Err(Refusal::invalid(
+                    field,
+                    &v.to_string(),
+                    &format!("expected a finite number from 0 to {max}"),
+                ));
+            }
+        }
+    }
+    for (field, v) in [
+        ("metrics.wall_ms", m.wall_ms),
+        ("metrics.cpu_ms", m.cpu_ms),
+        ("metrics.flops", m.flops),
+        ("metrics.peak_rss_mb", m.peak_rss_mb),
+        ("metrics.energy_mj", m.energy_mj),
+    ] {
+        if let Some(v) = v.filter(|v| *v > MAX_STORED) {
+            return Err(Refusal::invalid(
+                field,
+                &v.to_string(),
+                "must be at most 9223372036854775807",
+            ));
+        }
+    }
+    match (m.energy_mj, m.energy_source) {
+        (Some(mj), None) => Err(Refusal::invalid(
+            "metrics.energy_source",
+            "",
+            &format!(
+                "required with metrics.energy_mj = {mj}: say which counter measured it \
+                 (nvml or rapl)"
+            ),
+        )),
+        (Some(mj), Some(EnergySource::Unavailable)) => Err(Refusal::invalid(
+            "metrics.energy_mj",
+            &mj.to_string(),
+            "must be absent when metrics.energy_source is \"unavailable\"",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A client's submission: known workload, params valid for it and ≤ 16 KiB, storable numbers.
@@ -385,6 +548,115 @@ mod tests {
         let mut l = ok;
         l.limits.max_runtime_s = MAX_RUNTIME_S + 1;
         assert!(submission(&l).is_err());
+    }
+
+    fn caps() -> MinerCapabilities {
+        serde_json::from_value(json!({
+            "miner_id": "m1", "wallet": "w", "mode": "gpu", "gpu": true,
+            "gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "vram_mb": 81559,
+                      "driver_version": "580.65.06", "cuda_version": "13.0"}],
+            "gpu_health": {"healthy": true, "temperature_c": 41, "throttle_reasons": [],
+                           "xid_errors": 0}
+        }))
+        .unwrap()
+    }
+
+    fn refused_field(r: Result<(), Refusal>) -> String {
+        let e = r.unwrap_err();
+        assert_eq!(e.code, ErrorCode::ValidationFailed);
+        e.details["field"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn gpus_and_health_are_bounded() {
+        assert!(capabilities(&caps()).is_ok());
+        let mut c = caps();
+        let g = c.gpus[0].clone();
+        c.gpus = (0..17)
+            .map(|i| GpuInfo {
+                index: i,
+                ..g.clone()
+            })
+            .collect();
+        assert_eq!(refused_field(capabilities(&c)), "gpus");
+        c.gpus.truncate(16);
+        assert!(capabilities(&c).is_ok());
+        c.gpus[3].index = 0;
+        assert_eq!(refused_field(capabilities(&c)), "gpus[3].index");
+        let mut c = caps();
+        c.gpus[0].name = "x".repeat(129);
+        assert_eq!(refused_field(capabilities(&c)), "gpus[0].name");
+        c.gpus[0].name = String::new();
+        assert_eq!(refused_field(capabilities(&c)), "gpus[0].name");
+        c.gpus[0].name = "bad\nname".into();
+        assert_eq!(refused_field(capabilities(&c)), "gpus[0].name");
+        let mut c = caps();
+        c.gpus[0].cuda_version = Some("1".repeat(33));
+        assert_eq!(refused_field(capabilities(&c)), "gpus[0].cuda_version");
+        let mut c = caps();
+        c.gpus[0].vram_mb = MAX_GPU_VRAM_MB + 1;
+        assert_eq!(refused_field(capabilities(&c)), "gpus[0].vram_mb");
+
+        let mut c = caps();
+        let h = c.gpu_health.as_mut().unwrap();
+        h.temperature_c = Some(201);
+        assert_eq!(refused_field(capabilities(&c)), "gpu_health.temperature_c");
+        let mut c = caps();
+        let h = c.gpu_health.as_mut().unwrap();
+        h.throttle_reasons = vec!["sw_power_cap".into(); 33];
+        assert_eq!(
+            refused_field(capabilities(&c)),
+            "gpu_health.throttle_reasons"
+        );
+        let h = c.gpu_health.as_mut().unwrap();
+        h.throttle_reasons = vec!["t".repeat(65)];
+        assert_eq!(
+            refused_field(capabilities(&c)),
+            "gpu_health.throttle_reasons[0]"
+        );
+        let h = c.gpu_health.as_mut().unwrap();
+        h.throttle_reasons = vec![];
+        h.reason = Some("r".repeat(513));
+        assert_eq!(refused_field(capabilities(&c)), "gpu_health.reason");
+        let h = c.gpu_health.as_mut().unwrap();
+        h.reason = Some(String::new());
+        assert!(capabilities(&c).is_ok());
+    }
+
+    #[test]
+    fn proof_metrics() {
+        let ok = |v: serde_json::Value| serde_json::from_value::<Metrics>(v).unwrap();
+        assert!(metrics(&Metrics::default()).is_ok());
+        assert!(metrics(&ok(
+            json!({"energy_mj": 1500, "energy_source": "nvml", "tflops": 51.2})
+        ))
+        .is_ok());
+        assert!(metrics(&ok(json!({"energy_source": "unavailable", "tflops": 0.0}))).is_ok());
+        assert!(metrics(&ok(json!({"energy_mj": 1, "energy_source": "rapl"}))).is_ok());
+        for (bad, field) in [
+            (json!({"tflops": -0.5}), "metrics.tflops"),
+            (json!({"tflops": 2e6}), "metrics.tflops"),
+            (json!({"gflops": -1.0}), "metrics.gflops"),
+            (json!({"energy_mj": 5}), "metrics.energy_source"),
+            (
+                json!({"energy_mj": 5, "energy_source": "unavailable"}),
+                "metrics.energy_mj",
+            ),
+            (
+                json!({"energy_mj": u64::MAX, "energy_source": "nvml"}),
+                "metrics.energy_mj",
+            ),
+        ] {
+            assert_eq!(refused_field(metrics(&ok(bad.clone()))), field, "{bad}");
+        }
+        let mut m = Metrics::default();
+        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            m.tflops = Some(v);
+            assert_eq!(refused_field(metrics(&m)), "metrics.tflops");
+        }
+        // serde itself refuses an unknown source.
+        let e = json_body::<Metrics>(br#"{"energy_source": "guess"}"#).unwrap_err();
+        assert_eq!(e.details["field"], "energy_source");
     }
 
     #[test]

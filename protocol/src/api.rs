@@ -30,11 +30,13 @@ pub mod ts {
     }
 }
 
-/// How a miner computes: on an NVIDIA GPU or on the CPU.
-#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash)]
+/// How a miner computes: on an NVIDIA GPU or on the CPU. The default (for
+/// `..Default::default()` in literals) is the CPU, the mode every host can run.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Gpu,
+    #[default]
     Cpu,
 }
 
@@ -86,10 +88,47 @@ pub struct MinerLimits {
     pub cpu_time_s: Option<u64>,
 }
 
+/// One GPU as the miner's supervisor found it (through NVML). Reported in the heartbeat so the
+/// Coordinator (and its operator) can see what a miner runs on.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct GpuInfo {
+    /// The device's NVML index on the miner's host.
+    pub index: u32,
+    /// The device's name as NVML reports it, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// Total device memory in MiB.
+    pub vram_mb: u64,
+    /// The NVIDIA driver's version, e.g. `580.65.06`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<String>,
+    /// The CUDA version the driver supports, e.g. `13.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_version: Option<String>,
+}
+
+/// The GPU's health as the miner's supervisor last read it (temperature, throttle reasons and
+/// XID errors through NVML). While `healthy` is false the miner takes no GPU jobs.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct GpuHealth {
+    pub healthy: bool,
+    /// Hottest reported device temperature, degrees Celsius.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<u32>,
+    /// Active clock throttle reasons as NVML names them (e.g. `hw_thermal_slowdown`).
+    #[serde(default)]
+    pub throttle_reasons: Vec<String>,
+    /// XID errors seen since the supervisor started.
+    #[serde(default)]
+    pub xid_errors: u64,
+    /// Why the device is unhealthy (or why health could not be read), in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// `POST /v1/miner/heartbeat` body: who the miner is, where to pay it, and what it can run.
 /// Only `miner_id`, `wallet` and `mode` are required, so the guide's script
 /// (`{miner_id, wallet, mode, gpu}`) is a valid heartbeat.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct MinerCapabilities {
     pub miner_id: String,
     pub wallet: String,
@@ -110,6 +149,12 @@ pub struct MinerCapabilities {
     /// Free-form software version, e.g. `aitbc-miner/0.1.0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The GPUs the miner found. Absent (empty) on a CPU miner or when NVML is unavailable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuInfo>,
+    /// The GPU's health at the time of the heartbeat; absent when the miner has no GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_health: Option<GpuHealth>,
 }
 
 /// Answer to a heartbeat.
@@ -218,6 +263,29 @@ pub struct Job {
     pub created_at: OffsetDateTime,
 }
 
+/// Where a proof's energy figure came from. The miner's own measurement, never an estimate:
+/// `Unavailable` says the host could not measure (and then no figure is sent).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum EnergySource {
+    /// NVML's total-energy counter of the GPU, read before and after the job.
+    Nvml,
+    /// The CPU package's RAPL counter (`/sys/class/powercap/intel-rapl:*/energy_uj`).
+    Rapl,
+    /// The host offers no readable energy counter.
+    Unavailable,
+}
+
+impl EnergySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnergySource::Nvml => "nvml",
+            EnergySource::Rapl => "rapl",
+            EnergySource::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Accounting figures a miner attaches to a proof. All optional: the guide's script sends `{}`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Metrics {
@@ -231,6 +299,15 @@ pub struct Metrics {
     pub gflops: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_mb: Option<u64>,
+    /// Energy the job used, in millijoules, as the miner measured it (see `energy_source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_mj: Option<u64>,
+    /// Where `energy_mj` came from; `unavailable` when the host cannot measure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_source: Option<EnergySource>,
+    /// Achieved throughput, TFLOP/s: `flops` over the compute time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tflops: Option<f64>,
 }
 
 /// `POST /v1/miner/proof` body: what the miner computed for a job.
@@ -441,6 +518,18 @@ pub struct JobView {
     pub failure: Option<Failure>,
 }
 
+/// A miner as the Coordinator last heard from it: one entry of `GET /v1/admin/miners`.
+/// `capabilities` is the miner's latest heartbeat body, GPUs and GPU health included.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MinerView {
+    pub miner_id: String,
+    pub wallet: String,
+    /// When the last heartbeat arrived.
+    #[serde(with = "ts")]
+    pub last_seen: OffsetDateTime,
+    pub capabilities: MinerCapabilities,
+}
+
 /// `GET /v1/wallet/balance` answer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Balance {
@@ -566,6 +655,39 @@ mod tests {
         };
         let v = serde_json::to_value(ack).unwrap();
         assert_eq!(v["server_time"], json!("2025-09-26T13:37:00Z"));
+    }
+
+    #[test]
+    fn gpu_fields_are_optional_and_skipped_when_empty() {
+        let hb: MinerCapabilities =
+            serde_json::from_value(json!({"miner_id": "m", "wallet": "w", "mode": "cpu"})).unwrap();
+        assert!(hb.gpus.is_empty() && hb.gpu_health.is_none());
+        let v = serde_json::to_value(&hb).unwrap();
+        assert!(v.get("gpus").is_none() && v.get("gpu_health").is_none());
+        let hb: MinerCapabilities = serde_json::from_value(json!({
+            "miner_id": "m", "wallet": "w", "mode": "gpu",
+            "gpus": [{"index": 0, "name": "NVIDIA H100", "vram_mb": 81559}],
+            "gpu_health": {"healthy": false, "reason": "XID 79"}
+        }))
+        .unwrap();
+        assert_eq!(hb.gpus[0].driver_version, None);
+        let h = hb.gpu_health.unwrap();
+        assert!(!h.healthy && h.throttle_reasons.is_empty() && h.xid_errors == 0);
+    }
+
+    #[test]
+    fn energy_sources_are_lower_case() {
+        for (s, name) in [
+            (EnergySource::Nvml, "nvml"),
+            (EnergySource::Rapl, "rapl"),
+            (EnergySource::Unavailable, "unavailable"),
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(name));
+            assert_eq!(s.as_str(), name);
+        }
+        let m: Metrics = serde_json::from_value(json!({"energy_source": "unavailable"})).unwrap();
+        assert_eq!(m.energy_source, Some(EnergySource::Unavailable));
+        assert!(serde_json::from_value::<Metrics>(json!({"energy_source": "NVML"})).is_err());
     }
 
     #[test]

@@ -158,6 +158,13 @@ enum Admin {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// List miners, most recently seen first, with their GPUs and GPU health.
+    Miners {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -256,6 +263,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None,
             )
         }
+        Command::Admin(Admin::Miners { remote, limit }) => http::<()>(
+            &remote,
+            reqwest::Method::GET,
+            "/v1/admin/miners",
+            &[("limit", limit.to_string())],
+            None,
+        ),
     }
 }
 

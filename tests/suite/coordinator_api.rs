@@ -8,7 +8,10 @@
 use std::time::{Duration, Instant};
 
 use aitbc_coordinator::Scope;
-use aitbc_protocol::api::{ErrorCode, FailAck, FailReason, JobState, ProofAck};
+use aitbc_protocol::api::{
+    EnergySource, ErrorCode, FailAck, FailReason, JobState, Metrics, MinerCapabilities, MinerView,
+    ProofAck,
+};
 use serde_json::json;
 
 use crate::common::{sha_of, test_config, wait_for, TestCoordinator};
@@ -514,4 +517,281 @@ async fn racing_miners_never_share_a_job() {
     taken.sort();
     ids.sort();
     assert_eq!(taken, ids, "every job handed out exactly once");
+}
+
+/// A GPU heartbeat as the supervisor sends it, with `health` as its `gpu_health`.
+fn gpu_heartbeat(miner_id: &str, health: serde_json::Value) -> serde_json::Value {
+    json!({"miner_id": miner_id, "wallet": "wallet_gpu", "mode": "gpu", "gpu": true,
+           "workloads": ["torch_bench"],
+           "gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "vram_mb": 81559,
+                     "driver_version": "580.65.06", "cuda_version": "13.0"},
+                    {"index": 1, "name": "NVIDIA H100 80GB HBM3", "vram_mb": 81559}],
+           "gpu_health": health})
+}
+
+/// The admin's view of one miner.
+async fn admin_miner(c: &TestCoordinator, miner_id: &str) -> MinerView {
+    let r = c.get("/v1/admin/miners", Some(&c.admin_key)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let all: Vec<MinerView> = r.parse();
+    all.into_iter()
+        .find(|m| m.miner_id == miner_id)
+        .unwrap_or_else(|| panic!("{miner_id} is not in {}", r.text()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_heartbeats_round_trip_and_an_unhealthy_gpu_gets_no_vram_job() {
+    let c = TestCoordinator::start(test_config()).await;
+    let healthy = json!({"healthy": true, "temperature_c": 41, "throttle_reasons": [],
+                         "xid_errors": 0});
+    let sent = gpu_heartbeat("g1", healthy.clone());
+    let r = c
+        .post("/v1/miner/heartbeat", Some(&c.miner_key), &sent)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = admin_miner(&c, "g1").await;
+    let want: MinerCapabilities = serde_json::from_value(sent).unwrap();
+    assert_eq!(seen.capabilities, want);
+    assert_eq!(seen.wallet, "wallet_gpu");
+    assert_eq!(seen.capabilities.gpus.len(), 2);
+    assert_eq!(
+        seen.capabilities.gpus[0].driver_version.as_deref(),
+        Some("580.65.06")
+    );
+
+    // A new temperature alone is shown at once (kept in memory, not written).
+    let mut warmer = healthy.clone();
+    warmer["temperature_c"] = json!(77);
+    let r = c
+        .post(
+            "/v1/miner/heartbeat",
+            Some(&c.miner_key),
+            &gpu_heartbeat("g1", warmer),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = admin_miner(&c, "g1").await;
+    assert_eq!(
+        seen.capabilities.gpu_health.as_ref().unwrap().temperature_c,
+        Some(77)
+    );
+
+    // Unhealthy: the health is shown, and a job that needs VRAM is not offered, one that
+    // needs none still is.
+    let sick = json!({"healthy": false, "temperature_c": 92,
+                      "throttle_reasons": ["hw_thermal_slowdown"], "xid_errors": 2,
+                      "reason": "XID 79 on GPU 1"});
+    let r = c
+        .post(
+            "/v1/miner/heartbeat",
+            Some(&c.miner_key),
+            &gpu_heartbeat("g1", sick),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = admin_miner(&c, "g1").await.capabilities.gpu_health.unwrap();
+    assert!(!h.healthy);
+    assert_eq!(h.throttle_reasons, vec!["hw_thermal_slowdown".to_string()]);
+    assert_eq!(
+        (h.xid_errors, h.reason.as_deref()),
+        (2, Some("XID 79 on GPU 1"))
+    );
+    let gpu_job = c
+        .submit(
+            json!({"workload": "torch_bench", "params": {"n": 8, "iters": 1},
+                       "limits": {"vram_mb": 64}, "reward": 3}),
+        )
+        .await;
+    assert!(c.next(&c.miner_key, "g1", 0.0).await.is_none());
+    let cpu_job = c.submit_small(1).await;
+    let got = c.next(&c.miner_key, "g1", 0.0).await.expect("the CPU job");
+    assert_eq!(got.id, cpu_job.id);
+    // Healthy again: the GPU job is offered.
+    let r = c
+        .post(
+            "/v1/miner/heartbeat",
+            Some(&c.miner_key),
+            &gpu_heartbeat("g1", healthy),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = c.next(&c.miner_key, "g1", 0.0).await.expect("the GPU job");
+    assert_eq!(got.id, gpu_job.id);
+    // A CPU miner's heartbeat carries no GPU fields, and none are shown.
+    c.heartbeat(&c.miner_key, "cpu1", "w").await;
+    let cpu = admin_miner(&c, "cpu1").await;
+    assert!(cpu.capabilities.gpus.is_empty() && cpu.capabilities.gpu_health.is_none());
+    // Only an admin sees the list.
+    let r = c.get("/v1/admin/miners", Some(&c.client_key)).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_gpu_values_are_422_naming_the_field() {
+    let c = TestCoordinator::start(test_config()).await;
+    let ok_health = json!({"healthy": true});
+    let gpu = |name: serde_json::Value| json!({"index": 0, "name": name, "vram_mb": 8});
+    let many_gpus: Vec<serde_json::Value> = (0..17)
+        .map(|i| json!({"index": i, "name": "G", "vram_mb": 8}))
+        .collect();
+    let cases = [
+        case(json!(many_gpus), ok_health.clone(), "gpus"),
+        case(
+            json!([gpu(json!("x".repeat(129)))]),
+            ok_health.clone(),
+            "gpus[0].name",
+        ),
+        case(json!([gpu(json!(""))]), ok_health.clone(), "gpus[0].name"),
+        case(
+            json!([{"index": 0, "name": "G", "vram_mb": 8, "driver_version": "9".repeat(33)}]),
+            ok_health.clone(),
+            "gpus[0].driver_version",
+        ),
+        case(
+            json!([gpu(json!("G")), gpu(json!("H"))]),
+            ok_health.clone(),
+            "gpus[1].index",
+        ),
+        case(
+            json!([gpu(json!("G"))]),
+            json!({"healthy": true, "temperature_c": 500}),
+            "gpu_health.temperature_c",
+        ),
+        case(
+            json!([gpu(json!("G"))]),
+            json!({"healthy": false, "throttle_reasons": vec!["x"; 33]}),
+            "gpu_health.throttle_reasons",
+        ),
+        case(
+            json!([gpu(json!("G"))]),
+            json!({"healthy": false, "reason": "r".repeat(513)}),
+            "gpu_health.reason",
+        ),
+        // Wrong types are refused by the parser, with the field's path.
+        case(json!([gpu(json!(7))]), ok_health.clone(), "gpus[0].name"),
+        case(
+            json!([gpu(json!("G"))]),
+            json!({"healthy": "yes"}),
+            "gpu_health.healthy",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = c
+            .post("/v1/miner/heartbeat", Some(&c.miner_key), &body)
+            .await;
+        assert_eq!(r.status, 422, "{body}: {}", r.text());
+        assert_eq!(r.code(), ErrorCode::ValidationFailed);
+        assert_eq!(
+            r.json()["error"]["details"]["field"],
+            json!(field),
+            "{}",
+            r.text()
+        );
+        assert!(r.message().contains(field), "{}", r.message());
+    }
+    // Nothing refused was recorded.
+    let r = c.get("/v1/admin/miners", Some(&c.admin_key)).await;
+    assert_eq!(r.json(), json!([]));
+    c.stop().await;
+}
+
+/// A heartbeat with `gpus` and `gpu_health` as given, to be refused naming `field`.
+fn case(
+    gpus: serde_json::Value,
+    health: serde_json::Value,
+    field: &'static str,
+) -> (serde_json::Value, &'static str) {
+    let mut hb = gpu_heartbeat("bad", health);
+    hb["gpus"] = gpus;
+    (hb, field)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_with_energy_metrics_is_stored_and_shown() {
+    let c = TestCoordinator::start(test_config()).await;
+    let submitted = c.submit_small(9).await;
+    c.heartbeat(&c.miner_key, "m1", "wallet_e").await;
+    let job = c.next(&c.miner_key, "m1", 0.0).await.expect("a job");
+    let proof = |metrics: serde_json::Value| {
+        json!({"id": job.id, "attempt": job.attempt, "mode": "gpu",
+               "output_sha": sha_of(&job.id), "metrics": metrics})
+    };
+    for (metrics, field) in [
+        (json!({"tflops": -1.0}), "metrics.tflops"),
+        (json!({"tflops": 1e7}), "metrics.tflops"),
+        (json!({"energy_mj": 10}), "metrics.energy_source"),
+        (
+            json!({"energy_mj": 10, "energy_source": "unavailable"}),
+            "metrics.energy_mj",
+        ),
+        (
+            json!({"energy_source": "estimated"}),
+            "metrics.energy_source",
+        ),
+    ] {
+        let r = c
+            .post(
+                "/v1/miner/proof",
+                Some(&c.miner_key),
+                &proof(metrics.clone()),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{metrics}: {}", r.text());
+        assert_eq!(
+            r.json()["error"]["details"]["field"],
+            json!(field),
+            "{}",
+            r.text()
+        );
+    }
+    // The refusals left the job assigned and unpaid.
+    assert_eq!(c.job(&job.id).await.state, JobState::Assigned);
+    assert_eq!(c.balance("wallet_e").await, (0, 0));
+
+    let metrics = json!({"wall_ms": 1500, "flops": 214_748_364_800u64, "gflops": 143.2,
+                         "energy_mj": 412_500, "energy_source": "nvml", "tflops": 0.1432});
+    let r = c
+        .post(
+            "/v1/miner/proof",
+            Some(&c.miner_key),
+            &proof(metrics.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let want: Metrics = serde_json::from_value(metrics.clone()).unwrap();
+    let view = c.job(&submitted.id).await;
+    let shown = view.proof.expect("the proof").metrics;
+    assert_eq!(shown, want);
+    assert_eq!(shown.energy_source, Some(EnergySource::Nvml));
+    // The client that submitted it sees the same, and so does the admin's job list.
+    let r = c
+        .get(&format!("/v1/client/jobs/{}", job.id), Some(&c.client_key))
+        .await;
+    assert_eq!(r.json()["proof"]["metrics"], metrics);
+    let r = c
+        .get("/v1/admin/jobs?state=completed", Some(&c.admin_key))
+        .await;
+    assert_eq!(r.json()[0]["proof"]["metrics"]["energy_mj"], json!(412_500));
+
+    // A host that cannot measure says so, and that is stored as such.
+    let second = c.submit_small(1).await;
+    let job2 = c.next(&c.miner_key, "m1", 0.0).await.expect("a job");
+    assert_eq!(job2.id, second.id);
+    let r = c
+        .post(
+            "/v1/miner/proof",
+            Some(&c.miner_key),
+            &json!({"id": job2.id, "attempt": job2.attempt, "mode": "cpu",
+                    "output_sha": sha_of(&job2.id),
+                    "metrics": {"energy_source": "unavailable", "tflops": 0.002}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = c.job(&job2.id).await.proof.unwrap().metrics;
+    assert_eq!(
+        (m.energy_mj, m.energy_source),
+        (None, Some(EnergySource::Unavailable))
+    );
+    c.stop().await;
 }

@@ -9,9 +9,9 @@
 use std::collections::BTreeSet;
 
 use aitbc_protocol::api::{
-    ApiError, Balance, ErrorBody, ErrorCode, FailAck, FailReason, FailReport, Failure, GpuFlag,
-    HeartbeatAck, Job, JobLimits, JobState, JobView, Metrics, MinerCapabilities, MinerLimits, Mode,
-    Proof, ProofAck, SubmitJob,
+    ApiError, Balance, EnergySource, ErrorBody, ErrorCode, FailAck, FailReason, FailReport,
+    Failure, GpuFlag, GpuHealth, GpuInfo, HeartbeatAck, Job, JobLimits, JobState, JobView, Metrics,
+    MinerCapabilities, MinerLimits, MinerView, Mode, Proof, ProofAck, SubmitJob,
 };
 use aitbc_protocol::api::{Disposition, IDEMPOTENCY_HEADER};
 use aitbc_protocol::workload::Workload;
@@ -177,9 +177,42 @@ fn full_proof() -> Proof {
             flops: Some(214_748_364_800),
             gflops: Some(143.2),
             peak_rss_mb: Some(44),
+            energy_mj: Some(412_500),
+            energy_source: Some(EnergySource::Nvml),
+            tflops: Some(0.1432),
         },
         started_at: Some(t0()),
         finished_at: Some(t0()),
+    }
+}
+
+fn full_gpu() -> GpuInfo {
+    GpuInfo {
+        index: 0,
+        name: "NVIDIA H100 80GB HBM3".into(),
+        vram_mb: 81559,
+        driver_version: Some("580.65.06".into()),
+        cuda_version: Some("13.0".into()),
+    }
+}
+
+fn minimal_gpu() -> GpuInfo {
+    GpuInfo {
+        index: 1,
+        name: "NVIDIA GeForce RTX 4090".into(),
+        vram_mb: 24564,
+        driver_version: None,
+        cuda_version: None,
+    }
+}
+
+fn full_health() -> GpuHealth {
+    GpuHealth {
+        healthy: false,
+        temperature_c: Some(91),
+        throttle_reasons: vec!["hw_thermal_slowdown".into(), "sw_power_cap".into()],
+        xid_errors: 1,
+        reason: Some("GPU 0 at 91 C with hw_thermal_slowdown".into()),
     }
 }
 
@@ -403,6 +436,8 @@ fn check_objects(doc: &Value) -> BTreeSet<String> {
             cores: Some(16),
             ram_mb: Some(65536),
             version: Some("aitbc-miner/0.1.0".into()),
+            gpus: vec![full_gpu()],
+            gpu_health: Some(full_health()),
         },
         &MinerCapabilities {
             miner_id: "m".into(),
@@ -415,7 +450,45 @@ fn check_objects(doc: &Value) -> BTreeSet<String> {
             cores: None,
             ram_mb: None,
             version: None,
+            gpus: vec![],
+            gpu_health: None,
         },
+    );
+    check_object(doc, &mut seen, "GpuInfo", &full_gpu(), &minimal_gpu());
+    check_object(
+        doc,
+        &mut seen,
+        "GpuHealth",
+        &full_health(),
+        &GpuHealth {
+            healthy: true,
+            ..GpuHealth::default()
+        },
+    );
+    let view = |caps: MinerCapabilities| MinerView {
+        miner_id: caps.miner_id.clone(),
+        wallet: caps.wallet.clone(),
+        last_seen: t0(),
+        capabilities: caps,
+    };
+    check_object(
+        doc,
+        &mut seen,
+        "MinerView",
+        &view(MinerCapabilities {
+            miner_id: "host-gpu0".into(),
+            wallet: "wallet_demo".into(),
+            mode: Mode::Gpu,
+            gpu: GpuFlag(true),
+            gpus: vec![full_gpu(), minimal_gpu()],
+            gpu_health: Some(full_health()),
+            ..MinerCapabilities::default()
+        }),
+        &view(MinerCapabilities {
+            miner_id: "m".into(),
+            wallet: "w".into(),
+            ..MinerCapabilities::default()
+        }),
     );
     let ack = HeartbeatAck {
         miner_id: "host-gpu0".into(),
@@ -599,6 +672,16 @@ fn check_enums(doc: &Value) -> BTreeSet<String> {
     check_enum(
         doc,
         &mut seen,
+        "EnergySource",
+        &[
+            EnergySource::Nvml,
+            EnergySource::Rapl,
+            EnergySource::Unavailable,
+        ],
+    );
+    check_enum(
+        doc,
+        &mut seen,
         "JobState",
         &[
             JobState::Queued,
@@ -695,12 +778,61 @@ fn schema_and_serde_agree_on_raw_requests() {
         json!({"miner_id": "m", "wallet": "w", "mode": "gpu", "limits": {"vram_mb": 1, "disk_mb": 2}}),
         false,
     );
+    let gpu_hb = |gpus: Value, health: Value| json!({"miner_id": "m", "wallet": "w", "mode": "gpu", "gpus": gpus, "gpu_health": health});
+    let h100 = json!({"index": 0, "name": "NVIDIA H100", "vram_mb": 81559});
+    for (gpus, health, accepted) in [
+        (json!([h100]), json!({"healthy": true}), true),
+        (json!([]), json!(null), true),
+        (
+            json!([{"index": 0, "name": "G", "vram_mb": 1, "driver_version": "580.65.06",
+                    "cuda_version": null}]),
+            json!({"healthy": false, "temperature_c": 90, "throttle_reasons": ["hw_slowdown"],
+                   "xid_errors": 2, "reason": "XID 79"}),
+            true,
+        ),
+        (json!({"index": 0}), json!(null), false),
+        (json!([{"index": 0, "name": "G"}]), json!(null), false),
+        (
+            json!([{"index": -1, "name": "G", "vram_mb": 1}]),
+            json!(null),
+            false,
+        ),
+        (json!([h100]), json!({"temperature_c": 40}), false),
+        (json!([h100]), json!({"healthy": "yes"}), false),
+        (
+            json!([h100]),
+            json!({"healthy": true, "xid_errors": -1}),
+            false,
+        ),
+    ] {
+        agree::<MinerCapabilities>(&doc, "MinerCapabilities", gpu_hb(gpus, health), accepted);
+    }
     agree::<Proof>(
         &doc,
         "Proof",
         json!({"id": "j1", "mode": "cpu", "output_sha": "ab".repeat(32), "metrics": {}}),
         true,
     );
+    for (metrics, accepted) in [
+        (
+            json!({"energy_mj": 412_500, "energy_source": "nvml", "tflops": 51.3}),
+            true,
+        ),
+        (json!({"energy_source": "unavailable"}), true),
+        (json!({"energy_source": "rapl", "energy_mj": null}), true),
+        (json!({"energy_source": "guess"}), false),
+        (json!({"energy_source": "NVML"}), false),
+        (json!({"energy_mj": -1, "energy_source": "rapl"}), false),
+        (json!({"energy_mj": 1.5, "energy_source": "rapl"}), false),
+        (json!({"tflops": "fast"}), false),
+    ] {
+        agree::<Proof>(
+            &doc,
+            "Proof",
+            json!({"id": "j1", "mode": "gpu", "output_sha": "ab".repeat(32), "metrics": metrics}),
+            accepted,
+        );
+    }
     agree::<Proof>(
         &doc,
         "Proof",
@@ -844,6 +976,50 @@ async fn live_answers_match_the_document() {
         200,
     )
     .await;
+    let gpu_hb = json!({"miner_id": "live-gpu", "wallet": "wallet_live", "mode": "gpu",
+        "gpu": true, "gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "vram_mb": 81559,
+        "driver_version": "580.65.06", "cuda_version": "13.0"}],
+        "gpu_health": {"healthy": true, "temperature_c": 38, "throttle_reasons": [],
+        "xid_errors": 0}})
+    .to_string();
+    live.check(
+        "POST",
+        "/v1/miner/heartbeat",
+        "/v1/miner/heartbeat",
+        m,
+        Some(&gpu_hb),
+        200,
+    )
+    .await;
+    let miners = live
+        .check("GET", "/v1/admin/miners", "/v1/admin/miners", a, None, 200)
+        .await;
+    let listed: Vec<MinerView> =
+        serde_json::from_value(miners.clone()).expect("MinerView list parses");
+    let gpu_miner = listed
+        .iter()
+        .find(|v| v.miner_id == "live-gpu")
+        .unwrap_or_else(|| panic!("live-gpu not in {miners}"));
+    assert_eq!(gpu_miner.capabilities.gpus[0].vram_mb, 81559);
+    assert_eq!(
+        gpu_miner
+            .capabilities
+            .gpu_health
+            .as_ref()
+            .map(|h| h.healthy),
+        Some(true)
+    );
+    live.check(
+        "GET",
+        "/v1/admin/miners",
+        "/v1/admin/miners?limit=0",
+        a,
+        None,
+        422,
+    )
+    .await;
+    live.check("GET", "/v1/admin/miners", "/v1/admin/miners", m, None, 403)
+        .await;
     live.check("GET", "/v1/miner/next", next, m, None, 204)
         .await;
     let submit = r#"{"workload":"torch_bench","params":{"n":64,"iters":2},"reward":25}"#;
@@ -871,8 +1047,27 @@ async fn live_answers_match_the_document() {
         .await;
     assert_eq!(job["id"], first["id"], "the oldest job goes first");
     let id = job["id"].as_str().expect("Job.id is a string");
+    let bad_metrics = json!({"id": id, "miner_id": "live-0", "attempt": job["attempt"],
+        "mode": "cpu", "output_sha": "ab".repeat(32),
+        "metrics": {"energy_mj": 5, "energy_source": "unavailable"}})
+    .to_string();
+    let refused = live
+        .check(
+            "POST",
+            "/v1/miner/proof",
+            "/v1/miner/proof",
+            m,
+            Some(&bad_metrics),
+            422,
+        )
+        .await;
+    assert_eq!(
+        refused["error"]["details"]["field"],
+        json!("metrics.energy_mj")
+    );
     let proof = json!({"id": id, "miner_id": "live-0", "attempt": job["attempt"], "mode": "cpu",
-        "output_sha": "ab".repeat(32), "metrics": {"wall_ms": 3}})
+        "output_sha": "ab".repeat(32), "metrics": {"wall_ms": 3, "energy_mj": 1200,
+        "energy_source": "rapl", "tflops": 0.02}})
     .to_string();
     live.check(
         "POST",
@@ -919,6 +1114,10 @@ async fn live_answers_match_the_document() {
         )
         .await;
     assert_eq!(view["state"], json!("completed"));
+    assert_eq!(
+        view["proof"]["metrics"],
+        json!({"wall_ms": 3, "energy_mj": 1200, "energy_source": "rapl", "tflops": 0.02})
+    );
     live.check(
         "GET",
         "/v1/client/jobs/{id}",
@@ -961,6 +1160,16 @@ async fn live_answers_match_the_document() {
         422,
     )
     .await;
+    let too_many = json!({"miner_id": "live-gpu", "wallet": "w", "mode": "gpu",
+        "gpu_health": {"healthy": true, "throttle_reasons": vec!["sw_power_cap"; 33]}})
+    .to_string();
+    let refused = live
+        .check("POST", hb_path, hb_path, m, Some(&too_many), 422)
+        .await;
+    assert_eq!(
+        refused["error"]["details"]["field"],
+        json!("gpu_health.throttle_reasons")
+    );
     let unknown = "/v1/miner/next?miner=never-seen";
     live.check("GET", "/v1/miner/next", unknown, m, None, 409)
         .await;
