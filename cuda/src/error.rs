@@ -5,15 +5,19 @@
 //! never be built by formatting a panic payload that could hold anything but text.
 
 use cudarc::cublas::result::CublasError;
+use cudarc::cublas::sys::cublasStatus_t;
+use cudarc::driver::sys::CUresult;
 use cudarc::driver::DriverError;
 
 /// Everything that can go wrong on the GPU path.
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
-    /// `libcuda.so` cannot be loaded: no NVIDIA driver on this host (or not visible to us).
+    /// `libcuda.so.1` cannot be loaded: no NVIDIA driver on this host (or not visible to us:
+    /// the loader finds it through `/etc/ld.so.cache`, since workers run with an empty
+    /// environment).
     #[error(
-        "no CUDA driver: libcuda.so could not be loaded (install the NVIDIA driver, 525 or \
-         newer, or run the miner with ACCEL_MODE=cpu)"
+        "no CUDA driver: libcuda.so.1 not found (neither libcuda.so nor libcuda.so.1 loads; \
+         install the NVIDIA driver, 525 or newer, or run the miner with ACCEL_MODE=cpu)"
     )]
     NoDriver,
 
@@ -89,6 +93,20 @@ pub enum CudaError {
 }
 
 impl CudaError {
+    /// Whether this is the device running out of memory: the job's own cap
+    /// ([`CudaError::VramCap`]), the driver's `CUDA_ERROR_OUT_OF_MEMORY` (other processes hold
+    /// the rest) or cuBLAS failing to allocate.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            CudaError::VramCap { .. } => true,
+            CudaError::Driver { source, .. } => source.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+            CudaError::Cublas { source, .. } => {
+                source.0 == cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED
+            }
+            _ => false,
+        }
+    }
+
     /// A `map_err` adapter for driver calls: `.map_err(CudaError::driver("launching"))`.
     pub fn driver(during: &'static str) -> impl FnOnce(DriverError) -> CudaError {
         move |source| CudaError::Driver { during, source }
@@ -129,7 +147,28 @@ mod tests {
             s.contains("W needs 4096 bytes") && s.contains("cap of 10000"),
             "{s}"
         );
-        assert!(CudaError::NoDriver.to_string().contains("ACCEL_MODE=cpu"));
+        let none = CudaError::NoDriver.to_string();
+        assert!(
+            none.starts_with("no CUDA driver: libcuda.so.1 not found")
+                && none.contains("ACCEL_MODE=cpu"),
+            "{none}"
+        );
+        assert!(e.is_out_of_memory());
+        let oom = CudaError::Driver {
+            during: "allocating X",
+            source: DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY),
+        };
+        assert!(oom.is_out_of_memory());
+        let other = CudaError::Driver {
+            during: "launching",
+            source: DriverError(CUresult::CUDA_ERROR_LAUNCH_FAILED),
+        };
+        assert!(!other.is_out_of_memory() && !CudaError::NoDriver.is_out_of_memory());
+        let blas = CudaError::Cublas {
+            during: "x",
+            source: CublasError(cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED),
+        };
+        assert!(blas.is_out_of_memory());
         let p = CudaError::panicked("loading", Box::new("Missing symbol cuFoo"));
         assert_eq!(
             p.to_string(),

@@ -639,7 +639,7 @@ pub fn w_scale(n: u32) -> f32 {
 }
 
 /// Blocks for an element-wise kernel over `len` elements: enough to cover them, at most
-/// [`BLOCKS_PER_SM`] per SM (the kernels loop), at least one.
+/// `BLOCKS_PER_SM` per SM (the kernels loop), at least one.
 pub fn grid_1d(len: u64, sms: u32) -> u32 {
     let cover = len.div_ceil(u64::from(BLOCK_1D));
     let most = u64::from(sms.max(1)) * u64::from(BLOCKS_PER_SM);

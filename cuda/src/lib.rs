@@ -8,9 +8,9 @@
 //! result streams back to the caller in chunks (the copy of one chunk overlapping the caller's
 //! hashing of the previous one).
 //!
-//! **Status:** this crate is the GPU foundation only. Nothing in the miner uses it yet; the
-//! worker will depend on it (a `Backend::Gpu` behind `torch_bench::Backend`) in a later change,
-//! which is also where `ACCEL_MODE`, NVML and the supervisor's VRAM watch come in.
+//! The GPU worker (`aitbc-miner worker --kind gpu`) uses it: at its confinement step 6 it
+//! checks [`driver_present`], opens [`Gpu`] and warms it up, and its `Backend::Gpu` runs
+//! [`Gpu::run_chain`] with the job's `vram_mb` as the cap, hashing the chunks it is handed.
 //!
 //! # Modules
 //!
@@ -28,7 +28,8 @@
 //!   unless [`driver_present`] said the library loads: cudarc panics when it is missing.
 //! - No public function panics on a missing or broken driver: failures are [`CudaError`] values
 //!   (a panic inside cudarc is caught and returned as [`CudaError::Panicked`]).
-//! - The crate depends on no other crate of this workspace.
+//! - Of this workspace's crates it depends on `aitbc-protocol` only (for the one VRAM formula,
+//!   `TorchBenchParams::vram_bytes`).
 
 pub mod error;
 pub mod gpu;

@@ -1,8 +1,10 @@
 //! GPU memory for one job: what it will allocate, decided before anything is allocated, and the
 //! one allocator that refuses to exceed the job's cap.
 //!
-//! [`vram_needed`] is a pure function of `n`, so the worker (and the supervisor, before it hands
-//! a job over) can compare it with the job's `vram_mb` up front. [`VramBudget`] is the only way
+//! [`vram_needed`] is a pure function of `n`: the protocol's
+//! `TorchBenchParams::vram_bytes_for`, the one formula the Coordinator, the supervisor, the
+//! worker and this crate share (this module only names it), so anyone can compare it with a
+//! job's `vram_mb` up front. [`VramBudget`] is the only way
 //! [`crate::Gpu::run_chain`] allocates device memory, and it refuses any allocation that would
 //! take the job's total past the cap, before calling the driver. Buffers are never freed back
 //! into a budget: a job's budget lives as long as the job.
@@ -14,16 +16,18 @@
 
 use std::sync::Arc;
 
+use aitbc_protocol::workload::TorchBenchParams;
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 
 use crate::CudaError;
 
 /// The workspace handed to cuBLAS with `cublasSetWorkspace` (NVIDIA's recommendation for
 /// Hopper; older GPUs need 4 MiB), so that cuBLAS allocates nothing of its own during a job.
-pub const CUBLAS_WORKSPACE_BYTES: u64 = 32 << 20;
+pub const CUBLAS_WORKSPACE_BYTES: u64 = TorchBenchParams::GPU_CUBLAS_WORKSPACE_BYTES;
 
 /// The chain's device state: four `u32` (two max slots, the rescale count, the non-finite flag).
 pub const STATE_WORDS: usize = 4;
+const _: () = assert!((STATE_WORDS * 4) as u64 == TorchBenchParams::GPU_STATE_BYTES);
 
 /// Bytes of one `n x n` `f32` matrix (saturating, so absurd `n` cannot wrap).
 pub fn matrix_bytes(n: u32) -> u64 {
@@ -32,19 +36,17 @@ pub fn matrix_bytes(n: u32) -> u64 {
 
 /// What a torch_bench job of size `n` allocates on the device, whichever product path it takes
 /// (the cuBLAS path needs the most): `X`, the product buffer and `W` (`3 · 4n²` bytes), the
-/// chain's state words and the cuBLAS workspace. The own-kernel path allocates
-/// [`CUBLAS_WORKSPACE_BYTES`] less. A job whose cap is below this is refused before it starts.
+/// chain's state words and the cuBLAS workspace: `TorchBenchParams::vram_bytes`. The
+/// own-kernel path allocates [`CUBLAS_WORKSPACE_BYTES`] less. A job whose cap is below this is
+/// refused before it starts.
 pub fn vram_needed(n: u32) -> u64 {
     vram_planned(n, true)
 }
 
-/// What a job of size `n` allocates on the device, exactly, with or without cuBLAS.
+/// What a job of size `n` allocates on the device, exactly, with or without cuBLAS
+/// (`TorchBenchParams::vram_bytes_for`).
 pub fn vram_planned(n: u32, cublas: bool) -> u64 {
-    let workspace = if cublas { CUBLAS_WORKSPACE_BYTES } else { 0 };
-    matrix_bytes(n)
-        .saturating_mul(3)
-        .saturating_add((STATE_WORDS * 4) as u64)
-        .saturating_add(workspace)
+    TorchBenchParams::vram_bytes_for(n, cublas)
 }
 
 /// A job's device-memory allowance: counts what it has allocated and refuses to go past `cap`.
@@ -138,6 +140,13 @@ mod tests {
         // The protocol's largest n (16384) fits in u64 with room to spare; nothing wraps.
         assert_eq!(vram_needed(16384), 3 * (1 << 30) + 16 + (32 << 20));
         assert_eq!(vram_needed(u32::MAX), u64::MAX);
+        // The protocol's figure for a job's params is this one.
+        let p = TorchBenchParams {
+            n: 1024,
+            iters: 100,
+            seed: 9,
+        };
+        assert_eq!(p.vram_bytes(), vram_needed(1024));
         // Monotone in n: a bigger job never needs less.
         let mut last = 0;
         for n in (1..=20_000).step_by(997) {

@@ -23,7 +23,8 @@ use crate::workload::WorkloadSpec;
 
 /// Bumped whenever a message changes shape. Both ends must agree exactly.
 /// Version 2: `Hello.sandbox` and [`WorkerFailReason::SandboxViolation`].
-pub const WIRE_VERSION: u32 = 2;
+/// Version 3: `JobSpec.vram_mb`; `JobOutput.compute_us` is the device time on GPU workers.
+pub const WIRE_VERSION: u32 = 3;
 /// Largest payload either side accepts, in bytes.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Bytes of the length prefix.
@@ -60,6 +61,10 @@ pub struct JobSpec {
     pub threads: u32,
     /// The job's memory limit, for the worker's own re-check.
     pub ram_mb: u64,
+    /// The job's GPU memory cap in MiB: a GPU worker refuses the job when it is below
+    /// `TorchBenchParams::vram_mb()`, and allocates no more than `vram_mb << 20` bytes of
+    /// device memory for it. 0 for CPU workers (ignored by them).
+    pub vram_mb: u64,
     /// The job's `cpu_time_s`: the worker lowers its RLIMIT_CPU to it before it computes (the
     /// supervisor also sets it from outside where the kernel lets it).
     pub cpu_time_s: u64,
@@ -95,7 +100,10 @@ pub struct JobOutput {
     pub output_sha: [u8; 32],
     pub output_len: u64,
     pub flops: u64,
-    /// Time spent computing and hashing, measured inside the worker.
+    /// The compute time TFLOP/s is figured from, measured inside the worker. CPU workers: wall
+    /// time of allocation, input generation, the products and the hash. GPU workers: device
+    /// time of the products and rescales, from two CUDA events with timing on (the inputs, the
+    /// copy back and the hash are not in it).
     pub compute_us: u64,
     pub kind: WorkerKind,
 }
@@ -224,6 +232,7 @@ mod tests {
             }),
             threads: 2,
             ram_mb: 128,
+            vram_mb: 45,
             cpu_time_s: 60,
             address_space_bytes: Some(1 << 30),
         })

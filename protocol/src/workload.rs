@@ -62,6 +62,12 @@ impl TorchBenchParams {
     pub const MAX_ITERS: u32 = 100_000;
     /// Resident memory a worker needs besides the matrices (code, stacks, allocator slack).
     pub const OVERHEAD_MB: u64 = 32;
+    /// The workspace the GPU chain hands cuBLAS (`cublasSetWorkspace`, NVIDIA's recommendation
+    /// for Hopper), so that cuBLAS allocates nothing of its own during a job.
+    pub const GPU_CUBLAS_WORKSPACE_BYTES: u64 = 32 << 20;
+    /// The GPU chain's device state: four `u32` (two max slots, the rescale count, the
+    /// non-finite flag).
+    pub const GPU_STATE_BYTES: u64 = 16;
 
     fn default_n() -> u32 {
         Self::DEFAULT_N
@@ -79,6 +85,38 @@ impl TorchBenchParams {
     /// (`X`, `W` and the product) plus overhead, in MiB rounded up.
     pub fn memory_mb(&self) -> u64 {
         (3 * self.matrix_bytes()).div_ceil(1 << 20) + Self::OVERHEAD_MB
+    }
+
+    /// Device memory the GPU chain allocates (`aitbc-cuda`'s `Gpu::run_chain`), in bytes: the
+    /// one formula the Coordinator, the supervisor, the worker and the CUDA crate share. See
+    /// [`TorchBenchParams::vram_bytes_for`].
+    pub fn vram_bytes(&self) -> u64 {
+        Self::vram_bytes_for(self.n, true)
+    }
+
+    /// [`TorchBenchParams::vram_bytes`] in MiB, rounded up: the least `vram_mb` a GPU job of
+    /// these params may be given.
+    pub fn vram_mb(&self) -> u64 {
+        self.vram_bytes().div_ceil(1 << 20)
+    }
+
+    /// What the GPU chain of size `n` allocates on the device, exactly: `X`, the product buffer
+    /// and `W` (`3 · 4n²` bytes), the chain's [`TorchBenchParams::GPU_STATE_BYTES`] and, when
+    /// cuBLAS computes the products, its [`TorchBenchParams::GPU_CUBLAS_WORKSPACE_BYTES`] (the
+    /// own-kernel path allocates that much less). Saturating: no `n` wraps. Not counted: the
+    /// CUDA context itself (a driver-dependent few hundred MiB per process), which NVML's
+    /// per-process figure includes.
+    pub fn vram_bytes_for(n: u32, cublas: bool) -> u64 {
+        let matrix = u64::from(n).saturating_mul(u64::from(n)).saturating_mul(4);
+        let workspace = if cublas {
+            Self::GPU_CUBLAS_WORKSPACE_BYTES
+        } else {
+            0
+        };
+        matrix
+            .saturating_mul(3)
+            .saturating_add(Self::GPU_STATE_BYTES)
+            .saturating_add(workspace)
     }
 
     /// Floating-point operations of the chain: `2 n^3` per product.
@@ -112,6 +150,12 @@ impl WorkloadSpec {
     pub fn memory_mb(&self) -> u64 {
         match self {
             WorkloadSpec::TorchBench(p) => p.memory_mb(),
+        }
+    }
+    /// The least `vram_mb` a GPU worker accepts for this workload.
+    pub fn vram_mb(&self) -> u64 {
+        match self {
+            WorkloadSpec::TorchBench(p) => p.vram_mb(),
         }
     }
 }
@@ -271,6 +315,38 @@ mod tests {
         assert_eq!((p.n, p.iters, p.seed), (1024, 100, 0));
         assert_eq!(p.flops(), 2 * 1024u64.pow(3) * 100);
         assert_eq!(p.memory_mb(), 12 + 32);
+    }
+
+    #[test]
+    fn vram_is_three_matrices_state_and_the_cublas_workspace() {
+        let p = |n| TorchBenchParams {
+            n,
+            iters: 1,
+            seed: 0,
+        };
+        let ws = TorchBenchParams::GPU_CUBLAS_WORKSPACE_BYTES;
+        assert_eq!(p(1).vram_bytes(), 12 + 16 + ws);
+        assert_eq!(p(1024).vram_bytes(), (12 << 20) + 16 + (32 << 20));
+        assert_eq!(p(8192).vram_bytes(), (768 << 20) + 16 + (32 << 20));
+        assert_eq!(
+            TorchBenchParams::vram_bytes_for(1024, false),
+            (12 << 20) + 16
+        );
+        // The state words push every size just past a whole MiB: rounded up.
+        assert_eq!(p(1024).vram_mb(), 12 + 32 + 1);
+        assert_eq!(p(8192).vram_mb(), 768 + 32 + 1);
+        assert_eq!(p(1).vram_mb(), 33);
+        assert_eq!(WorkloadSpec::TorchBench(p(1024)).vram_mb(), 45);
+        assert_eq!(
+            p(TorchBenchParams::MAX_N).vram_bytes(),
+            3 * (1 << 30) + 16 + (32 << 20)
+        );
+        assert_eq!(TorchBenchParams::vram_bytes_for(u32::MAX, true), u64::MAX);
+        // vram_mb always covers vram_bytes, by less than one MiB.
+        for n in (1..=TorchBenchParams::MAX_N).step_by(997) {
+            let (b, mb) = (p(n).vram_bytes(), p(n).vram_mb());
+            assert!(mb << 20 >= b && (mb << 20) - b < 1 << 20, "n={n}");
+        }
     }
 
     #[test]

@@ -290,6 +290,7 @@ fn job_and_expected_hash() -> (JobSpec, [u8; 32]) {
         spec: WorkloadSpec::TorchBench(p),
         threads: 2,
         ram_mb: 64,
+        vram_mb: 0,
         cpu_time_s: 60,
         address_space_bytes: Some(1 << 30),
     };
@@ -504,9 +505,86 @@ fn a_worker_that_cannot_confine_itself_exits_before_hello_naming_why() {
         );
     }
 
-    // A GPU worker stops at the device step in this build, before Hello.
+    // A GPU worker cannot use the mount view (it has no NVIDIA device nodes): refused before
+    // the first step, whatever the host has.
     let (_tmp, dir) = job_dir(None);
-    let (code, err) = run_to_exit(&["--job-dir", &dir, "--kind", "gpu"]);
+    let (code, err) = run_to_exit(&["--job-dir", &dir, "--kind", "gpu", "--fs", "mount"]);
     assert_eq!(code, Some(3), "{err}");
-    assert!(err.contains("confinement step device: --kind gpu"), "{err}");
+    assert!(
+        err.contains("confinement step filesystem: --kind gpu needs Landlock"),
+        "{err}"
+    );
+}
+
+/// A GPU worker on a host without the NVIDIA driver (this machine and CI) stops at the device
+/// step, after Landlock and before seccomp: exit 3 before Hello, one line on stderr naming the
+/// missing `libcuda.so.1`, no panic. Where the driver is present, it says Hello as a GPU worker
+/// instead and computes a small job (unverified here: no GPU).
+#[test]
+fn a_gpu_worker_without_a_driver_exits_before_hello_naming_it() {
+    let (_tmp, dir) = job_dir(None);
+    let args = ["--job-dir", dir.as_str(), "--kind", "gpu"];
+    if aitbc_worker::cuda_driver_present() {
+        eprintln!("note: a CUDA driver is present; checking the GPU worker's Hello instead");
+        return a_gpu_worker_with_a_driver_says_hello_and_computes(&args);
+    }
+    let (code, err) = run_to_exit(&args);
+    assert_eq!(code, Some(3), "{err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "one line, no panic or backtrace: {err}"
+    );
+    assert!(
+        err.starts_with(
+            "aitbc-miner worker: confinement step device: no CUDA driver: libcuda.so.1 not found"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("ACCEL_MODE=cpu"), "{err}");
+}
+
+/// The other half of the test above, for a host with a driver.
+fn a_gpu_worker_with_a_driver_says_hello_and_computes(args: &[&str]) {
+    let (mut child, mut sock) = spawn(args, None).expect("spawn the worker");
+    let hello = match read_frame::<FromWorker, _>(&mut sock) {
+        Ok(FromWorker::Hello(h)) => h,
+        other => {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("reap the worker");
+            panic!(
+                "expected Hello from a GPU worker, got {other:?}; worker {:?}, stderr: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    assert_eq!(hello.kind, WorkerKind::Gpu);
+    assert!(hello.sandbox.contains("cuda gpu0 "), "{}", hello.sandbox);
+    assert!(hello.sandbox.ends_with("seccomp gpu"), "{}", hello.sandbox);
+    let p = TorchBenchParams {
+        n: 160,
+        iters: 4,
+        seed: 11,
+    };
+    let job = JobSpec {
+        job_id: "confined-gpu-1".into(),
+        spec: WorkloadSpec::TorchBench(p),
+        threads: 1,
+        ram_mb: 64,
+        vram_mb: p.vram_mb(),
+        cpu_time_s: 60,
+        address_space_bytes: None,
+    };
+    write_frame(&mut sock, &ToWorker::Run(job)).expect("send the job");
+    let reply = read_frame::<FromWorker, _>(&mut sock).expect("the worker's answer");
+    let status = child.wait().expect("reap the worker");
+    assert!(status.success(), "worker exited {status:?}");
+    let FromWorker::Done(out) = reply else {
+        panic!("expected Done, got {reply:?}");
+    };
+    assert_eq!(
+        (out.output_len, out.flops, out.kind),
+        (p.output_len(), p.flops(), WorkerKind::Gpu)
+    );
 }

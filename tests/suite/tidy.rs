@@ -13,8 +13,8 @@ fn root() -> PathBuf {
 const ALLOWED: &[(&str, &[&str])] = &[
     ("protocol", &[]),
     ("seccomp", &["aitbc-protocol"]),
-    ("cuda", &[]),
-    ("worker", &["aitbc-protocol", "aitbc-seccomp"]),
+    ("cuda", &["aitbc-protocol"]),
+    ("worker", &["aitbc-protocol", "aitbc-seccomp", "aitbc-cuda"]),
     ("supervisor", &["aitbc-protocol"]),
     ("coordinator", &["aitbc-protocol"]),
 ];

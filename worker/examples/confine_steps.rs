@@ -85,7 +85,7 @@ fn child(mut args: Vec<OsString>) -> ExitCode {
         }
     };
     let report = match Plan::new(&parsed, landlock_kernel_abi()).and_then(|p| confine(&p)) {
-        Ok(r) => r,
+        Ok(c) => c.report,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;

@@ -39,12 +39,12 @@ pub fn worker_main(args: impl Iterator<Item = OsString>) -> ExitCode {
             return ExitCode::from(crate::EXIT_BAD_FD);
         }
     };
-    let report = match Plan::new(&parsed, landlock_kernel_abi()).and_then(|plan| confine(&plan)) {
-        Ok(r) => r,
+    let confined = match Plan::new(&parsed, landlock_kernel_abi()).and_then(|plan| confine(&plan)) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("aitbc-miner worker: {e}");
             return ExitCode::from(EXIT_SETUP);
         }
     };
-    serve_exit(sock, &report.line())
+    serve_exit(sock, &confined.report.line(), &confined.device)
 }

@@ -56,6 +56,10 @@ pub enum WorkerError {
     /// mount view, seccomp's deliberate EPERM answers or an rlimit).
     #[error("the sandbox refused {what}: {source}")]
     SandboxDenied { what: String, source: io::Error },
+    /// The GPU path failed during a job (over the job's VRAM cap, the device out of memory, a
+    /// driver or cuBLAS error, a non-finite chain).
+    #[error("GPU: {0}")]
+    Gpu(#[from] aitbc_cuda::CudaError),
     /// A bug: the computation panicked or produced what it must not (reported to the
     /// supervisor rather than crashing the conversation).
     #[error("internal error: {0}")]
@@ -69,12 +73,17 @@ impl WorkerError {
             WorkerError::BadParams { .. } => WorkerFailReason::BadParams,
             WorkerError::OutOfMemory { .. } => WorkerFailReason::OutOfMemory,
             WorkerError::SandboxDenied { .. } => WorkerFailReason::SandboxViolation,
+            WorkerError::Gpu(e) if e.is_out_of_memory() => WorkerFailReason::OutOfMemory,
+            WorkerError::Gpu(aitbc_cuda::CudaError::BadParams { .. }) => {
+                WorkerFailReason::BadParams
+            }
             WorkerError::BadFd { .. }
             | WorkerError::Usage { .. }
             | WorkerError::Setup { .. }
             | WorkerError::SetupRefused { .. }
             | WorkerError::Wire(_)
             | WorkerError::ThreadPool { .. }
+            | WorkerError::Gpu(_)
             | WorkerError::Internal(_) => WorkerFailReason::Internal,
         }
     }
@@ -131,5 +140,30 @@ mod tests {
                 WorkerError::sandbox_denied("x", io::Error::from_raw_os_error(errno)).is_none()
             );
         }
+    }
+
+    #[test]
+    fn gpu_errors_map_to_the_reason_a_supervisor_can_act_on() {
+        use aitbc_cuda::CudaError;
+        let cap = WorkerError::from(CudaError::VramCap {
+            what: "the torch_bench job",
+            bytes: 47 << 20,
+            used: 0,
+            cap: 1 << 20,
+        });
+        assert_eq!(cap.fail_reason(), WorkerFailReason::OutOfMemory);
+        assert!(
+            cap.to_string()
+                .starts_with("GPU: GPU memory cap exceeded: "),
+            "{cap}"
+        );
+        let bad = WorkerError::from(CudaError::BadParams {
+            field: "params.n",
+            value: "0".into(),
+            reason: "x".into(),
+        });
+        assert_eq!(bad.fail_reason(), WorkerFailReason::BadParams);
+        let bug = WorkerError::from(CudaError::NonFinite { bits: 0x7f80_0000 });
+        assert_eq!(bug.fail_reason(), WorkerFailReason::Internal);
     }
 }

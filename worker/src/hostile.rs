@@ -303,6 +303,7 @@ fn escaped(what: String, t0: Instant) -> Result<ChainRun, WorkerError> {
         output_len: what.len() as u64,
         flops: 0,
         elapsed: t0.elapsed(),
+        device_time: None,
         kind: WorkerKind::Cpu,
     })
 }

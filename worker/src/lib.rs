@@ -5,8 +5,8 @@
 //! * [`worker_main`]: the whole process: parse the command line ([`args`]), confine
 //!   ([`confine`], in its one documented order), then serve fd 3.
 //! * [`serve_fd`] / [`serve`]: the conversation (hello, one order, one answer).
-//! * [`torch_bench`]: the matrix-product chain, its input generator, the CPU backend and the
-//!   seam where a GPU backend plugs in.
+//! * [`torch_bench`]: the matrix-product chain, its input generator, and its two backends: the
+//!   CPU (`gemm` on a thread pool) and an NVIDIA GPU (`aitbc-cuda`, opened during confinement).
 //!
 //! Architecture invariant: the worker depends on no async runtime (a test checks `cargo tree`),
 //! never opens a network socket, never talks to the Coordinator, never reads configuration,
@@ -25,3 +25,8 @@ pub mod torch_bench;
 pub use entry::{worker_main, EXIT_SETUP, EXIT_USAGE, WORKER_FD};
 pub use error::WorkerError;
 pub use serve::{answer, check_job, serve, serve_fd, EXIT_BAD_FD, EXIT_CONVERSATION};
+
+/// Whether `libcuda.so.1` loads on this host (`aitbc_cuda::driver_present`: a cached `dlopen`
+/// probe that initialises nothing): what a GPU worker's device step checks first. For tests
+/// that must know whether a `--kind gpu` worker can start here.
+pub use aitbc_cuda::driver_present as cuda_driver_present;

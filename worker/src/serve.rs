@@ -18,11 +18,11 @@ use std::process::ExitCode;
 
 use aitbc_protocol::wire::{
     read_frame, write_frame, FromWorker, Hello, JobOutput, JobSpec, ToWorker, WorkerFailure,
-    WIRE_VERSION,
+    WorkerKind, WIRE_VERSION,
 };
 use aitbc_protocol::workload::{TorchBenchParams, WorkloadSpec};
 
-use crate::torch_bench::{check_params, check_threads, Backend, ChainRun};
+use crate::torch_bench::{check_params, check_threads, Backend, ChainRun, Device};
 use crate::WorkerError;
 
 /// Exit code when the descriptor is unusable (the supervisor started us wrongly).
@@ -43,14 +43,14 @@ pub fn serve_fd(fd: RawFd, sandbox: &str) -> ExitCode {
             return ExitCode::from(EXIT_BAD_FD);
         }
     };
-    serve_exit(sock, sandbox)
+    serve_exit(sock, sandbox, &Device::Cpu)
 }
 
-/// [`serve`], turned into the process exit code (see [`serve_fd`]).
+/// [`serve`] on `device`, turned into the process exit code (see [`serve_fd`]).
 /// This is the process-level entry: the job's own limits (RLIMIT_CPU, RLIMIT_AS) are applied to
 /// this process when the job arrives.
-pub(crate) fn serve_exit(sock: UnixStream, sandbox: &str) -> ExitCode {
-    match converse(sock, sandbox, Process::Worker) {
+pub(crate) fn serve_exit(sock: UnixStream, sandbox: &str, device: &Device) -> ExitCode {
+    match converse(sock, sandbox, Process::Worker, device) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("aitbc-miner worker: {e}");
@@ -122,9 +122,10 @@ fn sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
 /// (never a panic).
 ///
 /// This never changes the calling process's limits (it may be a test harness); the worker
-/// process's entry ([`serve_fd`], [`crate::worker_main`]) does.
+/// process's entry ([`serve_fd`], [`crate::worker_main`]) does. It computes on the CPU; a GPU
+/// worker's [`Device`] exists only inside a confined worker process.
 pub fn serve(sock: UnixStream, sandbox: &str) -> Result<(), WorkerError> {
-    converse(sock, sandbox, Process::Shared)
+    converse(sock, sandbox, Process::Shared, &Device::Cpu)
 }
 
 /// Whether the process serving the job is a worker of its own (which takes the job's limits
@@ -135,14 +136,18 @@ enum Process {
     Shared,
 }
 
-fn converse(mut sock: UnixStream, sandbox: &str, process: Process) -> Result<(), WorkerError> {
-    let backend_kind = Backend::Cpu { threads: 1 }.kind();
+fn converse(
+    mut sock: UnixStream,
+    sandbox: &str,
+    process: Process,
+    device: &Device,
+) -> Result<(), WorkerError> {
     write_frame(
         &mut sock,
         &FromWorker::Hello(Hello {
             version: WIRE_VERSION,
             pid: std::process::id(),
-            kind: backend_kind,
+            kind: device.kind(),
             sandbox: sandbox.to_string(),
         }),
     )?;
@@ -155,40 +160,62 @@ fn converse(mut sock: UnixStream, sandbox: &str, process: Process) -> Result<(),
                 }
                 Process::Shared => Ok(()),
             };
-            let reply = answer(limited.and_then(|()| run_job(&job)));
+            let reply = answer(limited.and_then(|()| run_job(&job, device)));
             write_frame(&mut sock, &reply)?;
             Ok(())
         }
     }
 }
 
-/// The worker's re-check of a job: parameters in range, a usable thread count, and the job's
-/// memory need within its `ram_mb`. Returns what to run.
-pub fn check_job(job: &JobSpec) -> Result<(Backend, TorchBenchParams), WorkerError> {
+/// The worker's re-check of a job for a worker of `kind`: parameters in range, a usable
+/// thread count, and the job's memory need within its cap: on a CPU worker `ram_mb` against
+/// `memory_mb()`; on a GPU worker `vram_mb` against `TorchBenchParams::vram_mb()` (the
+/// matrices live on the device; the host holds the CUDA context and two 1 MiB staging
+/// buffers, which the supervisor's cgroup bounds). Returns what to run.
+pub fn check_job(
+    job: &JobSpec,
+    kind: WorkerKind,
+) -> Result<(Backend, TorchBenchParams), WorkerError> {
     let WorkloadSpec::TorchBench(p) = job.spec;
     check_params(&p)?;
     let threads = check_threads(job.threads)?;
-    let needed = job.spec.memory_mb();
-    if needed > job.ram_mb {
-        return Err(WorkerError::BadParams {
-            field: "ram_mb",
-            value: job.ram_mb.to_string(),
-            reason: format!("the job needs {needed} MiB (n = {})", p.n),
-        });
+    match kind {
+        WorkerKind::Cpu => {
+            let needed = job.spec.memory_mb();
+            if needed > job.ram_mb {
+                return Err(WorkerError::BadParams {
+                    field: "ram_mb",
+                    value: job.ram_mb.to_string(),
+                    reason: format!("the job needs {needed} MiB (n = {})", p.n),
+                });
+            }
+            Ok((Backend::Cpu { threads }, p))
+        }
+        WorkerKind::Gpu => {
+            let needed = p.vram_mb();
+            if needed > job.vram_mb {
+                return Err(WorkerError::BadParams {
+                    field: "vram_mb",
+                    value: job.vram_mb.to_string(),
+                    reason: format!("the job needs {needed} MiB of GPU memory (n = {})", p.n),
+                });
+            }
+            let vram_cap_bytes = job.vram_mb.saturating_mul(1 << 20);
+            Ok((Backend::Gpu { vram_cap_bytes }, p))
+        }
     }
-    Ok((Backend::Cpu { threads }, p))
 }
 
 /// Checks and runs one job, turning a panic into an error. A job that passed the re-check is
 /// first offered to the hostile hook (test builds only).
-fn run_job(job: &JobSpec) -> Result<ChainRun, WorkerError> {
-    let (backend, p) = check_job(job)?;
+fn run_job(job: &JobSpec, device: &Device) -> Result<ChainRun, WorkerError> {
+    let (backend, p) = check_job(job, device.kind())?;
     catch_unwind(AssertUnwindSafe(|| {
         #[cfg(feature = "hostile")]
         if let Some(outcome) = crate::hostile::intercept(job) {
             return outcome;
         }
-        backend.run(&p)
+        backend.run(&p, device)
     }))
     .unwrap_or_else(|panic| {
         let what = panic
@@ -209,7 +236,7 @@ pub fn answer(outcome: Result<ChainRun, WorkerError>) -> FromWorker {
             output_sha: run.output_sha,
             output_len: run.output_len,
             flops: run.flops,
-            compute_us: u64::try_from(run.elapsed.as_micros()).unwrap_or(u64::MAX),
+            compute_us: u64::try_from(run.compute_time().as_micros()).unwrap_or(u64::MAX),
             kind: run.kind,
         }),
         Err(e) => FromWorker::Failed(WorkerFailure {
@@ -237,6 +264,7 @@ mod tests {
             spec: WorkloadSpec::TorchBench(TorchBenchParams { n, iters, seed: 3 }),
             threads,
             ram_mb,
+            vram_mb: 0,
             cpu_time_s: 60,
             address_space_bytes: None,
         }
@@ -310,6 +338,86 @@ mod tests {
                 other => panic!("expected Failed, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_gpu_job_is_checked_against_its_vram_cap() {
+        let gpu_job = |n, vram_mb| JobSpec {
+            vram_mb,
+            ..job(n, 10, 1, 0)
+        };
+        // n = 1024 needs 3 x 4 MiB, 16 bytes of state and cuBLAS's 32 MiB: 45 MiB rounded up.
+        let (backend, p) = check_job(&gpu_job(1024, 45), WorkerKind::Gpu).unwrap();
+        assert_eq!(
+            backend,
+            Backend::Gpu {
+                vram_cap_bytes: 45 << 20
+            }
+        );
+        assert_eq!(p.n, 1024);
+        assert_eq!(backend.kind(), WorkerKind::Gpu);
+        let e = check_job(&gpu_job(1024, 44), WorkerKind::Gpu).unwrap_err();
+        assert_eq!(e.fail_reason(), WorkerFailReason::BadParams);
+        assert_eq!(
+            e.to_string(),
+            "vram_mb = 44: the job needs 45 MiB of GPU memory (n = 1024)"
+        );
+        let e = check_job(&gpu_job(8, 0), WorkerKind::Gpu).unwrap_err();
+        assert!(e.to_string().starts_with("vram_mb = 0: "), "{e}");
+        // ram_mb is the CPU's cap: a GPU job is not refused for it, a CPU job is.
+        assert!(check_job(&gpu_job(8192, 801), WorkerKind::Gpu).is_ok());
+        assert!(check_job(&gpu_job(8192, 801), WorkerKind::Cpu).is_err());
+        // Parameters and threads are checked on both kinds, before the cap.
+        let e = check_job(&job(0, 1, 1, 64), WorkerKind::Gpu).unwrap_err();
+        assert!(e.to_string().starts_with("params.n = 0"), "{e}");
+        // A huge cap saturates instead of wrapping.
+        let (backend, _) = check_job(&gpu_job(8, u64::MAX), WorkerKind::Gpu).unwrap();
+        assert_eq!(
+            backend,
+            Backend::Gpu {
+                vram_cap_bytes: u64::MAX
+            }
+        );
+    }
+
+    #[test]
+    fn a_gpu_backend_on_a_cpu_device_is_a_bug_not_a_panic() {
+        let p = TorchBenchParams {
+            n: 8,
+            iters: 1,
+            seed: 0,
+        };
+        let e = Backend::Gpu {
+            vram_cap_bytes: 1 << 30,
+        }
+        .run(&p, &Device::Cpu)
+        .unwrap_err();
+        assert_eq!(e.fail_reason(), WorkerFailReason::Internal);
+    }
+
+    #[test]
+    fn the_compute_time_reported_is_the_device_time_when_there_is_one() {
+        let run = ChainRun {
+            output_sha: [7; 32],
+            output_len: 4,
+            flops: 2,
+            elapsed: std::time::Duration::from_millis(30),
+            device_time: Some(std::time::Duration::from_micros(1234)),
+            kind: WorkerKind::Gpu,
+        };
+        let FromWorker::Done(out) = answer(Ok(run.clone())) else {
+            panic!("expected Done");
+        };
+        assert_eq!((out.compute_us, out.kind), (1234, WorkerKind::Gpu));
+        let cpu = ChainRun {
+            device_time: None,
+            kind: WorkerKind::Cpu,
+            ..run
+        };
+        let FromWorker::Done(out) = answer(Ok(cpu)) else {
+            panic!("expected Done");
+        };
+        assert_eq!(out.compute_us, 30_000);
     }
 
     #[test]
@@ -423,7 +531,7 @@ mod tests {
                 && (1..=TorchBenchParams::MAX_ITERS).contains(&iters)
                 && (1..=crate::torch_bench::MAX_THREADS).contains(&threads)
                 && j.spec.memory_mb() <= ram_mb;
-            match check_job(&j) {
+            match check_job(&j, WorkerKind::Cpu) {
                 Ok((backend, p)) => {
                     proptest::prop_assert!(sane);
                     proptest::prop_assert_eq!(backend, Backend::Cpu { threads: threads as usize });

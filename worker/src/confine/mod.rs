@@ -9,10 +9,13 @@
 //!  2. rlimits       CORE 0, NOFILE, FSIZE, NPROC (soft = hard), SIGXFSZ ignored
 //!  3. no_new_privs  prctl(PR_SET_NO_NEW_PRIVS)
 //!  4. capabilities  bounding, ambient, inheritable, permitted, effective: all emptied, verified
-//!  5. filesystem    Landlock (read-only libraries, a few devices, the job dir read-write) —
-//!                   or nothing more when step 1 built the mount view; chdir to the job dir
-//!  6. device        GPU workers: CUDA initialisation (the GPU issue; refused in this build)
-//!  7. seccomp       aitbc_seccomp::install (on every thread, TSYNC)
+//!  5. filesystem    Landlock (read-only libraries, a few devices, the job dir read-write;
+//!                   GPU workers also /dev/nvidia* with ioctls and the driver's /proc and /sys
+//!                   files read-only) — or nothing more when step 1 built the mount view;
+//!                   chdir to the job dir
+//!  6. device        GPU workers (`device.rs`): is libcuda loadable (if not: fail, naming it),
+//!                   open GPU 0 (context, streams, PTX module JIT-compiled, cuBLAS), warm up
+//!  7. seccomp       aitbc_seccomp::install, the kind's profile (on every thread, TSYNC)
 //!  -> Hello, then the job is read; before any of its work the worker lowers RLIMIT_CPU and
 //!     RLIMIT_AS to the job's values (`apply_job_limits`; the seccomp policy allows just those)
 //! ```
@@ -22,8 +25,13 @@
 //! are set inside the namespace so RLIMIT_NPROC counts only this worker; no_new_privs is what
 //! lets an unprivileged process apply Landlock and seccomp; capabilities go before Landlock so
 //! nothing privileged is left while the filesystem is shaped; Landlock is per thread, so it
-//! comes before CUDA starts its threads; seccomp comes last because the earlier steps need
-//! system calls it forbids (unshare, mount, landlock_*, prctl on capabilities).
+//! comes before CUDA starts its threads (so CUDA's `dlopen` of libcuda and everything the
+//! driver reads happen under it: the libraries are readable and executable, the driver's files
+//! are granted); seccomp comes last because the earlier steps need system calls it forbids
+//! (unshare, mount, landlock_*, prctl on capabilities), and CUDA's initialisation more than a
+//! job needs. A GPU worker needs Landlock: the mount view has no NVIDIA device nodes, so
+//! `--kind gpu` with `--fs mount` (or `auto` on a kernel without Landlock) is refused before
+//! the first step.
 //!
 //! The order is enforced by types: each step is a method that consumes the previous stage and
 //! returns the next, and [`confine`] is the only way in. A step that fails returns an error
@@ -34,6 +42,7 @@
 //! silently (the [`Report`] says what was applied), and never continue after a step fails.
 
 mod caps;
+mod device;
 mod landlock;
 mod mountns;
 mod namespaces;
@@ -49,6 +58,7 @@ use std::time::{Duration, Instant};
 pub use self::landlock::kernel_abi as landlock_kernel_abi;
 pub use self::rlimits::{apply_job as apply_job_limits, Limits, NPROC};
 use crate::args::{FsMode, Kind, WorkerArgs};
+use crate::torch_bench::Device;
 use crate::WorkerError;
 
 /// The confinement steps, in the one order the worker takes them.
@@ -64,7 +74,7 @@ pub enum Step {
     Capabilities,
     /// Landlock (the mount view was built with the namespaces).
     Filesystem,
-    /// GPU workers: CUDA initialisation (a later issue; nothing for CPU workers).
+    /// GPU workers: CUDA initialisation (nothing for CPU workers).
     Device,
     Seccomp,
 }
@@ -137,6 +147,19 @@ impl Plan {
                 })
             }
         };
+        if args.kind == Kind::Gpu && fs == Fs::MountView {
+            return Err(WorkerError::SetupRefused {
+                step: Step::Filesystem,
+                reason: format!(
+                    "--kind gpu needs Landlock: the mount view has no NVIDIA device nodes ({})",
+                    if landlock_abi > 0 {
+                        "use --fs landlock or --fs auto"
+                    } else {
+                        "this kernel has no Landlock; run the miner with ACCEL_MODE=cpu"
+                    }
+                ),
+            });
+        }
         Ok(Plan {
             job_dir: args.job_dir.clone(),
             fs,
@@ -186,9 +209,17 @@ impl Report {
     }
 }
 
+/// A fully confined worker: what it applied, and the device it computes on.
+#[derive(Debug)]
+pub struct Confined {
+    pub report: Report,
+    /// The CPU, or the GPU opened in step 6 (kept for the job).
+    pub device: Device,
+}
+
 /// Runs every step, in order, on this (single-threaded) process. On success the process is
-/// fully confined and the report names what was applied.
-pub fn confine(plan: &Plan) -> Result<Report, WorkerError> {
+/// fully confined, the report names what was applied, and a GPU worker holds its opened GPU.
+pub fn confine(plan: &Plan) -> Result<Confined, WorkerError> {
     let confined = Start::new(plan)
         .prepare()?
         .enter_namespaces()?
@@ -198,7 +229,10 @@ pub fn confine(plan: &Plan) -> Result<Report, WorkerError> {
         .confine_filesystem()?
         .init_device()?
         .install_seccomp()?;
-    Ok(confined.report)
+    Ok(Confined {
+        report: confined.report,
+        device: confined.device,
+    })
 }
 
 /// The state carried from step to step.
@@ -229,9 +263,10 @@ struct Limited<'a>(Progress<'a>);
 struct NoNewPrivs<'a>(Progress<'a>);
 struct Powerless<'a>(Progress<'a>);
 struct FsConfined<'a>(Progress<'a>);
-struct DeviceReady<'a>(Progress<'a>);
+struct DeviceReady<'a>(Progress<'a>, Device);
 struct Sealed {
     report: Report,
+    device: Device,
 }
 
 impl<'a> Start<'a> {
@@ -319,7 +354,7 @@ impl<'a> Powerless<'a> {
         if let Fs::Landlock { required } = self.0.plan.fs {
             self.0.run(Step::Filesystem, |plan| {
                 let gpu = match plan.kind {
-                    Kind::Gpu => landlock::nvidia_devices(),
+                    Kind::Gpu => landlock::gpu_rules(),
                     Kind::Cpu => Vec::new(),
                 };
                 let rules = landlock::rules(plan.kind, &plan.job_dir, &gpu);
@@ -340,19 +375,17 @@ impl<'a> Powerless<'a> {
 }
 
 impl<'a> FsConfined<'a> {
-    /// Step 6: the seam where a GPU worker initialises CUDA (context, modules) after Landlock
-    /// and before seccomp. This build has no GPU backend, so a GPU worker stops here.
+    /// Step 6: a GPU worker initialises CUDA after Landlock and before seccomp (see
+    /// [`device::open_gpu`]); a CPU worker has nothing to do.
     fn init_device(mut self) -> Result<DeviceReady<'a>, WorkerError> {
-        if self.0.plan.kind == Kind::Gpu {
-            return Err(WorkerError::SetupRefused {
-                step: Step::Device,
-                reason: "--kind gpu: this build has no GPU backend (CUDA initialisation comes \
-                         with the GPU issue)"
-                    .into(),
-            });
-        }
-        self.0.run(Step::Device, |_| Ok(((), None)))?;
-        Ok(DeviceReady(self.0))
+        let device = self.0.run(Step::Device, |plan| match plan.kind {
+            Kind::Cpu => Ok((Device::Cpu, None)),
+            Kind::Gpu => {
+                let (gpu, summary) = device::open_gpu(device::GPU_ORDINAL)?;
+                Ok((Device::Gpu(Box::new(gpu)), Some(summary)))
+            }
+        })?;
+        Ok(DeviceReady(self.0, device))
     }
 }
 
@@ -375,6 +408,7 @@ impl DeviceReady<'_> {
         })?;
         Ok(Sealed {
             report: self.0.report,
+            device: self.1,
         })
     }
 }
@@ -473,6 +507,40 @@ mod tests {
             e.starts_with("confinement step filesystem: --fs landlock, but this kernel has no"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_gpu_worker_needs_landlock() {
+        let gpu = |fs, abi| {
+            Plan::new(
+                &WorkerArgs {
+                    kind: Kind::Gpu,
+                    ..args(fs)
+                },
+                abi,
+            )
+        };
+        let p = gpu(FsMode::Auto, 7).unwrap();
+        assert_eq!(
+            (p.fs, p.kind, p.limits.nofile),
+            (Fs::Landlock { required: false }, Kind::Gpu, 1024)
+        );
+        assert_eq!(
+            gpu(FsMode::Landlock, 5).unwrap().fs,
+            Fs::Landlock { required: true }
+        );
+        let e = gpu(FsMode::Mount, 7).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "confinement step filesystem: --kind gpu needs Landlock: the mount view has no \
+             NVIDIA device nodes (use --fs landlock or --fs auto)"
+        );
+        let e = gpu(FsMode::Auto, 0).unwrap_err().to_string();
+        assert!(
+            e.ends_with("this kernel has no Landlock; run the miner with ACCEL_MODE=cpu)"),
+            "{e}"
+        );
+        assert!(gpu(FsMode::Landlock, 0).is_err());
     }
 
     #[test]

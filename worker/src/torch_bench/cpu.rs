@@ -212,6 +212,7 @@ pub fn run_cpu(p: &TorchBenchParams, threads: usize) -> Result<ChainRun, WorkerE
         output_len: p.output_len(),
         flops: p.flops(),
         elapsed,
+        device_time: None,
         kind: WorkerKind::Cpu,
     })
 }

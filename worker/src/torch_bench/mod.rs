@@ -4,7 +4,7 @@
 //!
 //! For [`TorchBenchParams`] `{ n, iters, seed }`, all matrices `n x n`, `f32`, row-major:
 //!
-//! 1. `X_0` and `W` come from the counter-based generator in [`input`] (`W` already scaled by
+//! 1. `X_0` and `W` come from the counter-based generator in [`input`](mod@input) (`W` already scaled by
 //!    `sqrt(3/n)`).
 //! 2. For `k` in `0..iters`: `X_{k+1} = rescale(X_k · W)`, the product computed in `f32`.
 //! 3. The output is `X_iters` as little-endian `f32` bytes (`n*n*4` of them); the job's
@@ -19,7 +19,7 @@
 //!
 //! # Determinism
 //!
-//! [`input`] is bit-exact everywhere. The products are not: `f32` sums depend on the order of
+//! [`input`](mod@input) is bit-exact everywhere. The products are not: `f32` sums depend on the order of
 //! accumulation, which the `gemm` crate picks from the CPU's cache sizes and instruction set.
 //! So `output_sha` is a deterministic function of `(params, machine)`: the same params on the same
 //! machine (any thread count, see the tests) give the same hash, but two different machines, or
@@ -28,12 +28,17 @@
 //!
 //! # Backends
 //!
-//! [`Backend`] is the seam for other devices: [`Backend::Cpu`] runs [`run_cpu`]. A GPU backend
-//! (a later issue, cudarc kernels) adds a `Backend::Gpu` variant whose run generates the inputs
-//! on the device with the same recipe, applies the same [`rescale_exponent`] rule after every
-//! product, and hashes the final matrix with [`hash_matrix`] after copying it back.
+//! A worker process has one [`Device`], set up while it confines itself: the CPU, or a GPU
+//! opened (context, streams, PTX module, cuBLAS) during confinement step 6. A checked job gets
+//! a [`Backend`], pure data: [`Backend::Cpu`] runs [`run_cpu`] with the job's thread count;
+//! [`Backend::Gpu`] runs [`run_gpu`] on the device, `aitbc-cuda`'s `Gpu::run_chain`, which
+//! generates the inputs on the device with the same recipe, applies the same
+//! [`rescale_exponent`] rule after every product, and streams `X_iters` back in chunks that are
+//! hashed as they arrive (the same bytes [`hash_matrix`] hashes on the CPU), within the job's
+//! `vram_mb` cap.
 
 mod cpu;
+mod gpu;
 pub mod input;
 mod reference;
 
@@ -46,6 +51,7 @@ use sha2::{Digest, Sha256};
 use crate::WorkerError;
 
 pub use cpu::{chain_cpu, run_cpu, warm_up, CpuChain};
+pub use gpu::run_gpu;
 pub use input::input;
 pub use reference::chain_reference;
 
@@ -60,29 +66,76 @@ pub struct ChainRun {
     pub flops: u64,
     /// Wall time of allocation, input generation, the products and the hash.
     pub elapsed: Duration,
+    /// GPU only: device time of the products and rescales, from CUDA events with timing on.
+    pub device_time: Option<Duration>,
     /// Where it ran.
     pub kind: WorkerKind,
 }
 
-/// Which device runs a chain. The GPU variant plugs in here (see the module docs).
+impl ChainRun {
+    /// The compute time a job's TFLOP/s is figured from (`JobOutput.compute_us`): the device
+    /// time on a GPU, the whole wall time on the CPU.
+    pub fn compute_time(&self) -> Duration {
+        self.device_time.unwrap_or(self.elapsed)
+    }
+}
+
+/// What a worker process computes on: chosen by `--kind`, opened during confinement (step 6)
+/// and kept for the one job.
+pub enum Device {
+    /// The host CPU.
+    Cpu,
+    /// An NVIDIA GPU, opened and warmed up before the sandbox was sealed.
+    Gpu(Box<aitbc_cuda::Gpu>),
+}
+
+impl Device {
+    /// The kind a worker on this device announces in its `Hello`.
+    pub fn kind(&self) -> WorkerKind {
+        match self {
+            Device::Cpu => WorkerKind::Cpu,
+            Device::Gpu(_) => WorkerKind::Gpu,
+        }
+    }
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("Cpu"),
+            Device::Gpu(g) => f.debug_tuple("Gpu").field(g).finish(),
+        }
+    }
+}
+
+/// How a checked job runs (pure data, decided by `check_job` from the job and the worker's
+/// device kind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// The host CPU with this many compute threads.
     Cpu { threads: usize },
+    /// The worker's GPU, allocating at most `vram_cap_bytes` of device memory for the job.
+    Gpu { vram_cap_bytes: u64 },
 }
 
 impl Backend {
-    /// The kind a worker using this backend announces in its `Hello`.
+    /// The kind of worker this backend runs on.
     pub fn kind(&self) -> WorkerKind {
         match self {
             Backend::Cpu { .. } => WorkerKind::Cpu,
+            Backend::Gpu { .. } => WorkerKind::Gpu,
         }
     }
 
-    /// Runs the chain for `p` on this backend.
-    pub fn run(&self, p: &TorchBenchParams) -> Result<ChainRun, WorkerError> {
-        match *self {
-            Backend::Cpu { threads } => run_cpu(p, threads),
+    /// Runs the chain for `p` on this backend, on `device`. A GPU backend on a CPU worker is a
+    /// bug (the re-check picks the backend from the device), reported as `Internal`.
+    pub fn run(&self, p: &TorchBenchParams, device: &Device) -> Result<ChainRun, WorkerError> {
+        match (*self, device) {
+            (Backend::Cpu { threads }, _) => run_cpu(p, threads),
+            (Backend::Gpu { vram_cap_bytes }, Device::Gpu(gpu)) => run_gpu(gpu, p, vram_cap_bytes),
+            (Backend::Gpu { .. }, Device::Cpu) => Err(WorkerError::Internal(
+                "a GPU job reached a CPU worker".into(),
+            )),
         }
     }
 }
