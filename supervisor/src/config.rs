@@ -50,6 +50,8 @@ pub const KEYS: &[&str] = &[
     "WORKER_EXE",
     "RUN_AS_USER",
     "SANDBOX_FS",
+    "GPU_POLL_MS",
+    "GPU_MAX_TEMP_C",
 ];
 
 /// Keys without a default: the miner cannot start without them.
@@ -117,6 +119,12 @@ pub struct Config {
     pub run_as_user: String,
     /// `SANDBOX_FS` (default `auto`): how a worker confines its view of the filesystem.
     pub sandbox_fs: SandboxFs,
+    /// `GPU_POLL_MS` (default 500, 10 to 60000): how often the VRAM watch asks NVML for a GPU
+    /// job's used device memory.
+    pub gpu_poll: Duration,
+    /// `GPU_MAX_TEMP_C` (default 90, 1 to 200): at or above this temperature the GPU counts as
+    /// unhealthy and the miner takes no GPU jobs.
+    pub gpu_max_temp_c: u32,
 }
 
 /// The user [`Config::run_as_user`] defaults to.
@@ -1097,6 +1105,10 @@ pub fn resolve(
         parse_user_name,
     )?;
     let sandbox_fs = look.get("SANDBOX_FS", SandboxFs::Auto, parse_sandbox_fs)?;
+    let gpu_poll = look.get("GPU_POLL_MS", Duration::from_millis(500), |t| {
+        parse_int(t, 10, 60_000, "500").map(Duration::from_millis)
+    })?;
+    let gpu_max_temp_c = look.get("GPU_MAX_TEMP_C", 90, |t| parse_u32(t, 1, 200, "90"))?;
 
     Ok(Config {
         source: raw.path.clone(),
@@ -1121,6 +1133,8 @@ pub fn resolve(
         worker_exe,
         run_as_user,
         sandbox_fs,
+        gpu_poll,
+        gpu_max_temp_c,
     })
 }
 
@@ -1246,7 +1260,8 @@ DRAIN_GRACE_SECS=30
 
 # Inference job slots (1-64).
 MAX_CONCURRENCY=1
-# GPU modes: auto|gpu|cpu
+# auto: the GPU when NVML sees one and libcuda.so.1 loads, else the CPU; gpu: the same, but
+# a fall-back to the CPU is a warning that says why; cpu: never touch the GPU.
 ACCEL_MODE="auto"
 # The most one job may use, whatever it asks for.
 # MAX_JOB_RAM_MB defaults to 80% of this host's RAM divided by MAX_CONCURRENCY.
@@ -1254,7 +1269,7 @@ ACCEL_MODE="auto"
 MAX_JOB_RUNTIME_SECS=3600
 # MAX_JOB_CPU_SECS defaults to 3600 × the usable CPU cores.
 #MAX_JOB_CPU_SECS=14400
-# 0: accept no GPU jobs.
+# The most device memory (MiB) one GPU job may ask for (its limits.vram_mb); 0: no GPU jobs.
 MAX_JOB_VRAM_MB=0
 # The largest file one job may write, in MiB (> 0).
 MAX_JOB_DISK_MB=1024
@@ -1272,6 +1287,13 @@ RUN_AS_USER="aitbc-miner"
 # How a worker confines its view of the filesystem: auto (Landlock when the kernel has it,
 # else a read-only mount-namespace view), landlock (required) or mount.
 SANDBOX_FS="auto"
+
+# --- GPU ----------------------------------------------------------------------------------
+
+# How often the VRAM watch asks NVML for a running GPU job's device memory, in milliseconds.
+GPU_POLL_MS=500
+# At or above this temperature (°C) the GPU is unhealthy and the miner takes no GPU jobs.
+GPU_MAX_TEMP_C=90
 
 # --- Logging ------------------------------------------------------------------------------
 

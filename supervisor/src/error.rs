@@ -24,7 +24,13 @@ pub enum Error {
     },
     /// A worker started but did not say Hello properly.
     #[error("worker {program} did not start: {message}")]
-    WorkerStart { program: PathBuf, message: String },
+    WorkerStart {
+        program: PathBuf,
+        message: String,
+        /// The worker's exit code when it exited on its own before Hello (3: its set-up
+        /// failed, e.g. a GPU worker without a CUDA driver).
+        exit_code: Option<i32>,
+    },
     /// A job attempt ended without output (used by `run_local`, where there is no Coordinator
     /// to report the failure to).
     #[error("job failed: {}: {message}", reason.as_str())]

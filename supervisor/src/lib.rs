@@ -20,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod doctor;
 mod error;
+pub mod gpu;
 pub mod local;
 pub mod logging;
 pub mod policy;

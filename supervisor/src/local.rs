@@ -1,14 +1,16 @@
 //! One job through the real worker path with no Coordinator: plan the job, start a worker, wait
 //! for its Hello, hand it the job, read the answer, reap it. `aitbc-miner bench` and the
 //! overhead benchmark use it; the timings separate process start-up from the per-job hand-off.
-//! The worker gets a cgroup only when the [`WorkerCommand`] carries a subtree.
+//! The worker gets a cgroup only when the [`WorkerCommand`] carries a subtree, and is a GPU
+//! worker when the command's kind says so (then `limits.vram_mb` must cover the workload and
+//! the energy comes from NVML; a CPU job's from RAPL where readable).
 //!
 //! It must never talk to the network or touch the spool.
 
 use std::time::{Duration, Instant};
 
 use protocol::api::{JobLimits, Metrics};
-use protocol::wire::JobSpec;
+use protocol::wire::{JobSpec, WorkerKind};
 use protocol::workload::plan;
 
 use crate::policy::{self, failure_of};
@@ -41,6 +43,18 @@ pub async fn run_local(
         reason: e.fail_reason(),
         message: e.to_string(),
     })?;
+    let vram_mb = match worker.kind {
+        WorkerKind::Gpu => policy::check_vram(&spec, &limits).map_err(|r| Error::Job {
+            reason: r.reason,
+            message: r.message,
+        })?,
+        WorkerKind::Cpu => 0,
+    };
+    let nvml = match worker.kind {
+        WorkerKind::Gpu => crate::gpu::nvml::Nvml::get().ok(),
+        WorkerKind::Cpu => None,
+    };
+    let rapl = crate::gpu::rapl::Rapl::open(std::path::Path::new(crate::gpu::rapl::POWERCAP));
     let t0 = Instant::now();
     let w = WorkerProcess::start(worker, WORKER_START_TIMEOUT).await?;
     let spawn_to_ready = t0.elapsed();
@@ -52,8 +66,11 @@ pub async fn run_local(
         ram_mb: limits.ram_mb,
         cpu_time_s: limits.cpu_time_s,
         address_space_bytes: None,
+        vram_mb,
     };
+    let meter = crate::runtime::EnergyMeter::start(w.hello().kind, nvml, rapl.as_ref()).await;
     let f = w.run(job, deadline, std::future::pending()).await;
+    let (energy_mj, energy_source) = meter.finish().await;
     match &f.ending {
         Ending::Done(out) => Ok(LocalRun {
             output_sha: crate::runtime::hex(&out.output_sha),
@@ -64,6 +81,9 @@ pub async fn run_local(
                 flops: Some(out.flops),
                 gflops: Some(policy::gflops(out.flops, out.compute_us)),
                 peak_rss_mb: Some(f.usage.peak_rss_mb),
+                energy_mj,
+                energy_source: Some(energy_source),
+                tflops: Some(policy::tflops(out.flops, out.compute_us)),
             },
             spawn_to_ready,
             handoff_to_answer: f.handoff_to_answer,

@@ -9,10 +9,11 @@
 use std::time::Duration;
 
 use protocol::api::{FailReason, Job, JobLimits, MinerLimits, Mode};
-use protocol::wire::{WorkerFailReason, WorkerFailure, SECCOMP_REPORT_PREFIX};
+use protocol::wire::{WorkerFailReason, WorkerFailure, WorkerKind, SECCOMP_REPORT_PREFIX};
 use protocol::workload::{plan, WorkloadSpec};
 
 use crate::config::{AccelMode, MaxLimits};
+use crate::gpu::GpuReport;
 use crate::worker_proc::{Ending, Finished};
 
 /// Workloads this build runs (what the heartbeat declares).
@@ -66,27 +67,63 @@ pub fn check_caps(limits: &JobLimits, max: &MaxLimits) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// What the heartbeat declares as this miner's limits: the operator's maxima.
-pub fn miner_limits(max: &MaxLimits) -> MinerLimits {
+/// Which kind of worker runs a job the miner admitted: on a GPU miner a job that asks for
+/// device memory (`limits.vram_mb > 0`) runs on the GPU; one that asks for none runs on the
+/// CPU (the same result, computed where the job's limits say). A CPU miner runs everything on
+/// the CPU.
+pub fn job_kind(mode: Mode, limits: &JobLimits) -> WorkerKind {
+    match mode {
+        Mode::Gpu if limits.vram_mb > 0 => WorkerKind::Gpu,
+        _ => WorkerKind::Cpu,
+    }
+}
+
+/// The GPU check of an admitted job that will run on the GPU: its `limits.vram_mb` (already
+/// within `MAX_JOB_VRAM_MB`, see [`check_caps`]) must cover what the workload allocates on the
+/// device, or it is refused with `BAD_PARAMS` before any process is touched. Returns the cap
+/// the worker gets (`JobSpec.vram_mb`).
+pub fn check_vram(spec: &WorkloadSpec, limits: &JobLimits) -> Result<u64, Refusal> {
+    let WorkloadSpec::TorchBench(p) = spec;
+    let need = p.vram_mb();
+    if limits.vram_mb < need {
+        return Err(Refusal {
+            reason: FailReason::BadParams,
+            message: format!(
+                "limits.vram_mb = {} is below the {need} MiB torch_bench with params.n = {} \
+                 allocates on the GPU",
+                limits.vram_mb, p.n
+            ),
+        });
+    }
+    Ok(limits.vram_mb)
+}
+
+/// What the heartbeat declares as this miner's limits: the operator's maxima; no device
+/// memory unless the miner computes on a GPU.
+pub fn miner_limits(max: &MaxLimits, mode: Mode) -> MinerLimits {
     MinerLimits {
-        vram_mb: Some(max.vram_mb),
+        vram_mb: Some(if mode == Mode::Gpu { max.vram_mb } else { 0 }),
         ram_mb: Some(max.ram_mb),
         max_runtime_s: Some(max.runtime_s),
         cpu_time_s: Some(max.cpu_time_s),
     }
 }
 
-/// The mode this build computes in, and a warning to log when the operator asked for more.
-/// The seam for the GPU path: once a GPU worker exists, `Auto` and `Gpu` probe for a device here.
-pub fn detect_mode(requested: AccelMode) -> (Mode, Option<&'static str>) {
-    match requested {
-        AccelMode::Cpu | AccelMode::Auto => (Mode::Cpu, None),
-        AccelMode::Gpu => (
+/// The mode the miner computes in, from `ACCEL_MODE` and what [`crate::gpu::detect`] found,
+/// and a warning to log when the operator asked for the GPU and does not get it:
+/// - `cpu`: the CPU, whatever the host has;
+/// - `auto`: the GPU when NVML sees a device and `libcuda.so.1` loads, else the CPU quietly;
+/// - `gpu`: the same, but falling back to the CPU is a warning that says why.
+pub fn detect_mode(requested: AccelMode, report: &GpuReport) -> (Mode, Option<String>) {
+    match (requested, report.usable()) {
+        (AccelMode::Cpu, _) => (Mode::Cpu, None),
+        (AccelMode::Auto | AccelMode::Gpu, Ok(_)) => (Mode::Gpu, None),
+        (AccelMode::Auto, Err(_)) => (Mode::Cpu, None),
+        (AccelMode::Gpu, Err(why)) => (
             Mode::Cpu,
-            Some(
-                "ACCEL_MODE=gpu: this build has no GPU worker yet (GPU support comes with the \
-                 GPU path); running torch_bench on the CPU",
-            ),
+            Some(format!(
+                "ACCEL_MODE=gpu but this host has no usable GPU: {why}; running jobs on the CPU"
+            )),
         ),
     }
 }
@@ -262,6 +299,8 @@ pub fn failure_of(finished: &Finished, limits: &JobLimits) -> (FailReason, Strin
             FailReason::MinerShutdown,
             "the miner is shutting down and its drain grace ran out; the job was killed".to_owned(),
         ),
+        // The one watch is the VRAM watch; its message names the figures.
+        Ending::Stopped(why) => (FailReason::OutOfMemory, why.clone()),
     };
     if !stderr.is_empty()
         && matches!(
@@ -277,6 +316,11 @@ pub fn failure_of(finished: &Finished, limits: &JobLimits) -> (FailReason, Strin
         message.push_str(&tail);
     }
     (reason, message)
+}
+
+/// Tera-FLOP/s from a FLOP count and microseconds; 0 when no time was measured.
+pub fn tflops(flops: u64, micros: u64) -> f64 {
+    gflops(flops, micros) / 1e3
 }
 
 /// Giga-FLOP/s from a FLOP count and microseconds; 0 when no time was measured.
@@ -574,13 +618,98 @@ mod tests {
         }
     }
 
+    fn report(nvml: bool, libcuda: bool) -> GpuReport {
+        GpuReport {
+            available: nvml,
+            why: (!nvml).then(|| "NVML unavailable: cannot load libnvidia-ml.so.1".to_owned()),
+            gpus: if nvml {
+                vec![protocol::api::GpuInfo {
+                    index: 0,
+                    name: "NVIDIA H100".into(),
+                    vram_mb: 81559,
+                    driver_version: Some("580.65.06".into()),
+                    cuda_version: Some("13.0".into()),
+                }]
+            } else {
+                Vec::new()
+            },
+            libcuda_error: (!libcuda)
+                .then(|| "no CUDA driver: libcuda.so.1 cannot be loaded".to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_mode_table() {
+        use AccelMode::{Auto, Cpu, Gpu};
+        let none = report(false, false);
+        let nvml_only = report(true, false);
+        let libcuda_only = report(false, true);
+        let both = report(true, true);
+        for r in [&none, &nvml_only, &libcuda_only, &both] {
+            assert_eq!(detect_mode(Cpu, r), (Mode::Cpu, None));
+        }
+        assert_eq!(detect_mode(Auto, &both), (Mode::Gpu, None));
+        assert_eq!(detect_mode(Gpu, &both), (Mode::Gpu, None));
+        for r in [&none, &nvml_only, &libcuda_only] {
+            assert_eq!(detect_mode(Auto, r), (Mode::Cpu, None));
+        }
+        let (m, w) = detect_mode(Gpu, &none);
+        assert_eq!(m, Mode::Cpu);
+        assert_eq!(
+            w.as_deref(),
+            Some(
+                "ACCEL_MODE=gpu but this host has no usable GPU: NVML unavailable: cannot load \
+                 libnvidia-ml.so.1; running jobs on the CPU"
+            )
+        );
+        let (m, w) = detect_mode(Gpu, &nvml_only);
+        assert_eq!(m, Mode::Cpu);
+        assert!(w.unwrap().contains("libcuda.so.1 cannot be loaded"));
+        assert_eq!(detect_mode(Gpu, &libcuda_only).0, Mode::Cpu);
+        assert_eq!(
+            detect_mode(Gpu, &GpuReport::not_probed("x")).0,
+            Mode::Cpu,
+            "nothing probed, nothing used"
+        );
+    }
+
+    #[test]
+    fn gpu_jobs_need_vram_covering_the_workload() {
+        let l = |vram_mb| JobLimits {
+            vram_mb,
+            ..JobLimits::default()
+        };
+        assert_eq!(job_kind(Mode::Cpu, &l(4096)), WorkerKind::Cpu);
+        assert_eq!(job_kind(Mode::Gpu, &l(0)), WorkerKind::Cpu);
+        assert_eq!(job_kind(Mode::Gpu, &l(1)), WorkerKind::Gpu);
+        let j = job("torch_bench", json!({"n": 1024, "iters": 2}), l(0));
+        let mut big = max();
+        big.vram_mb = 1 << 20;
+        let spec = admit(&j, &big).unwrap();
+        let WorkloadSpec::TorchBench(p) = spec;
+        let need = p.vram_mb();
+        assert!(need >= 12, "three 4 MiB matrices at least: {need}");
+        assert_eq!(check_vram(&spec, &l(need)), Ok(need));
+        assert_eq!(check_vram(&spec, &l(need + 100)), Ok(need + 100));
+        let r = check_vram(&spec, &l(need - 1)).unwrap_err();
+        assert_eq!(r.reason, FailReason::BadParams);
+        assert_eq!(
+            r.message,
+            format!(
+                "limits.vram_mb = {} is below the {need} MiB torch_bench with params.n = 1024 \
+                 allocates on the GPU",
+                need - 1
+            )
+        );
+        // Above the operator's maximum: refused by the caps before the VRAM check.
+        let j = job("torch_bench", json!({"n": 1024}), l(big.vram_mb + 1));
+        let r = admit(&j, &big).unwrap_err();
+        assert_eq!(r.reason, FailReason::CapsRefused);
+        assert!(r.message.contains("limits.vram_mb") && r.message.contains("MAX_JOB_VRAM_MB"));
+    }
+
     #[test]
     fn modes_and_polling() {
-        assert_eq!(detect_mode(AccelMode::Cpu), (Mode::Cpu, None));
-        assert_eq!(detect_mode(AccelMode::Auto), (Mode::Cpu, None));
-        let (m, warn) = detect_mode(AccelMode::Gpu);
-        assert_eq!(m, Mode::Cpu);
-        assert!(warn.unwrap().contains("GPU"));
         let ms = Duration::from_millis;
         assert_eq!(pause_after_empty(ms(10), ms(3000)), ms(2990));
         assert_eq!(pause_after_empty(ms(25_000), ms(3000)), Duration::ZERO);
@@ -589,7 +718,11 @@ mod tests {
         assert_eq!(slots_to_request(3, false), Some(3));
         assert_eq!(gflops(2_000_000_000, 1_000_000), 2.0);
         assert_eq!(gflops(5, 0), 0.0);
-        let l = miner_limits(&max());
+        let mut m = max();
+        m.vram_mb = 8192;
+        let l = miner_limits(&m, Mode::Cpu);
         assert_eq!((l.ram_mb, l.vram_mb), (Some(2048), Some(0)));
+        assert_eq!(miner_limits(&m, Mode::Gpu).vram_mb, Some(8192));
+        assert_eq!(tflops(3_000_000_000_000, 1_000_000), 3.0);
     }
 }

@@ -8,23 +8,37 @@
 //! Each slot keeps one worker pre-started; the worker's own job directory is the job's scratch
 //! space.
 //!
+//! The GPU ([`crate::gpu`]): at start the host is probed (NVML, the `libcuda.so.1` probe) unless
+//! `ACCEL_MODE=cpu`, and [`policy::detect_mode`] picks the mode. In GPU mode slots pre-start
+//! `--kind gpu` workers; a slot whose GPU worker cannot set up (exit 3) falls back to CPU
+//! workers (warned once). Each heartbeat carries the GPUs and a fresh health reading; while the
+//! GPU is unhealthy the dispatcher fetches nothing, with one log line per change. During a GPU
+//! job the VRAM watch polls NVML for the worker's used device memory every `GPU_POLL_MS` and
+//! kills it past its `vram_mb`. Energy: NVML's counter around a GPU job, RAPL around a CPU
+//! job where readable, otherwise `energy_source = unavailable` and no figure.
+//!
 //! Invariants: never more jobs in flight than slots (a job is only fetched while a slot's permit
 //! is held); a result is on disk before it is sent; nothing here formats the API key; no task
 //! panics on input from the network or a worker.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::api::{ts, FailReport, GpuFlag, Job, Metrics, MinerCapabilities, Mode, Proof};
-use protocol::wire::JobSpec;
+use protocol::api::{
+    ts, EnergySource, FailReport, GpuFlag, GpuHealth, Job, Metrics, MinerCapabilities, Mode, Proof,
+};
+use protocol::wire::{JobSpec, WorkerKind};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::client::{CallError, Client};
+use crate::gpu::nvml::Nvml;
+use crate::gpu::rapl::Rapl;
+use crate::gpu::{self, GpuReport, HealthLimits};
 use crate::policy::{self, admit, failure_of, safe_job_id};
 use crate::spool::{Entry, Spool};
 use crate::worker_proc::{Ending, WorkerCommand, WorkerProcess};
@@ -41,6 +55,18 @@ struct Ctx {
     worker: WorkerCommand,
     events: Option<mpsc::UnboundedSender<Event>>,
     mode: Mode,
+    /// What the GPU probe found (empty when `ACCEL_MODE=cpu`).
+    report: GpuReport,
+    /// NVML, when it answered: health, the VRAM watch, GPU energy.
+    nvml: Option<Nvml>,
+    /// The CPU packages' energy counters, when readable.
+    rapl: Option<Rapl>,
+    /// Per slot: its GPU worker could not set up, so it runs CPU workers.
+    cpu_fallback: Vec<AtomicBool>,
+    /// The fall-back warning has been logged.
+    fallback_warned: AtomicBool,
+    /// False while the GPU is unhealthy (GPU mode only): no jobs are fetched.
+    gpu_ok: watch::Sender<bool>,
     outbox: mpsc::UnboundedSender<(PathBuf, Entry)>,
     jobs_done: AtomicU64,
     jobs_failed: AtomicU64,
@@ -50,6 +76,19 @@ impl Ctx {
     fn emit(&self, e: Event) {
         if let Some(tx) = &self.events {
             let _ = tx.send(e);
+        }
+    }
+
+    /// The kind of worker `slot` runs: GPU in GPU mode unless it fell back to the CPU.
+    fn slot_kind(&self, slot: usize) -> WorkerKind {
+        let fell_back = self
+            .cpu_fallback
+            .get(slot)
+            .is_some_and(|f| f.load(Ordering::Relaxed));
+        if self.mode == Mode::Gpu && !fell_back {
+            WorkerKind::Gpu
+        } else {
+            WorkerKind::Cpu
         }
     }
 }
@@ -77,12 +116,47 @@ pub async fn run(
     if worker.subtree.is_none() {
         worker.subtree = crate::cgroup::workers_subtree(&config.miner_id);
     }
-    let (mode, mode_warning) = policy::detect_mode(config.accel_mode);
-    if let Some(w) = mode_warning {
-        warn!("{w}");
+    let report = match config.accel_mode {
+        crate::config::AccelMode::Cpu => GpuReport::not_probed("ACCEL_MODE=cpu"),
+        _ => tokio::task::spawn_blocking(gpu::detect)
+            .await
+            .unwrap_or_else(|e| GpuReport::not_probed(&format!("the GPU probe failed: {e}"))),
+    };
+    let (mode, mode_warning) = policy::detect_mode(config.accel_mode, &report);
+    match (&mode_warning, mode, report.usable()) {
+        (Some(w), _, _) => warn!("{w}"),
+        (None, Mode::Gpu, Ok(g)) => info!(
+            gpu = %g.name,
+            vram_mb = g.vram_mb,
+            driver = g.driver_version.as_deref().unwrap_or("?"),
+            cuda = g.cuda_version.as_deref().unwrap_or("?"),
+            "GPU mode"
+        ),
+        (None, _, Err(why)) if config.accel_mode == crate::config::AccelMode::Auto => {
+            info!("ACCEL_MODE=auto: no usable GPU ({why}); running jobs on the CPU")
+        }
+        _ => {}
     }
+    if mode == Mode::Gpu && config.job_limits_max.vram_mb == 0 {
+        warn!(
+            "GPU mode with MAX_JOB_VRAM_MB=0: every job that asks for device memory will be \
+             refused; set MAX_JOB_VRAM_MB (MiB) to accept GPU jobs"
+        );
+    }
+    let nvml = if report.available {
+        Nvml::get().ok()
+    } else {
+        None
+    };
+    if let Some(n) = nvml {
+        if let Err(why) = n.watch_xids() {
+            info!("GPU health without XID errors: {why}");
+        }
+    }
+    let rapl = Rapl::open(std::path::Path::new(gpu::rapl::POWERCAP));
     let slots = usize::try_from(config.max_concurrency.max(1)).unwrap_or(1);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+    let (gpu_ok, _) = watch::channel(true);
     let ctx = Arc::new(Ctx {
         config,
         client,
@@ -90,6 +164,12 @@ pub async fn run(
         worker,
         events,
         mode,
+        report,
+        nvml,
+        rapl,
+        cpu_fallback: (0..slots).map(|_| AtomicBool::new(false)).collect(),
+        fallback_warned: AtomicBool::new(false),
+        gpu_ok,
         outbox: outbox_tx,
         jobs_done: AtomicU64::new(0),
         jobs_failed: AtomicU64::new(0),
@@ -181,27 +261,69 @@ async fn join(task: &'static str, h: tokio::task::JoinHandle<()>) -> Result<(), 
     flatten(task, h.await)
 }
 
-/// The heartbeat body.
-fn capabilities(config: &Config, mode: Mode) -> MinerCapabilities {
+/// The heartbeat body: who the miner is, what it runs, the GPUs it found and their health.
+fn capabilities(
+    config: &Config,
+    mode: Mode,
+    report: &GpuReport,
+    gpu_health: Option<GpuHealth>,
+) -> MinerCapabilities {
     let host = crate::config::HostFacts::detect();
     MinerCapabilities {
         miner_id: config.miner_id.clone(),
         wallet: config.wallet_addr.clone(),
         mode,
-        gpu: GpuFlag(false),
+        gpu: GpuFlag(mode == Mode::Gpu),
         concurrency: Some(config.max_concurrency),
         workloads: policy::WORKLOADS.iter().map(|w| (*w).to_owned()).collect(),
-        limits: policy::miner_limits(&config.job_limits_max),
+        limits: policy::miner_limits(&config.job_limits_max, mode),
         cores: Some(host.cores),
         ram_mb: (host.ram_mb > 0).then_some(host.ram_mb),
         version: Some(concat!("aitbc-miner/", env!("CARGO_PKG_VERSION")).to_owned()),
+        gpus: report.gpus.clone(),
+        gpu_health,
     }
 }
 
+/// Reads the GPU's health (when NVML answers), logs a change once, and in GPU mode opens or
+/// closes the dispatcher's gate. `xid_seen` is the XID count of the previous reading.
+async fn refresh_health(
+    ctx: &Ctx,
+    last: &mut Option<GpuHealth>,
+    xid_seen: &mut u64,
+) -> Option<GpuHealth> {
+    let nvml = ctx.nvml?;
+    let readings = tokio::task::spawn_blocking(move || nvml.readings())
+        .await
+        .unwrap_or_else(|e| gpu::Readings {
+            error: Some(format!("the health reader failed: {e}")),
+            ..gpu::Readings::default()
+        });
+    let limits = HealthLimits {
+        max_temp_c: ctx.config.gpu_max_temp_c,
+    };
+    let health = gpu::decide_health(&readings, *xid_seen, limits);
+    *xid_seen = readings.xid_total;
+    if let Some(line) = gpu::health_change(last.as_ref(), &health) {
+        if health.healthy {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
+    }
+    if ctx.mode == Mode::Gpu {
+        ctx.gpu_ok.send_replace(health.healthy);
+    }
+    *last = Some(health.clone());
+    Some(health)
+}
+
 async fn heartbeat_task(ctx: Arc<Ctx>, ok_tx: watch::Sender<bool>, nudge: Arc<Notify>) {
-    let caps = capabilities(&ctx.config, ctx.mode);
     let mut backoff = Backoff::new(ctx.config.backoff_min, ctx.config.backoff_max);
+    let (mut last_health, mut xid_seen) = (None, 0u64);
     loop {
+        let health = refresh_health(&ctx, &mut last_health, &mut xid_seen).await;
+        let caps = capabilities(&ctx.config, ctx.mode, &ctx.report, health);
         // Each heartbeat is its own logical request (it states the miner as of now), so each
         // gets a fresh Idempotency-Key.
         let key = uuid::Uuid::new_v4().to_string();
@@ -257,6 +379,7 @@ async fn dispatcher_task(
     hb_ok: watch::Receiver<bool>,
     nudge: Arc<Notify>,
 ) {
+    let gpu_ok = ctx.gpu_ok.subscribe();
     // The first heartbeat names the wallet; no fetching before it succeeded.
     tokio::select! {
         () = raised(&hb_ok) => {}
@@ -278,6 +401,11 @@ async fn dispatcher_task(
                 () = raised(&stop) => return,
             },
         };
+        // While the GPU is unhealthy no slot is offered (the heartbeat reopens the gate).
+        tokio::select! {
+            () = raised(&gpu_ok) => {}
+            () = raised(&stop) => return,
+        }
         let Some(slots_wanted) = policy::slots_to_request(permits.available_permits() + 1, false)
         else {
             return;
@@ -347,24 +475,53 @@ async fn dispatcher_task(
     }
 }
 
-async fn start_worker(ctx: &Ctx, slot: usize) -> Result<WorkerProcess, Error> {
-    let r = WorkerProcess::start(&ctx.worker, WORKER_START_TIMEOUT).await;
-    match &r {
-        Ok(w) => debug!(slot, worker_pid = w.pid(), sandbox = %w.hello().sandbox, "worker ready"),
-        Err(e) => error!(slot, "cannot start a worker: {e}"),
+/// Starts a worker of `kind` for `slot`. A GPU worker whose set-up fails (exit 3: no CUDA
+/// driver, no device) turns the slot into a CPU slot, with one warning for the whole miner,
+/// and a CPU worker is started instead.
+async fn start_worker(ctx: &Ctx, slot: usize, kind: WorkerKind) -> Result<WorkerProcess, Error> {
+    let r = WorkerProcess::start(&ctx.worker.with_kind(kind), WORKER_START_TIMEOUT).await;
+    match r {
+        Ok(w) => {
+            debug!(slot, worker_pid = w.pid(), kind = ?kind, sandbox = %w.hello().sandbox, "worker ready");
+            Ok(w)
+        }
+        Err(Error::WorkerStart {
+            exit_code: Some(3),
+            message,
+            ..
+        }) if kind == WorkerKind::Gpu => {
+            if let Some(f) = ctx.cpu_fallback.get(slot) {
+                f.store(true, Ordering::Relaxed);
+            }
+            if !ctx.fallback_warned.swap(true, Ordering::Relaxed) {
+                warn!(
+                    slot,
+                    "a GPU worker could not set up ({message}); falling back to CPU workers"
+                );
+            }
+            Box::pin(start_worker(ctx, slot, WorkerKind::Cpu)).await
+        }
+        Err(e) => {
+            error!(slot, "cannot start a worker: {e}");
+            Err(e)
+        }
     }
-    r
 }
 
 /// A slot's next worker, started in the background as soon as the previous job ends, so the
 /// slot is free for the next job at once and the job finds its worker ready (or nearly).
 type NextWorker = tokio::task::JoinHandle<Result<WorkerProcess, Error>>;
 
-fn prestart(ctx: &Arc<Ctx>, slot: usize) -> NextWorker {
+/// Starts the slot's next worker, of the kind the slot runs, in the background.
+fn prestart(ctx: &Arc<Ctx>, slot: usize) -> (WorkerKind, NextWorker) {
+    let kind = ctx.slot_kind(slot);
     let ctx = ctx.clone();
     // If the handle is dropped unused, the task still finishes and its WorkerProcess is
     // killed and reaped by Drop.
-    tokio::spawn(async move { start_worker(&ctx, slot).await })
+    (
+        kind,
+        tokio::spawn(async move { start_worker(&ctx, slot, kind).await }),
+    )
 }
 
 async fn slot_task(
@@ -386,25 +543,39 @@ async fn slot_task(
         }
         drop(permit);
     }
-    if let Some(next) = ready {
+    if let Some((_, next)) = ready {
         if let Ok(Ok(w)) = next.await {
             w.retire().await;
         }
     }
 }
 
-/// The slot's pre-started worker if it is alive and quiet, otherwise a freshly started one.
+/// A worker for a job that runs on `kind`: the slot's pre-started worker when it was started
+/// for that kind and is alive and quiet, otherwise a freshly started one. A pre-started worker
+/// of the other kind (a CPU job on a GPU slot) stays ready for the slot's next job. A GPU
+/// pre-start that fell back to the CPU serves the job on the CPU.
 async fn take_worker(
     ctx: &Ctx,
     slot: usize,
-    next: Option<NextWorker>,
+    ready: &mut Option<(WorkerKind, NextWorker)>,
+    kind: WorkerKind,
 ) -> Result<WorkerProcess, Error> {
-    let pre = match next {
-        Some(h) => h.await.map_err(|e| Error::Task {
-            task: "worker start",
-            message: e.to_string(),
-        }),
-        None => return start_worker(ctx, slot).await,
+    let handle = match ready.take() {
+        Some((k, h)) if k == kind => h,
+        other => {
+            *ready = other;
+            return start_worker(ctx, slot, kind).await;
+        }
+    };
+    let pre = handle.await.map_err(|e| Error::Task {
+        task: "worker start",
+        message: e.to_string(),
+    });
+    // After a fall-back the slot is a CPU slot: ask for what it runs now.
+    let kind = if ctx.slot_kind(slot) == WorkerKind::Cpu {
+        WorkerKind::Cpu
+    } else {
+        kind
     };
     match pre {
         Ok(Ok(w)) if w.is_ready() => Ok(w),
@@ -415,10 +586,10 @@ async fn take_worker(
                 "idle worker died or spoke out of turn; starting another"
             );
             dead.kill_and_reap().await;
-            start_worker(ctx, slot).await
+            start_worker(ctx, slot, kind).await
         }
         // The pre-start failed (already logged): one more try for this job.
-        Ok(Err(_)) | Err(_) => start_worker(ctx, slot).await,
+        Ok(Err(_)) | Err(_) => start_worker(ctx, slot, kind).await,
     }
 }
 
@@ -426,7 +597,7 @@ async fn run_job(
     ctx: &Ctx,
     slot: usize,
     job: Job,
-    ready: &mut Option<NextWorker>,
+    ready: &mut Option<(WorkerKind, NextWorker)>,
     kill: &watch::Receiver<bool>,
 ) {
     let started_at = ts::now();
@@ -437,12 +608,23 @@ async fn run_job(
         slot,
         pickup,
     });
+    // Refusals come before any process is touched: the slot's worker stays ready.
     let spec = match admit(&job, &ctx.config.job_limits_max) {
         Ok(spec) => spec,
-        // Refused before any process is touched: the slot's worker stays ready for the next job.
         Err(refusal) => return report_failure(ctx, &job, refusal.reason, refusal.message).await,
     };
-    let worker = take_worker(ctx, slot, ready.take()).await;
+    let kind = match (policy::job_kind(ctx.mode, &job.limits), ctx.slot_kind(slot)) {
+        (WorkerKind::Gpu, WorkerKind::Gpu) => WorkerKind::Gpu,
+        _ => WorkerKind::Cpu,
+    };
+    let vram_mb = match kind {
+        WorkerKind::Gpu => match policy::check_vram(&spec, &job.limits) {
+            Ok(v) => v,
+            Err(r) => return report_failure(ctx, &job, r.reason, r.message).await,
+        },
+        WorkerKind::Cpu => 0,
+    };
+    let worker = take_worker(ctx, slot, ready, kind).await;
     let worker = match worker {
         Ok(w) => w,
         Err(e) => {
@@ -450,7 +632,9 @@ async fn run_job(
             return report_failure(ctx, &job, protocol::api::FailReason::Internal, msg).await;
         }
     };
-    info!(job = %job.id, workload = %job.workload, slot, attempt = job.attempt, worker_pid = worker.pid(), "job started");
+    // The worker that came may be a CPU one after a fall-back.
+    let kind = worker.hello().kind;
+    info!(job = %job.id, workload = %job.workload, slot, attempt = job.attempt, worker_pid = worker.pid(), kind = ?kind, "job started");
     if let Err(e) = worker.limit_cpu(job.limits.cpu_time_s) {
         // A root supervisor without CAP_SYS_RESOURCE cannot set it on a worker that switched
         // to another user; the worker lowers its own limit from the JobSpec before computing.
@@ -465,20 +649,42 @@ async fn run_job(
         cpu_time_s: job.limits.cpu_time_s,
         // Filled in by `WorkerProcess::run`, which knows the worker's kind.
         address_space_bytes: None,
+        vram_mb: if kind == WorkerKind::Gpu { vram_mb } else { 0 },
     };
+    let pid = u32::try_from(worker.pid()).unwrap_or(0);
+    let meter = EnergyMeter::start(kind, ctx.nvml, ctx.rapl.as_ref()).await;
     // The worker's own job directory (created with it, removed when it is reaped) is the
     // job's scratch space.
-    let finished = worker.run(run, deadline, raised(kill)).await;
+    let finished = match (kind, ctx.nvml) {
+        (WorkerKind::Gpu, Some(nvml)) => {
+            // What the worker holds before the job (its CUDA context) is not the job's.
+            let baseline = tokio::task::spawn_blocking(move || nvml.process_vram_bytes(pid))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .unwrap_or(0);
+            let watch = vram_watch(nvml, pid, baseline, vram_mb, ctx.config.gpu_poll);
+            worker.run_watched(run, deadline, raised(kill), watch).await
+        }
+        _ => worker.run(run, deadline, raised(kill)).await,
+    };
     let finished_at = ts::now();
     match &finished.ending {
         Ending::Done(out) => {
+            let (energy_mj, energy_source) = meter.finish().await;
             let wall_ms = finished.handoff_to_answer.as_millis() as u64;
             let gflops = policy::gflops(out.flops, out.compute_us);
+            let tflops = policy::tflops(out.flops, out.compute_us);
             let proof = Proof {
                 id: job.id.clone(),
                 miner_id: Some(ctx.config.miner_id.clone()),
                 attempt: Some(job.attempt),
-                mode: ctx.mode,
+                mode: if out.kind == WorkerKind::Gpu {
+                    Mode::Gpu
+                } else {
+                    Mode::Cpu
+                },
                 output_sha: hex(&out.output_sha),
                 output_len: Some(out.output_len),
                 metrics: Metrics {
@@ -487,11 +693,14 @@ async fn run_job(
                     flops: Some(out.flops),
                     gflops: Some(gflops),
                     peak_rss_mb: Some(finished.usage.peak_rss_mb),
+                    energy_mj,
+                    energy_source: Some(energy_source),
+                    tflops: Some(tflops),
                 },
                 started_at: Some(started_at),
                 finished_at: Some(finished_at),
             };
-            info!(job = %job.id, workload = %job.workload, ms = wall_ms, gflops, "job done");
+            info!(job = %job.id, workload = %job.workload, ms = wall_ms, gflops, energy_mj, energy = energy_source.as_str(), "job done");
             ctx.jobs_done.fetch_add(1, Ordering::Relaxed);
             ctx.emit(Event::JobDone {
                 id: job.id.clone(),
@@ -503,6 +712,87 @@ async fn run_job(
         _ => {
             let (reason, message) = failure_of(&finished, &job.limits);
             report_failure(ctx, &job, reason, message).await;
+        }
+    }
+}
+
+/// The VRAM watch of one GPU job: every `every`, NVML's used device memory of process `pid`;
+/// resolves with the fail message once it exceeds `baseline` by more than `cap_mb` (never
+/// otherwise). A failed reading is logged once and polling goes on.
+async fn vram_watch(nvml: Nvml, pid: u32, baseline: u64, cap_mb: u64, every: Duration) -> String {
+    let mut complained = false;
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::task::spawn_blocking(move || nvml.process_vram_bytes(pid)).await {
+            Ok(Ok(used)) => {
+                if let Some(message) = gpu::vram_over(used, baseline, cap_mb) {
+                    return message;
+                }
+            }
+            Ok(Err(e)) if !complained => {
+                complained = true;
+                warn!(
+                    worker_pid = pid,
+                    "VRAM watch: cannot read the worker's device memory: {e}"
+                );
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+}
+
+/// An energy counter read before a job, to be read again after it.
+pub(crate) enum EnergyMeter {
+    Nvml(Nvml, u64),
+    Rapl(Rapl, gpu::rapl::Sample),
+    Unavailable,
+}
+
+impl EnergyMeter {
+    /// NVML's counter for a GPU job, RAPL's for a CPU job, when readable.
+    pub(crate) async fn start(
+        kind: WorkerKind,
+        nvml: Option<Nvml>,
+        rapl: Option<&Rapl>,
+    ) -> EnergyMeter {
+        match (kind, nvml, rapl) {
+            (WorkerKind::Gpu, Some(nvml), _) => {
+                match tokio::task::spawn_blocking(move || nvml.energy_mj()).await {
+                    Ok(Ok(mj)) => EnergyMeter::Nvml(nvml, mj),
+                    _ => EnergyMeter::Unavailable,
+                }
+            }
+            (WorkerKind::Cpu, _, Some(rapl)) => match rapl.sample() {
+                Some(s) => EnergyMeter::Rapl(rapl.clone(), s),
+                None => EnergyMeter::Unavailable,
+            },
+            _ => EnergyMeter::Unavailable,
+        }
+    }
+
+    /// The energy since [`EnergyMeter::start`] and where it came from; no figure when a
+    /// counter could not be read.
+    pub(crate) async fn finish(self) -> (Option<u64>, EnergySource) {
+        match self {
+            EnergyMeter::Nvml(nvml, before) => {
+                match tokio::task::spawn_blocking(move || nvml.energy_mj()).await {
+                    Ok(Ok(after)) => (
+                        Some(gpu::energy_delta(before, after, u64::MAX)),
+                        EnergySource::Nvml,
+                    ),
+                    _ => (None, EnergySource::Unavailable),
+                }
+            }
+            EnergyMeter::Rapl(rapl, before) => {
+                match rapl
+                    .sample()
+                    .and_then(|after| rapl.delta_mj(&before, &after))
+                {
+                    Some(mj) => (Some(mj), EnergySource::Rapl),
+                    None => (None, EnergySource::Unavailable),
+                }
+            }
+            EnergyMeter::Unavailable => (None, EnergySource::Unavailable),
         }
     }
 }
@@ -797,19 +1087,58 @@ mod tests {
             worker_exe: None,
             run_as_user: "nobody".into(),
             sandbox_fs: crate::config::SandboxFs::Auto,
+            gpu_poll: Duration::from_millis(500),
+            gpu_max_temp_c: 90,
         };
-        let (mode, _) = policy::detect_mode(config.accel_mode);
-        let caps = capabilities(&config, mode);
+        // This host as a GPU-less one sees it: no NVML.
+        let none = GpuReport::not_probed("NVML unavailable: cannot load libnvidia-ml.so.1");
+        let (mode, _) = policy::detect_mode(config.accel_mode, &none);
+        let caps = capabilities(&config, mode, &none, None);
         assert_eq!((caps.miner_id.as_str(), caps.wallet.as_str()), ("m1", "w1"));
         assert_eq!((caps.mode, caps.gpu), (Mode::Cpu, GpuFlag(false)));
+        assert!(caps.gpus.is_empty() && caps.gpu_health.is_none());
+        assert_eq!(caps.limits.vram_mb, Some(0));
         assert_eq!(caps.concurrency, Some(3));
         assert_eq!(caps.workloads, ["torch_bench"]);
         assert_eq!(caps.limits.ram_mb, Some(2048));
         assert_eq!(caps.limits.cpu_time_s, Some(1200));
         assert!(caps.cores.is_some_and(|c| c >= 1));
         assert!(caps.version.unwrap().starts_with("aitbc-miner/"));
-        let body = serde_json::to_string(&capabilities(&config, mode)).unwrap();
+        let body = serde_json::to_string(&capabilities(&config, mode, &none, None)).unwrap();
         assert!(!body.contains("aitbc_secret"));
+        assert!(
+            !body.contains("gpus") && !body.contains("gpu_health"),
+            "{body}"
+        );
+
+        // A GPU host: the devices, their health, the GPU flag and the VRAM maximum.
+        let gpu = GpuReport {
+            available: true,
+            why: None,
+            gpus: vec![protocol::api::GpuInfo {
+                index: 0,
+                name: "NVIDIA H100".into(),
+                vram_mb: 81559,
+                driver_version: Some("580.65.06".into()),
+                cuda_version: Some("13.0".into()),
+            }],
+            libcuda_error: None,
+        };
+        let mut config = config;
+        config.job_limits_max.vram_mb = 40000;
+        let (mode, warning) = policy::detect_mode(config.accel_mode, &gpu);
+        assert_eq!((mode, warning), (Mode::Gpu, None));
+        let health = GpuHealth {
+            healthy: false,
+            temperature_c: Some(93),
+            reason: Some("temperature 93 °C at or above GPU_MAX_TEMP_C = 90".into()),
+            ..GpuHealth::default()
+        };
+        let caps = capabilities(&config, mode, &gpu, Some(health.clone()));
+        assert_eq!((caps.mode, caps.gpu), (Mode::Gpu, GpuFlag(true)));
+        assert_eq!(caps.gpus, gpu.gpus);
+        assert_eq!(caps.gpu_health, Some(health));
+        assert_eq!(caps.limits.vram_mb, Some(40000));
     }
 
     #[test]

@@ -74,7 +74,9 @@ pub const DEFAULT_WORK_DIR: &str = "/tmp/aitbc-work";
 /// supervisor's cgroup subtree (none: rlimits and process groups only), and the user a root
 /// supervisor runs workers as.
 ///
-/// The command line is `program args.. --job-dir DIR sandbox_args..`.
+/// The command line is `program args.. --job-dir DIR sandbox_args..`, plus `--kind gpu` for
+/// a GPU worker, which also gets `CUDA_DEVICE_ORDER=PCI_BUS_ID` (so its CUDA device 0 is NVML's
+/// device 0, the one the supervisor watches).
 #[derive(Clone, Debug)]
 pub struct WorkerCommand {
     pub program: PathBuf,
@@ -88,6 +90,8 @@ pub struct WorkerCommand {
     /// `(uid, gid)` the child switches to before exec, when the supervisor runs as root.
     /// Ignored when it does not (a non-root supervisor's workers already run as its user).
     pub run_as: Option<(u32, u32)>,
+    /// Which kind of worker to start (default CPU).
+    pub kind: WorkerKind,
 }
 
 impl WorkerCommand {
@@ -105,6 +109,15 @@ impl WorkerCommand {
             work_dir: PathBuf::from(DEFAULT_WORK_DIR),
             subtree: None,
             run_as: None,
+            kind: WorkerKind::Cpu,
+        }
+    }
+
+    /// The same command for a worker of `kind`.
+    pub fn with_kind(&self, kind: WorkerKind) -> WorkerCommand {
+        WorkerCommand {
+            kind,
+            ..self.clone()
         }
     }
 
@@ -179,6 +192,8 @@ pub enum Ending {
     Cancelled,
     /// The job's limits could not be applied to the worker; it was killed before the job.
     Confinement(String),
+    /// A watch over the running job (the VRAM watch) stopped it, saying why; it was killed.
+    Stopped(String),
 }
 
 /// A finished attempt: the ending, the time from Run to answer, and how the process ended.
@@ -329,6 +344,11 @@ impl WorkerProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
+        if cmd.kind == WorkerKind::Gpu {
+            command
+                .args(["--kind", "gpu"])
+                .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+        }
         // SAFETY: the closure runs in the forked child before exec and only makes raw,
         // async-signal-safe system calls (write(2), setgroups(2), setresgid(2), setresuid(2),
         // dup2(2), fcntl(2), close_range(2), prctl(2)) on descriptors and values prepared
@@ -415,6 +435,7 @@ impl WorkerProcess {
         let start_err = |w: &WorkerProcess, message: String| Error::WorkerStart {
             program: cmd.program.clone(),
             message: format!("{message}{}", w.stderr_suffix()),
+            exit_code: None,
         };
         let hello = match tokio::time::timeout(start_timeout, read_frame(&mut w.sock)).await {
             Err(_) => {
@@ -424,10 +445,16 @@ impl WorkerProcess {
             }
             Ok(Err(e)) => {
                 let (_, exit) = w.kill_and_reap().await;
-                let exit = exit
+                let text = exit
                     .map(|s| format!(" ({})", s.describe()))
                     .unwrap_or_default();
-                return Err(start_err(&w, format!("reading Hello: {e}{exit}")));
+                let mut err = start_err(&w, format!("reading Hello: {e}{text}"));
+                if let (Error::WorkerStart { exit_code, .. }, Some(ExitStatus::Exited(code))) =
+                    (&mut err, exit)
+                {
+                    *exit_code = Some(code);
+                }
+                return Err(err);
             }
             Ok(Ok(FromWorker::Hello(h))) => h,
             Ok(Ok(other)) => {
@@ -512,10 +539,24 @@ impl WorkerProcess {
     /// Runs one job: sends `Run`, waits for one answer for at most `deadline` (or until
     /// `cancel` resolves), then makes sure the process and its group are gone and reaped.
     pub async fn run(
+        self,
+        spec: JobSpec,
+        deadline: Duration,
+        cancel: impl Future<Output = ()>,
+    ) -> Finished {
+        self.run_watched(spec, deadline, cancel, std::future::pending())
+            .await
+    }
+
+    /// [`WorkerProcess::run`] with a `watch` beside the job: when it resolves before the
+    /// answer (e.g. the VRAM watch saw the worker over its cap), the worker's group and cgroup
+    /// are killed and the attempt ends as [`Ending::Stopped`] with the watch's message.
+    pub async fn run_watched(
         mut self,
         mut spec: JobSpec,
         deadline: Duration,
         cancel: impl Future<Output = ()>,
+        watch: impl Future<Output = String>,
     ) -> Finished {
         if let Ok(mut t) = self.stderr.lock() {
             t.job = Some(spec.job_id.clone());
@@ -540,6 +581,7 @@ impl WorkerProcess {
                         },
                         () = tokio::time::sleep(deadline) => Ending::TimedOut,
                         () = cancel => Ending::Cancelled,
+                        why = watch => Ending::Stopped(why),
                     }
                 }
             },
@@ -547,9 +589,11 @@ impl WorkerProcess {
         let handoff_to_answer = started.elapsed();
         let grace = match ending {
             Ending::Done(_) | Ending::Failed(_) | Ending::Crashed => EXIT_GRACE,
-            Ending::TimedOut | Ending::Protocol(_) | Ending::Cancelled | Ending::Confinement(_) => {
-                Duration::ZERO
-            }
+            Ending::TimedOut
+            | Ending::Protocol(_)
+            | Ending::Cancelled
+            | Ending::Confinement(_)
+            | Ending::Stopped(_) => Duration::ZERO,
         };
         let (usage, exit, cgroup) = self.reap(grace).await;
         self.drain_stderr().await;
@@ -864,6 +908,7 @@ mod tests {
             ram_mb: 64,
             cpu_time_s: 60,
             address_space_bytes: None,
+            vram_mb: 0,
         }
     }
 
@@ -1044,6 +1089,73 @@ mod tests {
         // 0,1,2, the socket (3), and the directory ls itself opened to list them (4):
         // any leaked descriptor would push that one higher.
         assert_eq!(fds, ["0", "1", "2", "3", "4"]);
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_fires_stops_the_job_and_kills_the_worker() {
+        let (_f, cmd) = Fake::new("sleep 300");
+        let w = WorkerProcess::start(&cmd, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let pid = w.pid();
+        let watch = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            "used 9 MiB of VRAM, limit 8 MiB".to_owned()
+        };
+        let fin = w
+            .run_watched(
+                job(),
+                Duration::from_secs(60),
+                std::future::pending(),
+                watch,
+            )
+            .await;
+        assert_eq!(
+            fin.ending,
+            Ending::Stopped("used 9 MiB of VRAM, limit 8 MiB".into())
+        );
+        assert!(!alive(pid));
+        let (reason, message) = crate::policy::failure_of(&fin, &Default::default());
+        assert_eq!(reason, protocol::api::FailReason::OutOfMemory);
+        assert_eq!(message, "used 9 MiB of VRAM, limit 8 MiB");
+    }
+
+    #[tokio::test]
+    async fn a_gpu_worker_gets_its_kind_and_device_order_and_a_setup_failure_keeps_its_code() {
+        let (_f, cmd) =
+            Fake::new(r#"head -c 4 <&3 >/dev/null; echo "args: $* order: $CUDA_DEVICE_ORDER" >&2"#);
+        let (fin, _) = run(&cmd.with_kind(WorkerKind::Gpu), Duration::from_secs(10)).await;
+        let line = fin
+            .stderr_tail
+            .lines()
+            .find(|l| l.starts_with("args: "))
+            .unwrap_or_default()
+            .to_owned();
+        assert!(line.ends_with(" --kind gpu order: PCI_BUS_ID"), "{line}");
+        let (fin, _) = run(&cmd, Duration::from_secs(10)).await;
+        assert!(
+            !fin.stderr_tail.contains("--kind") && !fin.stderr_tail.contains("PCI_BUS_ID"),
+            "a CPU worker: {}",
+            fin.stderr_tail
+        );
+
+        // A worker whose set-up fails exits 3 before Hello: the start error keeps the code.
+        let cmd = WorkerCommand::new(
+            "/bin/bash",
+            [
+                "-c",
+                "echo 'no CUDA driver: libcuda.so.1 not found' >&2; exit 3",
+            ],
+        );
+        match WorkerProcess::start(&cmd, Duration::from_secs(10)).await {
+            Err(Error::WorkerStart {
+                exit_code, message, ..
+            }) => {
+                assert_eq!(exit_code, Some(3));
+                assert!(message.contains("libcuda.so.1 not found"), "{message}");
+            }
+            other => panic!("{:?}", other.err()),
+        }
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ mod confinement;
 mod coordinator_api;
 mod coordinator_restart;
 mod doctor;
+mod gpu;
 mod guide_script;
 mod miner_e2e;
 mod miner_faults;

@@ -88,6 +88,8 @@ pub(crate) fn miner_config(
         worker_exe: None,
         run_as_user: crate::common::RUN_AS.into(),
         sandbox_fs: SandboxFs::Auto,
+        gpu_poll: Duration::from_millis(500),
+        gpu_max_temp_c: 90,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `aitbc-miner bench`: one workload through the real worker path (a pre-started worker
-//! process, the wire protocol, the hash), without a Coordinator, and its metrics.
+//! process, the wire protocol, the hash), without a Coordinator, and its metrics. With `--gpu`
+//! the worker is a GPU worker (`--kind gpu`) and the job's VRAM cap is what its params need.
 
 use std::process::ExitCode;
 
@@ -22,6 +23,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run on the GPU (a `--kind gpu` worker); fails with the worker's reason without one.
+    #[arg(long)]
+    gpu: bool,
 }
 
 pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -31,13 +35,26 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Some(t) => t,
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
     };
+    let vram_mb = if args.gpu {
+        match aitbc_protocol::workload::plan(&args.workload, &params, &JobLimits::default()) {
+            Ok(aitbc_protocol::workload::WorkloadSpec::TorchBench(p)) => p.vram_mb(),
+            Err(e) => anyhow::bail!("--params {}: {e}", args.params),
+        }
+    } else {
+        0
+    };
     let limits = JobLimits {
         ram_mb: u64::MAX / 2,
         max_runtime_s: 24 * 3600,
         cpu_time_s: u64::MAX / 2,
-        vram_mb: 0,
+        vram_mb,
     };
-    let worker = aitbc_supervisor::WorkerCommand::current_exe()?;
+    let kind = if args.gpu {
+        aitbc_protocol::wire::WorkerKind::Gpu
+    } else {
+        aitbc_protocol::wire::WorkerKind::Cpu
+    };
+    let worker = aitbc_supervisor::WorkerCommand::current_exe()?.with_kind(kind);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,7 +72,11 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "workload": args.workload,
             "params": params,
             "threads": threads,
+            "kind": if args.gpu { "gpu" } else { "cpu" },
             "gflops": m.gflops,
+            "tflops": m.tflops,
+            "energy_mj": m.energy_mj,
+            "energy_source": m.energy_source.map(|s| s.as_str()),
             "wall_ms": m.wall_ms,
             "cpu_ms": m.cpu_ms,
             "flops": m.flops,
@@ -69,7 +90,12 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("workload      {} {}", args.workload, params);
         println!("threads       {threads}");
+        println!("device        {}", if args.gpu { "gpu" } else { "cpu" });
         println!("GFLOP/s       {:.2}", m.gflops.unwrap_or(0.0));
+        match (m.energy_mj, m.energy_source) {
+            (Some(mj), Some(src)) => println!("energy        {mj} mJ ({})", src.as_str()),
+            _ => println!("energy        unavailable"),
+        }
         println!("wall          {} ms", m.wall_ms.unwrap_or(0));
         println!("cpu           {} ms", m.cpu_ms.unwrap_or(0));
         println!("peak RSS      {} MiB", m.peak_rss_mb.unwrap_or(0));

@@ -11,6 +11,12 @@
 //! sets `RUN_AS_USER=nobody`, so a root supervisor's workers switch to `nobody` before exec,
 //! and the temporary directory lets `nobody` pass through (mode 0711) to the work directory,
 //! which is handed to it. As a normal user `RUN_AS_USER` is ignored and nothing changes.
+//!
+//! The GPU: the supervisor decides the mode from `ACCEL_MODE` (the environment overrides the
+//! generated config, default `auto`) and logs why it runs on the CPU when `gpu` was asked for
+//! (its warnings go to stderr). When this host has a usable GPU and `ACCEL_MODE` is not `cpu`,
+//! the client's jobs ask for the device memory their params need and the generated config
+//! allows up to the device's VRAM, so the jobs run on the GPU.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -25,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use aitbc_coordinator::{Coordinator, CoordinatorConfig, Scope};
 use aitbc_protocol::api::{Balance, JobLimits, JobView, SubmitJob};
-use aitbc_protocol::workload::plan;
+use aitbc_protocol::workload::{plan, WorkloadSpec};
 use aitbc_supervisor::{Event, WorkerCommand};
 
 const WALLET: &str = "wallet_dev";
@@ -69,9 +75,12 @@ pub fn main(args: DevArgs) -> anyhow::Result<ExitCode> {
     }
     let params: Value = serde_json::from_str(&args.params)
         .with_context(|| format!("--params {:?} is not JSON", args.params))?;
-    let flops_per_job = plan("torch_bench", &params, &JobLimits::default())
-        .with_context(|| format!("--params {}", args.params))?
-        .flops();
+    let spec = plan("torch_bench", &params, &JobLimits::default())
+        .with_context(|| format!("--params {}", args.params))?;
+    let flops_per_job = spec.flops();
+    // The supervisor's warnings (e.g. why ACCEL_MODE=gpu runs on the CPU) go to stderr.
+    let _log = aitbc_supervisor::logging::init("error,aitbc_supervisor=warn", None).ok();
+    let gpu = gpu_for_jobs(&spec);
     let dir = tempfile::Builder::new()
         .prefix("aitbc-dev-")
         .tempdir()
@@ -95,7 +104,7 @@ pub fn main(args: DevArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let summary = rt.block_on(run(&args, params, flops_per_job, dir.path()))?;
+    let summary = rt.block_on(run(&args, params, flops_per_job, gpu, dir.path()))?;
     print_summary(&args, &summary);
     Ok(if summary.jobs_failed == 0 {
         ExitCode::SUCCESS
@@ -104,10 +113,24 @@ pub fn main(args: DevArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `(the job's vram_mb, the device's VRAM)` when the jobs should run on this host's GPU: it has
+/// a usable one and `ACCEL_MODE` (from the environment) does not say `cpu`.
+fn gpu_for_jobs(spec: &WorkloadSpec) -> Option<(u64, u64)> {
+    let mode = std::env::var("ACCEL_MODE").unwrap_or_default();
+    if mode.eq_ignore_ascii_case("cpu") {
+        return None;
+    }
+    let report = aitbc_supervisor::gpu::detect();
+    let device = report.usable().ok()?;
+    let WorkloadSpec::TorchBench(p) = spec;
+    Some((p.vram_mb(), device.vram_mb))
+}
+
 async fn run(
     args: &DevArgs,
     params: Value,
     flops_per_job: u64,
+    gpu: Option<(u64, u64)>,
     dir: &std::path::Path,
 ) -> anyhow::Result<Summary> {
     // 1. The Coordinator, in-process, on an ephemeral loopback port.
@@ -137,10 +160,11 @@ async fn run(
          MINER_ID=\"$(hostname)-dev\"\nWORK_DIR=\"{work}\"\nSTATE_DIR=\"{state}\"\n\
          HEARTBEAT_SECS=2\nJOB_POLL_SECS=0.05\nPOLL_WAIT_SECS=10\nMAX_CONCURRENCY={slots}\n\
          BACKOFF_MIN_SECS=0.05\nBACKOFF_MAX_SECS=1\nDRAIN_GRACE_SECS=5\n\
-         RUN_AS_USER=\"{DEV_RUN_AS_USER}\"\n",
+         RUN_AS_USER=\"{DEV_RUN_AS_USER}\"\nMAX_JOB_VRAM_MB={max_vram}\n",
         work = dir.join("work").display(),
         state = dir.join("state").display(),
         slots = args.slots,
+        max_vram = gpu.map_or(0, |(_, device)| device),
     );
     std::fs::OpenOptions::new()
         .write(true)
@@ -172,7 +196,10 @@ async fn run(
     let submit = SubmitJob {
         workload: "torch_bench".into(),
         params,
-        limits: JobLimits::default(),
+        limits: JobLimits {
+            vram_mb: gpu.map_or(0, |(job, _)| job),
+            ..JobLimits::default()
+        },
         reward: REWARD,
     };
     let started = Instant::now();
