@@ -213,9 +213,11 @@ impl Rig {
         self.assert_miner_alive();
         let miner = self.miner_pid;
         let what = format!("{}: the miner's idle worker", self.name);
+        // Ready means fully confined: its seccomp filter (the last set-up step) is on. A child
+        // seen earlier may still be between fork and exec, outside its cgroup.
         let pid = wait_for(&what, Duration::from_secs(20), || async move {
             match children(miner).as_slice() {
-                [one] if running(*one) => Some(*one),
+                [one] if running(*one) && seccomp_filtered(*one) => Some(*one),
                 _ => None,
             }
         })
@@ -444,6 +446,14 @@ fn stat(pid: i32) -> Option<(char, i32, i32)> {
 }
 
 /// True while `pid` exists and is not a zombie.
+/// True once `pid` runs under a seccomp filter (`Seccomp: 2` in its status).
+pub fn seccomp_filtered(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"])
+}
+
 pub fn running(pid: i32) -> bool {
     matches!(stat(pid), Some((s, _, _)) if s != 'Z')
 }
