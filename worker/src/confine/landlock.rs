@@ -65,16 +65,14 @@ pub enum Grant {
     All,
 }
 
-/// The worker's read-only paths, for every kind.
-pub const READ_ONLY: [&str; 4] = ["/usr", "/lib", "/lib64", "/etc/ld.so.cache"];
-/// The device nodes every worker may open.
-pub const DEVICES: [&str; 5] = [
-    "/dev/null",
-    "/dev/zero",
-    "/dev/full",
-    "/dev/random",
-    "/dev/urandom",
+/// The worker's read-only paths, for every kind: the same as the mount view binds.
+pub const READ_ONLY: [&str; 4] = [
+    super::READ_ONLY_DIRS[0],
+    super::READ_ONLY_DIRS[1],
+    super::READ_ONLY_DIRS[2],
+    super::READ_ONLY_FILES[0],
 ];
+pub use super::DEVICES;
 
 /// What a GPU worker's CUDA driver reads besides libraries and device nodes, granted
 /// read-only, each with the reason. **Unverified on a GPU** (see the module docs). Left out on

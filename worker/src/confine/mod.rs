@@ -61,6 +61,20 @@ use crate::args::{FsMode, Kind, WorkerArgs};
 use crate::torch_bench::Device;
 use crate::WorkerError;
 
+/// What every worker may read, whichever filesystem confinement it gets (Landlock grants
+/// these; the mount view binds them): directories (or the same symlink, on merged-/usr hosts)...
+pub const READ_ONLY_DIRS: [&str; 3] = ["/usr", "/lib", "/lib64"];
+/// ...and single files: the dynamic loader's cache.
+pub const READ_ONLY_FILES: [&str; 1] = ["/etc/ld.so.cache"];
+/// The device nodes every worker may open, read and write.
+pub const DEVICES: [&str; 5] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+
 /// The confinement steps, in the one order the worker takes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {

@@ -33,18 +33,7 @@ use std::path::{Path, PathBuf};
 use crate::confine::Step;
 use crate::WorkerError;
 
-/// Directories bound read-only (or recreated as the same symlink).
-pub const READ_ONLY_DIRS: [&str; 3] = ["/usr", "/lib", "/lib64"];
-/// Files bound read-only.
-pub const READ_ONLY_FILES: [&str; 1] = ["/etc/ld.so.cache"];
-/// Device nodes bound into the view.
-pub const DEVICES: [&str; 5] = [
-    "/dev/null",
-    "/dev/zero",
-    "/dev/full",
-    "/dev/random",
-    "/dev/urandom",
-];
+use super::{DEVICES, READ_ONLY_DIRS, READ_ONLY_FILES};
 /// Where the new root's tmpfs is mounted before `pivot_root`.
 const STAGING: &str = "/tmp";
 

@@ -104,17 +104,19 @@ pub fn apply_job(cpu_time_s: u64, address_space_bytes: Option<u64>) -> Result<()
         )?;
     }
     if let Some(bytes) = address_space_bytes {
-        set_soft_hard(libc::RLIMIT_AS, "RLIMIT_AS", bytes, bytes)?;
+        set(libc::RLIMIT_AS, "RLIMIT_AS", bytes)?;
     }
     Ok(())
 }
 
+/// Sets the limit to `soft`/`hard`, each capped at the current hard limit (never raised);
+/// returns the soft value applied.
 fn set_soft_hard(
     resource: libc::__rlimit_resource_t,
     name: &str,
     soft: u64,
     hard: u64,
-) -> Result<(), WorkerError> {
+) -> Result<u64, WorkerError> {
     let mut cur = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -135,33 +137,12 @@ fn set_soft_hard(
             io::Error::last_os_error(),
         ));
     }
-    Ok(())
+    Ok(lim.rlim_cur)
 }
 
 /// Sets soft = hard = `min(value, current hard)`; returns that value.
 fn set(resource: libc::__rlimit_resource_t, name: &str, value: u64) -> Result<u64, WorkerError> {
-    let mut cur = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(resource, &mut cur) } != 0 {
-        return Err(os(format!("getrlimit({name})"), io::Error::last_os_error()));
-    }
-    // Never raise: a supervisor (or the operator's shell) may already have set it lower.
-    let v = value.min(cur.rlim_max);
-    let lim = libc::rlimit {
-        rlim_cur: v,
-        rlim_max: v,
-    };
-    // SAFETY: setrlimit reads the struct we own.
-    if unsafe { libc::setrlimit(resource, &lim) } != 0 {
-        return Err(os(
-            format!("setrlimit({name}, {v})"),
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(v)
+    set_soft_hard(resource, name, value, value)
 }
 
 fn os(what: String, source: io::Error) -> WorkerError {
