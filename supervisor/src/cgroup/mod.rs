@@ -929,6 +929,34 @@ pub(crate) mod tests {
         cmd.spawn().expect("spawn /bin/sh")
     }
 
+    /// Starts a child in `cg` (worker `w1`) that leaves a grandchild outside its process group,
+    /// waits for both, and checks that `kill_all` leaves the cgroup empty and the child dead of
+    /// SIGKILL: nothing a worker starts outlives its cgroup.
+    pub(crate) fn assert_kill_all_reaches_a_grandchild(cg: &WorkerCgroup, version: &str) {
+        use std::time::{Duration, Instant};
+        let mut child = spawn_in(cg, "setsid sleep 300 & exec sleep 300");
+        let pid = child.id();
+        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(own.contains("/workers/w1"), "{own}");
+        let t0 = Instant::now();
+        while cg.pids().len() < 2 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the grandchild never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let t0 = Instant::now();
+        cg.kill_all().unwrap();
+        eprintln!("{version} kill_all of 2 processes took {:?}", t0.elapsed());
+        assert!(cg.pids().is_empty());
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+    }
+
     /// The subtree's directories (one per v1 hierarchy).
     pub(crate) fn tree_dirs(sub: &Subtree) -> Vec<PathBuf> {
         match &sub.tree {

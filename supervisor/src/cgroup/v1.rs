@@ -267,7 +267,7 @@ impl Drop for Worker {
 #[cfg(test)]
 mod tests {
     //! Real v1 hierarchies (this machine's), as root; a visible SKIP line elsewhere.
-    use super::super::tests::{can_run, spawn_in, tree_dirs};
+    use super::super::tests::{assert_kill_all_reaches_a_grandchild, can_run, spawn_in, tree_dirs};
     use super::super::{Host, Layout, Subtree, Tree as AnyTree};
     use super::*;
 
@@ -332,27 +332,7 @@ mod tests {
         );
 
         // A child and a grandchild that left its process group: both inside, both killed.
-        let mut child = spawn_in(&cg, "setsid sleep 300 & exec sleep 300");
-        let pid = child.id() as i32;
-        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-        assert!(own.contains("/workers/w1"), "{own}");
-        let t0 = Instant::now();
-        while cg.pids().len() < 2 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "the grandchild never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let t0 = Instant::now();
-        cg.kill_all().unwrap();
-        eprintln!("v1 kill_all of 2 processes took {:?}", t0.elapsed());
-        assert!(cg.pids().is_empty());
-        let status = child.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL)
-        );
+        assert_kill_all_reaches_a_grandchild(&cg, "v1");
         let stats = cg.stats();
         assert!(
             stats.cpu_usage_us.is_some() && stats.peak_memory_bytes.is_some(),

@@ -356,7 +356,8 @@ mod tests {
     //! The unified hierarchy of this hybrid host (`/sys/fs/cgroup/unified`, no controllers):
     //! create, join, kill, stats, remove. Limits need a v2 host with controllers.
     use super::super::{
-        tests::can_run, tests::spawn_in, tests::tree_dirs, Subtree, Tree as AnyTree,
+        tests::assert_kill_all_reaches_a_grandchild, tests::can_run, tests::tree_dirs, Subtree,
+        Tree as AnyTree,
     };
     use super::*;
     use std::time::Duration;
@@ -394,27 +395,7 @@ mod tests {
         let dir = cg.path().to_path_buf();
         // No controllers here: limits are a no-op, not an error.
         cg.set_limits(&Limits::for_job(64, 1)).unwrap();
-        let mut child = spawn_in(&cg, "setsid sleep 300 & exec sleep 300");
-        let pid = child.id();
-        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-        assert!(own.contains("/workers/w1"), "{own}");
-        let t0 = Instant::now();
-        while cg.pids().len() < 2 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "the grandchild never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let t0 = Instant::now();
-        cg.kill_all().unwrap();
-        eprintln!("v2 kill_all of 2 processes took {:?}", t0.elapsed());
-        assert!(cg.pids().is_empty());
-        let status = child.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL)
-        );
+        assert_kill_all_reaches_a_grandchild(&cg, "v2");
         assert!(cg.stats().cpu_usage_us.is_some(), "{:?}", cg.stats());
         drop(cg);
         assert!(!dir.exists());
