@@ -1,6 +1,10 @@
-//! The miner's log output: `tracing` events as one line each on stderr (ANSI colours only when
-//! stderr is a terminal, so journald gets plain lines) and, when `LOG_FILE`/`--log-file` is
-//! set, the same lines appended to that file.
+//! The miner's log output: `tracing` events as one line each on stderr and, when
+//! `LOG_FILE`/`--log-file` is set, the same lines (with timestamps) appended to that file.
+//!
+//! How stderr is written depends on what it is ([`Console::detect`]): a terminal gets ANSI
+//! colours; journald (systemd sets `JOURNAL_STREAM` to stderr's `device:inode`) gets lines
+//! without a timestamp (the journal keeps its own) that start with a `<N>` syslog priority, so
+//! `journalctl -p warning -u aitbc-miner` filters by level; anything else gets plain lines.
 //!
 //! This module must never truncate an existing log file (it opens with `O_APPEND`, creating it
 //! with mode 0600), and must never format the API key: `config::ApiKey` prints `<redacted>`,
@@ -12,8 +16,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, MakeWriter};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Registry};
 
@@ -66,15 +73,83 @@ pub fn filter(level: &str) -> Result<EnvFilter, Error> {
         })
 }
 
+/// How the console (stderr) lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// A terminal: timestamps and ANSI colours.
+    Terminal,
+    /// A pipe or file: timestamps, no colours.
+    Plain,
+    /// journald: no timestamp, no colours, a `<N>` syslog priority first.
+    Journal,
+}
+
+impl Console {
+    /// What stderr is now: journald when `JOURNAL_STREAM` names stderr's device and inode
+    /// (systemd's own test: a child that redirected stderr elsewhere must not claim it).
+    pub fn detect() -> Console {
+        use std::os::fd::AsFd;
+        let journal = std::env::var("JOURNAL_STREAM").ok();
+        let stat = nix::sys::stat::fstat(io::stderr().as_fd()).ok();
+        match (journal, stat) {
+            (Some(stream), Some(st))
+                if journal_stream_is(&stream, st.st_dev as u64, st.st_ino as u64) =>
+            {
+                Console::Journal
+            }
+            _ if io::stderr().is_terminal() => Console::Terminal,
+            _ => Console::Plain,
+        }
+    }
+}
+
+/// Whether a `JOURNAL_STREAM` value (`DEVICE:INODE`, decimal) names the file with this device
+/// and inode number.
+pub fn journal_stream_is(value: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = value.trim().split_once(':') else {
+        return false;
+    };
+    d.parse() == Ok(dev) && i.parse() == Ok(ino)
+}
+
+/// The syslog priority journald reads from a line's `<N>` prefix (`sd-daemon(3)`).
+pub fn syslog_priority(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+/// The journald line format: `<N>` and then tracing's usual line without its timestamp.
+struct JournalFormat(format::Format<format::Full, ()>);
+
+impl<S, N> FormatEvent<S, N> for JournalFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: format::Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
 /// Builds the subscriber without installing it: events at or above `level` go to `console`
-/// (with ANSI colours when `ansi`) and, when `log_file` is given, are appended to that file
-/// without colours. [`init`] calls this with stderr; tests use it with
+/// in the given style and, when `log_file` is given, are appended to that file with
+/// timestamps and without colours. [`init`] calls this with stderr; tests use it with
 /// `tracing::subscriber::with_default`.
 pub fn subscriber<W>(
     level: &str,
     log_file: Option<&Path>,
     console: W,
-    ansi: bool,
+    style: Console,
 ) -> Result<(impl tracing::Subscriber + Send + Sync, LogGuard), Error>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -84,7 +159,17 @@ where
         Some(path) => Some((path.to_path_buf(), Arc::new(open_append(path)?))),
         None => None,
     };
-    let console_layer = fmt::layer().with_writer(console).with_ansi(ansi);
+    let console_layer = match style {
+        Console::Journal => fmt::layer()
+            .with_writer(console)
+            .with_ansi(false)
+            .event_format(JournalFormat(fmt::format().without_time().with_ansi(false)))
+            .boxed(),
+        _ => fmt::layer()
+            .with_writer(console)
+            .with_ansi(style == Console::Terminal)
+            .boxed(),
+    };
     let file_layer = file
         .as_ref()
         .map(|(_, file)| fmt::layer().with_writer(Arc::clone(file)).with_ansi(false));
@@ -95,11 +180,10 @@ where
     Ok((subscriber, LogGuard { file }))
 }
 
-/// Installs the process-wide logger: stderr (ANSI only on a terminal) plus, when `log_file` is
-/// given, the file opened for appending. Keep the returned guard alive until exit.
+/// Installs the process-wide logger: stderr in the style [`Console::detect`] finds plus, when
+/// `log_file` is given, the file opened for appending. Keep the returned guard alive until exit.
 pub fn init(level: &str, log_file: Option<&Path>) -> Result<LogGuard, Error> {
-    let ansi = io::stderr().is_terminal();
-    let (subscriber, guard) = subscriber(level, log_file, io::stderr, ansi)?;
+    let (subscriber, guard) = subscriber(level, log_file, io::stderr, Console::detect())?;
     subscriber
         .try_init()
         .map_err(|e| Error::LogAlreadyInitialised(e.to_string()))?;
@@ -118,7 +202,7 @@ mod tests {
         level: &str,
         file: &Path,
     ) -> (impl tracing::Subscriber + Send + Sync, LogGuard) {
-        subscriber(level, Some(file), io::sink, false).expect("subscriber builds")
+        subscriber(level, Some(file), io::sink, Console::Plain).expect("subscriber builds")
     }
 
     #[test]
@@ -192,6 +276,45 @@ mod tests {
     }
 
     #[test]
+    fn journald_lines_carry_a_priority_and_no_timestamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("console");
+        let console = Arc::new(File::create(&out).unwrap());
+        let (sub, _guard) = subscriber("debug", None, console, Console::Journal).unwrap();
+        tracing::subscriber::with_default(sub, || {
+            tracing::error!("e1");
+            tracing::warn!("w1");
+            tracing::info!(job = "j-1", "i1");
+            tracing::debug!("d1");
+        });
+        let written = std::fs::read_to_string(&out).unwrap();
+        let lines: Vec<&str> = written.lines().collect();
+        assert_eq!(lines.len(), 4, "{written}");
+        for (line, (prio, text)) in lines
+            .iter()
+            .zip([(3, "e1"), (4, "w1"), (6, "i1"), (7, "d1")])
+        {
+            assert!(line.starts_with(&format!("<{prio}>")), "{line}");
+            assert!(line.contains(text), "{line}");
+            // tracing's timestamp starts with the year; journald adds its own
+            assert!(!line[3..].trim_start().starts_with("20"), "{line}");
+            assert!(!line.contains('\u{1b}'), "{line}");
+        }
+        assert!(lines[2].contains("job=\"j-1\""), "{written}");
+    }
+
+    #[test]
+    fn journal_stream_must_name_this_stderr() {
+        assert!(journal_stream_is("8:12345", 8, 12345));
+        assert!(journal_stream_is("8:12345\n", 8, 12345));
+        assert!(!journal_stream_is("8:12346", 8, 12345));
+        assert!(!journal_stream_is("9:12345", 8, 12345));
+        assert!(!journal_stream_is("", 8, 12345));
+        assert!(!journal_stream_is("8", 8, 12345));
+        assert!(!journal_stream_is("x:y", 8, 12345));
+    }
+
+    #[test]
     fn the_level_filters_events() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("l.log");
@@ -217,7 +340,7 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("no-such-dir").join("m.log");
-        let err = subscriber("info", Some(&path), io::sink, false)
+        let err = subscriber("info", Some(&path), io::sink, Console::Plain)
             .err()
             .expect("a missing directory is an error")
             .to_string();
