@@ -367,10 +367,12 @@ fn set_up_subtree(
     let subtree = match Subtree::create(&name) {
         Ok(Some(s)) => s,
         Ok(None) => {
-            tracing::warn!(
-                "no cgroup subtree: not root and no systemd delegation; {fallback}. Fix: run \
-                 the miner from its systemd unit (Delegate=yes) or start it as root"
-            );
+            let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+            let host = Host::from_texts(&read("/proc/self/mountinfo"), &read("/proc/self/cgroup"));
+            // systemd sets INVOCATION_ID in every service it starts.
+            let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
+            let why = no_subtree_advice(&host.layout, under_systemd);
+            tracing::warn!("no cgroup subtree: {why}; {fallback}");
             return None;
         }
         Err(e) => {
@@ -391,6 +393,32 @@ fn set_up_subtree(
 
 // ---------------------------------------------------------------------------------------------
 // Pure parts: what the host has, and the files' formats.
+
+/// Why a supervisor got no subtree ([`Subtree::create`] answered `Ok(None)`) and the fix, for
+/// the warning `run` logs. `under_systemd`: started by systemd as a service.
+pub fn no_subtree_advice(layout: &Layout, under_systemd: bool) -> &'static str {
+    match (layout, under_systemd) {
+        (Layout::V1(_), true) => {
+            "this host keeps its cgroup controllers on v1 (a hybrid or legacy hierarchy), and \
+             systemd delegates none of those to a service that is not root. Fix: boot with the \
+             unified hierarchy (Debian 12's default: remove systemd.unified_cgroup_hierarchy=0 \
+             from the kernel command line)"
+        }
+        (Layout::V1(_), false) => {
+            "not root, and cgroup v1 is not delegated to users. Fix: start the miner as root (it \
+             drops to RUN_AS_USER after set-up) or from its systemd unit on a unified-hierarchy host"
+        }
+        (Layout::V2 { .. }, true) => {
+            "systemd did not delegate this service's cgroup. Fix: Delegate=yes in the unit \
+             (systemd/aitbc-miner.service has it; check `systemctl cat aitbc-miner`)"
+        }
+        (Layout::V2 { .. }, false) => {
+            "not root and this cgroup is not delegated. Fix: run the miner from its systemd \
+             unit (Delegate=yes) or start it as root"
+        }
+        (Layout::None, _) => "no cgroup filesystem is mounted. Fix: mount cgroup2 on /sys/fs/cgroup",
+    }
+}
 
 /// One line of `/proc/self/mountinfo`, the fields used here.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -784,6 +812,24 @@ pub(crate) mod tests {
 1:cpu:/
 0::/
 ";
+
+    #[test]
+    fn the_missing_subtree_warning_names_the_cause_and_its_fix() {
+        let v1 = Layout::V1(Vec::new());
+        let v2 = Layout::V2 {
+            mount: PathBuf::from("/sys/fs/cgroup"),
+            own: "/system.slice/aitbc-miner.service".into(),
+        };
+        // The case this host showed under a real systemd 252 (scripts/boot-check): the unit
+        // has Delegate=yes, but the controllers are on v1, so "use Delegate=yes" is no fix.
+        let hybrid = no_subtree_advice(&v1, true);
+        assert!(hybrid.contains("unified hierarchy"), "{hybrid}");
+        assert!(!hybrid.contains("Delegate=yes"), "{hybrid}");
+        assert!(no_subtree_advice(&v1, false).contains("start the miner as root"));
+        assert!(no_subtree_advice(&v2, true).contains("Delegate=yes"));
+        assert!(no_subtree_advice(&v2, false).contains("Delegate=yes"));
+        assert!(no_subtree_advice(&Layout::None, false).contains("cgroup2"));
+    }
 
     #[test]
     fn a_hybrid_host_uses_its_v1_hierarchies_under_the_own_cgroup() {
