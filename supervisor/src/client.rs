@@ -2,12 +2,16 @@
 //! HTTP(S) with `Authorization: Bearer` and an `Idempotency-Key` on every POST.
 //!
 //! The decision "what does this answer mean" ([`classify`]) is pure and unit-tested; the rest is
-//! a thin reqwest wrapper. This module must never log or format the API key or any request
+//! a thin reqwest wrapper. A transport failure carries its whole cause chain ("error sending
+//! request: ...: Connection refused"); [`Client::heartbeat_probe`] also returns the answer's
+//! `Date` and `Server` headers for `aitbc-miner doctor`. This module must never log or format the API key or any request
 //! header, and never treat an empty 2xx body as a job.
 
 use std::time::Duration;
 
-use protocol::api::{FailAck, FailReport, HeartbeatAck, Job, MinerCapabilities, Proof, ProofAck};
+use protocol::api::{
+    Balance, FailAck, FailReport, HeartbeatAck, Job, MinerCapabilities, Proof, ProofAck,
+};
 use serde::de::DeserializeOwned;
 
 use crate::backoff::parse_retry_after;
@@ -15,7 +19,7 @@ use crate::config::ApiKey;
 use crate::Error;
 
 /// Timeout of a POST and the margin added to a long-poll's `wait`.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a call did not give an answer.
@@ -176,10 +180,56 @@ impl Client {
             ])
             .timeout(wait + REQUEST_TIMEOUT)
             .bearer_auth(&self.key);
-        let (status, retry_after, body) = send(req).await?;
-        match classify(status, retry_after.as_deref(), &body) {
+        let Answer {
+            status,
+            headers,
+            body,
+        } = send(req).await?;
+        match classify(status, headers.retry_after.as_deref(), &body) {
             Classified::Empty => Ok(None),
             Classified::Body => parse(status, &body).map(Some),
+            Classified::Error(e) => Err(e),
+        }
+    }
+
+    /// [`Client::heartbeat`] for `aitbc-miner doctor`: the same request, answered together
+    /// with the `Date` and `Server` headers of the answer (when there was one), so the doctor
+    /// can compare clocks even when the key is refused.
+    pub async fn heartbeat_probe(
+        &self,
+        caps: &MinerCapabilities,
+        idempotency_key: &str,
+    ) -> HeartbeatProbe {
+        let (result, headers) = self
+            .post_with_headers("/v1/miner/heartbeat", caps, idempotency_key)
+            .await;
+        HeartbeatProbe {
+            result,
+            date: headers.date,
+            server: headers.server,
+        }
+    }
+
+    /// `GET /v1/wallet/balance?wallet=`: the wallet's balance, for the status report.
+    pub async fn balance(&self, wallet: &str) -> Result<Balance, CallError> {
+        let req = self
+            .http
+            .get(format!("{}/v1/wallet/balance", self.base))
+            .query(&[("wallet", wallet)])
+            .timeout(REQUEST_TIMEOUT)
+            .bearer_auth(&self.key);
+        let Answer {
+            status,
+            headers,
+            body,
+        } = send(req).await?;
+        match classify(status, headers.retry_after.as_deref(), &body) {
+            Classified::Body => parse(status, &body),
+            Classified::Empty => Err(CallError::Refused {
+                status,
+                code: "EMPTY_BODY".into(),
+                message: format!("/v1/wallet/balance answered {status} with an empty body"),
+            }),
             Classified::Error(e) => Err(e),
         }
     }
@@ -190,6 +240,15 @@ impl Client {
         body: &B,
         idempotency_key: &str,
     ) -> Result<T, CallError> {
+        self.post_with_headers(path, body, idempotency_key).await.0
+    }
+
+    async fn post_with_headers<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        idempotency_key: &str,
+    ) -> (Result<T, CallError>, AnswerHeaders) {
         let req = self
             .http
             .post(format!("{}{path}", self.base))
@@ -197,8 +256,16 @@ impl Client {
             .timeout(REQUEST_TIMEOUT)
             .bearer_auth(&self.key)
             .json(body);
-        let (status, retry_after, bytes) = send(req).await?;
-        match classify(status, retry_after.as_deref(), &bytes) {
+        let answer = match send(req).await {
+            Ok(a) => a,
+            Err(e) => return (Err(e), AnswerHeaders::default()),
+        };
+        let Answer {
+            status,
+            headers,
+            body: bytes,
+        } = answer;
+        let result = match classify(status, headers.retry_after.as_deref(), &bytes) {
             Classified::Body => parse(status, &bytes),
             Classified::Empty => Err(CallError::Refused {
                 status,
@@ -206,27 +273,74 @@ impl Client {
                 message: format!("{path} answered {status} with an empty body"),
             }),
             Classified::Error(e) => Err(e),
-        }
+        };
+        (result, headers)
     }
 }
 
-async fn send(req: reqwest::RequestBuilder) -> Result<(u16, Option<String>, Vec<u8>), CallError> {
-    // reqwest's error Display names the URL, never the headers.
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| CallError::Transport(e.without_url().to_string()))?;
+/// A heartbeat's answer with the headers `doctor` reads (see [`Client::heartbeat_probe`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatProbe {
+    pub result: Result<HeartbeatAck, CallError>,
+    /// The answer's `Date` header (RFC 9110 IMF-fixdate), when it had one.
+    pub date: Option<String>,
+    /// The answer's `Server` header, when it had one.
+    pub server: Option<String>,
+}
+
+/// The headers of an answer the client looks at. None of them is a request header.
+#[derive(Debug, Clone, Default)]
+struct AnswerHeaders {
+    retry_after: Option<String>,
+    date: Option<String>,
+    server: Option<String>,
+}
+
+/// An HTTP answer: status, the headers above, body.
+struct Answer {
+    status: u16,
+    headers: AnswerHeaders,
+    body: Vec<u8>,
+}
+
+/// `e` and its sources joined with `": "` (reqwest's own Display stops at "error sending
+/// request"; the cause, e.g. "Connection refused" or a TLS complaint, is in the sources).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+async fn send(req: reqwest::RequestBuilder) -> Result<Answer, CallError> {
+    // reqwest's error Display names the URL (removed here), never the headers.
+    let transport = |e: reqwest::Error| CallError::Transport(error_chain(&e.without_url()));
+    let resp = req.send().await.map_err(transport)?;
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| CallError::Transport(e.without_url().to_string()))?;
-    Ok((status, retry_after, body.to_vec()))
+    let header = |name: reqwest::header::HeaderName| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let headers = AnswerHeaders {
+        retry_after: header(reqwest::header::RETRY_AFTER),
+        date: header(reqwest::header::DATE),
+        server: header(reqwest::header::SERVER),
+    };
+    let body = resp.bytes().await.map_err(transport)?;
+    Ok(Answer {
+        status,
+        headers,
+        body: body.to_vec(),
+    })
 }
 
 fn parse<T: DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, CallError> {
@@ -276,6 +390,27 @@ mod tests {
             classify(408, None, b""),
             Classified::Error(CallError::Retry { .. })
         ));
+    }
+
+    #[test]
+    fn transport_errors_name_their_cause() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error sending request")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused",
+        ));
+        assert_eq!(error_chain(&e), "error sending request: Connection refused");
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub const KEYS: &[&str] = &[
     "SANDBOX_FS",
     "GPU_POLL_MS",
     "GPU_MAX_TEMP_C",
+    "STATUS_SOCKET",
+    "METRICS_FILE",
+    "METRICS_INTERVAL_SECS",
 ];
 
 /// Keys without a default: the miner cannot start without them.
@@ -125,7 +128,23 @@ pub struct Config {
     /// `GPU_MAX_TEMP_C` (default 90, 1 to 200): at or above this temperature the GPU counts as
     /// unhealthy and the miner takes no GPU jobs.
     pub gpu_max_temp_c: u32,
+    /// `STATUS_SOCKET` (default [`DEFAULT_STATUS_SOCKET`]; empty: none): the Unix socket the
+    /// daemon answers `aitbc-miner status` on. A directory that does not exist means a warning
+    /// and no socket, never a failed start.
+    pub status_socket: Option<PathBuf>,
+    /// `METRICS_FILE` (default none): a Prometheus text file (node_exporter's textfile
+    /// collector), rewritten atomically every `METRICS_INTERVAL_SECS`.
+    pub metrics_file: Option<PathBuf>,
+    /// `METRICS_INTERVAL_SECS` (default 15, > 0, decimals allowed).
+    pub metrics_interval: Duration,
 }
+
+/// Where the daemon serves its status (`aitbc-miner status`) when `STATUS_SOCKET` is not set:
+/// inside systemd's `RuntimeDirectory=aitbc-miner`.
+pub const DEFAULT_STATUS_SOCKET: &str = "/run/aitbc-miner/status.sock";
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+pub(crate) const MAX_SOCKET_PATH: usize = 107;
 
 /// The user [`Config::run_as_user`] defaults to.
 pub const DEFAULT_RUN_AS_USER: &str = "aitbc-miner";
@@ -958,6 +977,36 @@ fn parse_optional_path(text: &str) -> Result<Option<PathBuf>, String> {
         .map_err(|e| format!("{e} (or empty for none)"))
 }
 
+/// `STATUS_SOCKET`: empty disables it; otherwise an absolute path short enough for a Unix socket
+/// address.
+fn parse_status_socket(text: &str) -> Result<Option<PathBuf>, String> {
+    const EXPECTED: &str = "expected an absolute path of at most 107 bytes (a Unix socket \
+                            address), e.g. /run/aitbc-miner/status.sock, or empty for none";
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let path = PathBuf::from(text);
+    if !path.is_absolute() || text.len() > MAX_SOCKET_PATH || text.ends_with('/') {
+        return Err(EXPECTED.into());
+    }
+    Ok(Some(path))
+}
+
+/// `METRICS_FILE`: empty disables it; otherwise an absolute path naming a file (the temporary
+/// file is written beside it).
+fn parse_metrics_file(text: &str) -> Result<Option<PathBuf>, String> {
+    const EXPECTED: &str = "expected an absolute file path, e.g. \
+                            /var/lib/prometheus/node-exporter/aitbc_miner.prom, or empty for none";
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let path = PathBuf::from(text);
+    if !path.is_absolute() || text.ends_with('/') || path.file_name().is_none() {
+        return Err(EXPECTED.into());
+    }
+    Ok(Some(path))
+}
+
 fn parse_accel_mode(text: &str) -> Result<AccelMode, String> {
     match text.to_ascii_lowercase().as_str() {
         "auto" => Ok(AccelMode::Auto),
@@ -1109,6 +1158,15 @@ pub fn resolve(
         parse_int(t, 10, 60_000, "500").map(Duration::from_millis)
     })?;
     let gpu_max_temp_c = look.get("GPU_MAX_TEMP_C", 90, |t| parse_u32(t, 1, 200, "90"))?;
+    let status_socket = look.get(
+        "STATUS_SOCKET",
+        Some(PathBuf::from(DEFAULT_STATUS_SOCKET)),
+        parse_status_socket,
+    )?;
+    let metrics_file = look.get("METRICS_FILE", None, parse_metrics_file)?;
+    let metrics_interval = look.get("METRICS_INTERVAL_SECS", Duration::from_secs(15), |t| {
+        parse_secs(t, false)
+    })?;
 
     Ok(Config {
         source: raw.path.clone(),
@@ -1135,7 +1193,26 @@ pub fn resolve(
         sandbox_fs,
         gpu_poll,
         gpu_max_temp_c,
+        status_socket,
+        metrics_file,
+        metrics_interval,
     })
+}
+
+/// `STATUS_SOCKET` alone, as [`resolve`] would read it (environment first, then the file,
+/// then the default), for `aitbc-miner status`, which needs no other key: `None` when the
+/// socket is disabled.
+pub fn status_socket(
+    raw: &RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    host: &HostFacts,
+) -> Result<Option<PathBuf>, Error> {
+    let look = Lookup { raw, env, host };
+    look.get(
+        "STATUS_SOCKET",
+        Some(PathBuf::from(DEFAULT_STATUS_SOCKET)),
+        parse_status_socket,
+    )
 }
 
 /// The warning for a config file whose permission bits let group or others in, when it holds
@@ -1295,6 +1372,17 @@ GPU_POLL_MS=500
 # At or above this temperature (°C) the GPU is unhealthy and the miner takes no GPU jobs.
 GPU_MAX_TEMP_C=90
 
+# --- Status and metrics -------------------------------------------------------------------
+
+# The Unix socket `aitbc-miner status` asks (mode 0600, local only: no TCP port is opened);
+# empty: none. If its directory does not exist the miner warns once and runs without it.
+STATUS_SOCKET="/run/aitbc-miner/status.sock"
+# A Prometheus text file for node_exporter's textfile collector, rewritten atomically (e.g.
+# /var/lib/prometheus/node-exporter/aitbc_miner.prom); empty: none.
+METRICS_FILE=""
+# How often METRICS_FILE is rewritten (seconds, > 0).
+METRICS_INTERVAL_SECS=15
+
 # --- Logging ------------------------------------------------------------------------------
 
 # Log file, appended to (never truncated); empty: stderr only (journald under systemd).
@@ -1379,6 +1467,75 @@ mod tests {
         assert_eq!(c.worker_exe, None);
         assert_eq!(c.run_as_user, "aitbc-miner");
         assert_eq!(c.sandbox_fs, SandboxFs::Auto);
+        assert_eq!(
+            c.status_socket,
+            Some(PathBuf::from("/run/aitbc-miner/status.sock"))
+        );
+        assert_eq!(c.metrics_file, None);
+        assert_eq!(c.metrics_interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn status_and_metrics_keys() {
+        let c = config_with(
+            "STATUS_SOCKET=/tmp/m/status.sock\nMETRICS_FILE=/var/lib/node-exporter/m.prom\n\
+             METRICS_INTERVAL_SECS=0.25",
+        )
+        .unwrap();
+        assert_eq!(c.status_socket, Some(PathBuf::from("/tmp/m/status.sock")));
+        assert_eq!(
+            c.metrics_file,
+            Some(PathBuf::from("/var/lib/node-exporter/m.prom"))
+        );
+        assert_eq!(c.metrics_interval, Duration::from_millis(250));
+        let c = config_with("STATUS_SOCKET=\"\"\nMETRICS_FILE=").unwrap();
+        assert_eq!((c.status_socket, c.metrics_file), (None, None));
+        let longest = format!("/{}", "s".repeat(106));
+        let c = config_with(&format!("STATUS_SOCKET={longest}")).unwrap();
+        assert_eq!(c.status_socket, Some(PathBuf::from(&longest)));
+
+        let cases: &[(&str, &str)] = &[
+            ("STATUS_SOCKET=status.sock", "miner.conf:5: STATUS_SOCKET=\"status.sock\": expected an absolute path of at most 107 bytes (a Unix socket address), e.g. /run/aitbc-miner/status.sock, or empty for none"),
+            ("STATUS_SOCKET=/run/aitbc-miner/", "miner.conf:5: STATUS_SOCKET=\"/run/aitbc-miner/\": expected an absolute path"),
+            ("METRICS_FILE=m.prom", "miner.conf:5: METRICS_FILE=\"m.prom\": expected an absolute file path, e.g. /var/lib/prometheus/node-exporter/aitbc_miner.prom, or empty for none"),
+            ("METRICS_FILE=/var/lib/x/", "miner.conf:5: METRICS_FILE=\"/var/lib/x/\": expected an absolute file path"),
+            ("METRICS_FILE=/", "miner.conf:5: METRICS_FILE=\"/\": expected an absolute file path"),
+            ("METRICS_INTERVAL_SECS=0", "miner.conf:5: METRICS_INTERVAL_SECS=\"0\": expected seconds greater than 0, e.g. 3 or 0.5"),
+            ("METRICS_INTERVAL_SECS=often", "miner.conf:5: METRICS_INTERVAL_SECS=\"often\": expected seconds greater than 0"),
+        ];
+        for (line, want) in cases {
+            let got = error_of(line);
+            assert!(got.contains(want), "for {line}: got {got:?}, want {want:?}");
+        }
+        let too_long = format!("STATUS_SOCKET=/{}", "s".repeat(107));
+        assert!(error_of(&too_long).contains("at most 107 bytes"));
+
+        // `aitbc-miner status` reads the one key the same way: environment, file, default.
+        let (raw, _) = parse("STATUS_SOCKET=/f/s.sock\n", "f").unwrap();
+        assert_eq!(
+            status_socket(&raw, &no_env, &host()).unwrap(),
+            Some(PathBuf::from("/f/s.sock"))
+        );
+        let env = |k: &str| (k == "STATUS_SOCKET").then(|| "/e/s.sock".to_string());
+        assert_eq!(
+            status_socket(&raw, &env, &host()).unwrap(),
+            Some(PathBuf::from("/e/s.sock"))
+        );
+        let (empty, _) = parse("", "f").unwrap();
+        assert_eq!(
+            status_socket(&empty, &no_env, &host()).unwrap(),
+            Some(PathBuf::from(DEFAULT_STATUS_SOCKET))
+        );
+        let (off, _) = parse("STATUS_SOCKET=''\n", "f").unwrap();
+        assert_eq!(status_socket(&off, &no_env, &host()).unwrap(), None);
+        let (bad, _) = parse("STATUS_SOCKET=rel\n", "f").unwrap();
+        let err = status_socket(&bad, &no_env, &host())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("f:1: STATUS_SOCKET=\"rel\": expected"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,30 +1,51 @@
-//! `aitbc-miner doctor`: what confinement this host gives the miner, one line per check, with a
-//! fix where one applies.
+//! `aitbc-miner doctor`: everything an operator should know before the first job, one line
+//! per check, each non-ok line with its fix: the config file (valid, mode, owner), the user the
+//! miner becomes, its directories, the Coordinator (a real heartbeat: reachable, key accepted),
+//! the clock, every confinement mechanism, the GPU (NVML, libcuda, cuBLAS), and a live
+//! self-test that runs a tiny job with a known answer through the real confined worker path
+//! (on the GPU too when there is one).
 //!
 //! Two halves, kept apart so the decisions are tested without touching the host:
 //! - small **probes** ([`gather`]) read facts: `prctl`, `/proc/self/status`, the Landlock ABI
 //!   (`landlock_create_ruleset` with `LANDLOCK_CREATE_RULESET_VERSION`), the cgroup mounts in
 //!   `/proc/self/mountinfo` and `/proc/self/cgroup`, swap accounting, each namespace created in
 //!   a forked child running as the run-as user, this process's credentials, the config file,
-//!   and a live self-test (one real confined worker started through
-//!   [`WorkerProcess::start`](crate::worker_proc::WorkerProcess::start), its `Hello.sandbox`
-//!   line, then retired);
+//!   the directories ([`dirs`]), one heartbeat ([`coordinator`]), `adjtimex` ([`clock`]), NVML
+//!   and the dynamic loader ([`gpu`]), and the self-test ([`self_test`]);
 //! - pure **checks** ([`checks`]) turn [`Facts`] into [`Line`]s:
-//!   `ok|warn|FAIL  <check>: <finding>[ — fix: <what to do>]`.
+//!   `ok|warn|FAIL|skip  <check>: <finding>[ — fix: <what to do>]`.
 //!
-//! A report with any `FAIL` line means the miner would not run (or would run unconfined) here;
-//! `warn` means it runs with a weaker fallback.
+//! A report with any `FAIL` line means the miner would not run here, would run unconfined, or
+//! would compute wrong answers; the exit status is then 1. `warn` means it runs with a weaker
+//! fallback or a risk the operator should know about; `skip` that a check did not apply or
+//! could not run (it says why, and how to make it apply).
 //!
 //! This module must never panic on what it finds (every probe error becomes a line), never
-//! change the host (the namespace probes live and die in a child; the self-test's worker is
-//! retired and reaped), and never print the API key.
+//! change the host beyond what the miner itself would do on start (the namespace and write
+//! probes live and die in a child or remove what they create; the self-test's worker is
+//! reaped and its cgroup and job directory removed; the heartbeat registers `MINER_ID` as
+//! `run` would), and never print the API key.
+
+pub mod clock;
+pub mod coordinator;
+pub mod dirs;
+pub mod gpu;
+pub mod self_test;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use protocol::api::Mode;
+use protocol::wire::WorkerKind;
+
 use crate::config::{self, Config, SandboxFs};
-use crate::privilege::{self, Credentials};
+use crate::privilege::{self, Credentials, Need};
+
+pub use coordinator::CoordinatorFacts;
+pub use dirs::{DirFacts, DirUser};
+pub use gpu::GpuFacts;
+pub use self_test::SelfTest;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,17 +54,21 @@ pub enum Status {
     Ok,
     /// The miner runs, with a weaker fallback or a risk the operator should know about.
     Warn,
-    /// The miner would not start, or would run jobs without a confinement it promises.
+    /// The miner would not start, would run jobs without a confinement it promises, or would
+    /// compute wrong answers.
     Fail,
+    /// Not applicable here, or not attempted because something it needs is missing.
+    Skip,
 }
 
 impl Status {
-    /// `ok`, `warn` or `FAIL`.
+    /// `ok`, `warn`, `FAIL` or `skip`.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Ok => "ok",
             Status::Warn => "warn",
             Status::Fail => "FAIL",
+            Status::Skip => "skip",
         }
     }
 }
@@ -103,12 +128,16 @@ pub fn any_failed(lines: &[Line]) -> bool {
 pub struct ConfigFacts {
     /// The file.
     pub path: PathBuf,
+    /// Whether it exists (when it does not, the settings come from the environment alone).
+    pub exists: bool,
     /// Its permission bits, when it could be opened.
     pub mode: Option<u32>,
+    /// Its owner's uid, when it could be opened.
+    pub owner: Option<u32>,
     /// `Err(message)` when it could not be read or is not valid.
     pub loaded: Result<(), String>,
-    /// Its warnings (unknown keys and the like), as text.
-    pub warnings: Vec<String>,
+    /// Its warnings (unknown keys and the like).
+    pub warnings: Vec<config::Warning>,
     /// Whether it holds `API_KEY`.
     pub holds_api_key: bool,
 }
@@ -201,11 +230,25 @@ pub struct Facts {
     pub credentials: Result<Credentials, String>,
     /// The config file, when one was checked.
     pub config: Option<ConfigFacts>,
-    /// The self-test, when it was asked for.
+    /// `STATE_DIR`, its spool and `WORK_DIR`, as the run-as user meets them (empty when the
+    /// run-as user is unknown).
+    pub dirs: Vec<DirFacts>,
+    /// Whom the directories were checked for.
+    pub dir_user: Option<DirUser>,
+    /// The heartbeat, when one was asked for.
+    pub coordinator: Option<CoordinatorFacts>,
+    /// The kernel's clock state (`adjtimex`).
+    pub clock: Result<clock::KernelClock, i32>,
+    /// The GPU probes.
+    pub gpu: GpuFacts,
+    /// The CPU self-test, when it was asked for.
     pub self_test: Option<SelfTest>,
+    /// The GPU self-test, when the self-test was asked for.
+    pub gpu_self_test: Option<SelfTest>,
 }
 
-fn errno_text(errno: i32) -> String {
+/// `strerror` text and the errno's name, e.g. `Permission denied (EACCES)`.
+pub fn errno_text(errno: i32) -> String {
     format!(
         "{} ({})",
         nix::errno::Errno::from_raw(errno).desc(),
@@ -489,12 +532,12 @@ pub fn check_identity(id: &Identity) -> Line {
             "user",
             format!("runs as {me}; not root, so there is nothing to drop (RUN_AS_USER is not used)"),
         ),
-        Some(Ok((uid, gid))) if *uid == 0 => Line::new(
+        Some(Ok((0, _))) => Line::new(
             Status::Fail,
             "user",
             format!("runs as {me} and RUN_AS_USER={} is root too: jobs would run as root", id.run_as_user),
         )
-        .fix("set RUN_AS_USER to an unprivileged user, e.g. aitbc-miner; gid {gid}"),
+        .fix("set RUN_AS_USER to an unprivileged user, e.g. aitbc-miner (useradd --system --no-create-home aitbc-miner)"),
         Some(Ok((uid, gid))) => Line::new(
             Status::Ok,
             "user",
@@ -524,7 +567,8 @@ pub fn check_privileges(creds: &Result<Credentials, String>, root: bool) -> Vec<
                 Status::Warn,
                 "capabilities",
                 format!("cannot read this process's credentials: {e}"),
-            )]
+            )
+            .fix("make sure /proc is mounted and readable, then run doctor again")]
         }
     };
     let nnp = Line::new(
@@ -569,23 +613,52 @@ pub fn check_privileges(creds: &Result<Credentials, String>, root: bool) -> Vec<
     vec![nnp, caps]
 }
 
-/// The config lines.
-pub fn check_config(c: &ConfigFacts) -> Vec<Line> {
+/// The config lines: valid, then the file's mode and owner. `identity` says who must be able
+/// to read it and who may own it (root, or the user the miner runs as).
+pub fn check_config(c: &ConfigFacts, identity: &Identity) -> Vec<Line> {
     let shown = c.path.display().to_string();
-    let mut lines = vec![match &c.loaded {
-        Ok(()) => Line::new(Status::Ok, "config", format!("{shown} is readable and valid")),
-        Err(message) => Line::new(Status::Fail, "config", message.clone())
+    let write_one = format!(
+        "aitbc-miner example-config > {shown}, fill in COORD_URL, WALLET_ADDR, API_KEY and \
+         MINER_ID, then chmod 600 {shown}"
+    );
+    let mut lines = vec![match (&c.loaded, c.exists) {
+        (Ok(()), true) => Line::new(Status::Ok, "config", format!("{shown} is readable and valid")),
+        (Ok(()), false) => Line::new(
+            Status::Ok,
+            "config",
+            format!("no file at {shown}; every setting comes from the environment"),
+        ),
+        (Err(message), true) => Line::new(Status::Fail, "config", message.clone())
             .fix("correct the value named above; `aitbc-miner example-config` prints every key with its default"),
+        (Err(message), false) => Line::new(Status::Fail, "config", message.clone()).fix(write_one),
     }];
     for w in &c.warnings {
-        // The permission warning has its own line below.
-        if !w.contains("lets group or others access") {
-            lines.push(Line::new(Status::Warn, "config", w.clone()));
-        }
+        let fix = match &w.kind {
+            // The permission warning has its own line below.
+            config::WarningKind::InsecurePermissions { .. } => continue,
+            config::WarningKind::UnknownKey { .. } => {
+                "correct or remove the line; `aitbc-miner example-config` lists every key"
+            }
+            config::WarningKind::DuplicateKey { .. } => "keep one of the two lines",
+            config::WarningKind::LiteralDollar { .. } => {
+                "write the value out in full; only $(hostname) and $(hostname -s) are expanded"
+            }
+        };
+        lines.push(Line::new(Status::Warn, "config", w.to_string()).fix(fix));
     }
     if let Some(mode) = c.mode {
         let mode = mode & 0o7777;
-        lines.push(if mode & 0o077 != 0 {
+        lines.push(if mode & 0o022 != 0 {
+            Line::new(
+                Status::Fail,
+                "config mode",
+                format!(
+                    "{shown} is mode {mode:04o}: group or others can change it, and so redirect \
+                     the rewards (WALLET_ADDR) or run their own program as the miner (WORKER_EXE)"
+                ),
+            )
+            .fix(format!("chmod 600 {shown}"))
+        } else if mode & 0o077 != 0 {
             Line::new(
                 Status::Warn,
                 "config mode",
@@ -607,25 +680,69 @@ pub fn check_config(c: &ConfigFacts) -> Vec<Line> {
             )
         });
     }
+    if let Some(owner) = c.owner {
+        lines.push(check_config_owner(
+            &shown,
+            owner,
+            c.mode.unwrap_or(0),
+            identity,
+        ));
+    }
     lines
 }
 
-/// The self-test line.
-pub fn check_self_test(result: &SelfTest) -> Line {
-    match result {
-        SelfTest::Skipped(why) => Line::new(Status::Warn, "self-test", format!("skipped: {why}"))
-            .fix("fix the FAIL lines above, then run doctor again"),
-        SelfTest::Started(sandbox) => Line::new(
+/// The `config owner` line: the file must belong to root or to the user the miner runs as
+/// (anyone else who owns it can change the miner's settings), and that user must be able to
+/// read it, since the systemd unit starts the miner as that user.
+fn check_config_owner(shown: &str, owner: u32, mode: u32, id: &Identity) -> Line {
+    // Who the miner runs as: RUN_AS_USER when the doctor is root, else this user.
+    let (user, uid) = match &id.run_as {
+        Some(Ok((uid, _))) => (id.run_as_user.as_str(), *uid),
+        Some(Err(_)) => {
+            return Line::new(
+                Status::Skip,
+                "config owner",
+                format!("not checked: RUN_AS_USER={} does not exist", id.run_as_user),
+            )
+            .fix("fix the user line, then run doctor again")
+        }
+        None => (id.name.as_str(), id.uid),
+    };
+    let owner_name = privilege::user_name(owner);
+    let chown = format!("chown {user}: {shown}");
+    if owner == uid {
+        Line::new(
             Status::Ok,
-            "self-test",
-            format!("a confined worker started and reported: {sandbox}"),
-        ),
-        SelfTest::Failed(message) => Line::new(
-            Status::Fail,
-            "self-test",
-            format!("no confined worker could start: {message}"),
+            "config owner",
+            format!("{shown} belongs to {user}, the user the miner runs as"),
         )
-        .fix("see the lines above; run with LOG_LEVEL=debug for the worker's own message"),
+    } else if owner == 0 && mode & 0o004 == 0 && id.uid == 0 {
+        Line::new(
+            Status::Warn,
+            "config owner",
+            format!(
+                "{shown} belongs to root and {user} cannot read it: fine for `run` started as \
+                 root (it reads the file before dropping to {user}), but the systemd unit starts \
+                 as {user} and would fail"
+            ),
+        )
+        .fix(chown)
+    } else if owner == 0 {
+        Line::new(
+            Status::Ok,
+            "config owner",
+            format!("{shown} belongs to root"),
+        )
+    } else {
+        Line::new(
+            Status::Warn,
+            "config owner",
+            format!(
+                "{shown} belongs to {owner_name} (uid {owner}), neither root nor {user}: that \
+                 user can change the miner's settings"
+            ),
+        )
+        .fix(chown)
     }
 }
 
@@ -633,9 +750,32 @@ pub fn check_self_test(result: &SelfTest) -> Line {
 pub fn checks(facts: &Facts) -> Vec<Line> {
     let mut lines = Vec::new();
     if let Some(c) = &facts.config {
-        lines.extend(check_config(c));
+        lines.extend(check_config(c, &facts.identity));
     }
     lines.push(check_identity(&facts.identity));
+    match &facts.dir_user {
+        Some(user) => lines.extend(facts.dirs.iter().map(|d| dirs::check(d, user))),
+        None => lines.push(
+            Line::new(
+                Status::Skip,
+                "state dir",
+                format!(
+                    "STATE_DIR, its spool and WORK_DIR not checked: RUN_AS_USER={} does not exist",
+                    facts.identity.run_as_user
+                ),
+            )
+            .fix("fix the user line, then run doctor again"),
+        ),
+    }
+    if let Some(c) = &facts.coordinator {
+        lines.push(coordinator::check(c));
+        let (offset, why) = match c {
+            CoordinatorFacts::Probed(p) => (p.offset(), "the Coordinator did not answer"),
+            CoordinatorFacts::Skipped(_) => (None, "the Coordinator was not contacted"),
+        };
+        lines.push(clock::check_offset(offset, why));
+    }
+    lines.push(clock::check_sync(&facts.clock));
     lines.extend(check_privileges(
         &facts.credentials,
         facts.identity.uid == 0,
@@ -653,8 +793,12 @@ pub fn checks(facts: &Facts) -> Vec<Line> {
     };
     lines.extend(check_namespaces(&facts.namespaces, &as_user, needed_mount));
     lines.extend(check_cgroup(&facts.cgroup, &facts.identity));
+    lines.extend(gpu::check(&facts.gpu));
     if let Some(result) = &facts.self_test {
-        lines.push(check_self_test(result));
+        lines.push(self_test::check(result, WorkerKind::Cpu));
+    }
+    if let Some(result) = &facts.gpu_self_test {
+        lines.push(self_test::check(result, WorkerKind::Gpu));
     }
     lines
 }
@@ -834,8 +978,16 @@ pub fn probe_namespace(ns: Namespace, run_as: Option<(u32, u32)>) -> Result<(), 
 
 /// Reads the config file for the report: validity, warnings and mode.
 pub fn probe_config(path: &Path) -> (ConfigFacts, Option<Config>) {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok().map(|m| m.permissions().mode());
+    probe_config_at(path, Some(path))
+}
+
+/// [`probe_config`] for the file `run` would read: `named` is `--config` (`None`: the default
+/// path, which may be absent, in which case the environment alone must complete the settings).
+fn probe_config_at(path: &Path, named: Option<&Path>) -> (ConfigFacts, Option<Config>) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok();
+    let mode = meta.as_ref().map(MetadataExt::mode);
+    let owner = meta.as_ref().map(MetadataExt::uid);
     let holds_api_key = std::fs::read_to_string(path)
         .map(|t| {
             t.lines().any(|l| {
@@ -846,14 +998,16 @@ pub fn probe_config(path: &Path) -> (ConfigFacts, Option<Config>) {
             })
         })
         .unwrap_or(false);
-    let (loaded, warnings, config) = match config::load(Some(path)) {
-        Ok((c, w)) => (Ok(()), w.iter().map(ToString::to_string).collect(), Some(c)),
+    let (loaded, warnings, config) = match config::load(named) {
+        Ok((c, w)) => (Ok(()), w, Some(c)),
         Err(e) => (Err(e.to_string()), Vec::new(), None),
     };
     (
         ConfigFacts {
             path: path.to_path_buf(),
+            exists: meta.is_some(),
             mode,
+            owner,
             loaded,
             warnings,
             holds_api_key,
@@ -877,108 +1031,35 @@ pub fn default_config() -> Result<Config, String> {
     config::resolve(&raw, &env, &config::HostFacts::detect()).map_err(|e| e.to_string())
 }
 
-/// Starts one real confined worker the way the supervisor does, reads its Hello and retires
-/// it. Blocks; builds its own single-threaded runtime.
-pub fn probe_self_test(config: &Config, timeout: Duration) -> SelfTest {
-    match start_one_worker(config, timeout) {
-        Ok(report) => SelfTest::Started(report),
-        Err(message) => SelfTest::Failed(message),
-    }
-}
-
-fn start_one_worker(config: &Config, timeout: Duration) -> Result<String, String> {
-    use crate::worker_proc::{WorkerCommand, WorkerProcess};
-    let mut cmd = WorkerCommand::for_config(config).map_err(|e| e.to_string())?;
-    // Its job directory goes to a fresh temporary directory, not the operator's WORK_DIR;
-    // a root doctor's worker runs as RUN_AS_USER, which must pass through it (0711).
-    let scratch = tempfile_dir().map_err(|e| format!("creating a temporary directory: {e}"))?;
-    cmd.work_dir = scratch.0.clone();
-    // The worker gets its own cgroup as under `run`; the subtree (`doctor.<pid>`) is removed
-    // when the test ends.
-    cmd.subtree = crate::cgroup::workers_subtree("doctor");
-    let where_ = cmd.subtree.as_ref().map(|t| t.describe());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting a runtime: {e}"))?;
-    rt.block_on(async {
-        let worker = WorkerProcess::start(&cmd, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let hello = worker.hello().clone();
-        match worker.retire().await {
-            Some(crate::policy::ExitStatus::Exited(0)) => {}
-            other => {
-                return Err(format!(
-                    "the worker said Hello ({}) but then ended with {other:?}",
-                    hello.sandbox
-                ))
-            }
-        }
-        Ok(format!(
-            "{} (pid {}, {:?} worker, {})",
-            hello.sandbox,
-            hello.pid,
-            hello.kind,
-            where_.as_deref().unwrap_or("no per-worker cgroup")
-        ))
-    })
-}
-
-/// A temporary directory removed on drop (the library has no `tempfile` dependency).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Creates `/tmp/aitbc-doctor-<pid>-<random>` with mode 0711.
-fn tempfile_dir() -> std::io::Result<TempDir> {
-    use std::os::unix::fs::DirBuilderExt;
-    let path = std::env::temp_dir().join(format!(
-        "aitbc-doctor-{}-{:016x}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::DirBuilder::new().mode(0o711).create(&path)?;
-    // DirBuilder applies the umask; set the mode exactly.
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
-    Ok(TempDir(path))
-}
-
-/// How the self-test went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SelfTest {
-    /// A worker started; what it reported (`Hello.sandbox`) and where it ran.
-    Started(String),
-    /// No worker could start: why.
-    Failed(String),
-    /// Not attempted, because an earlier check already failed: why.
-    Skipped(String),
-}
-
 /// What [`gather`] needs to be told.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// The config file to check (`--config`), if any.
+    /// The config file to check (`--config`); `None`: the default path, or the environment
+    /// alone when it is absent (as `run` does).
     pub config: Option<PathBuf>,
-    /// Whether to start a real worker.
+    /// Whether to run the self-test (real workers, a known-answer job).
     pub self_test: bool,
-    /// How long the self-test's worker may take to say Hello.
+    /// How long a self-test worker may take to say Hello.
     pub self_test_timeout: Duration,
+    /// How long the self-test's job may take once handed over.
+    pub self_test_job_timeout: Duration,
+    /// Whether to send one heartbeat to the Coordinator.
+    pub coordinator: bool,
+    /// How long the heartbeat may take, connection included.
+    pub coordinator_timeout: Duration,
 }
 
 /// Runs every probe. Never panics; whatever fails becomes part of the facts.
+///
+/// Order matters: the probes that fork (namespaces, directory write probes) run while this
+/// process still has one thread; the heartbeat, NVML and the self-test come after.
 pub fn gather(options: &Options) -> Facts {
     let (config_facts, loaded) = match &options.config {
-        Some(path) => {
-            let (facts, config) = probe_config(path);
-            (Some(facts), config)
-        }
-        None => (None, None),
+        Some(path) => probe_config_at(path, Some(path)),
+        None => probe_config_at(Path::new(config::DEFAULT_PATH), None),
     };
+    let config_facts = Some(config_facts);
+    let real = loaded.is_some();
     let config = loaded.map(Ok).unwrap_or_else(default_config);
     let (run_as_user, sandbox_fs) = match &config {
         Ok(c) => (c.run_as_user.clone(), c.sandbox_fs),
@@ -1001,10 +1082,90 @@ pub fn gather(options: &Options) -> Facts {
     };
     let probe_as = run_as.and_then(Result::ok);
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let self_test = options.self_test.then(|| match &config {
-        Ok(c) if identity.run_as.as_ref().is_none_or(Result::is_ok) => {
-            probe_self_test(c, options.self_test_timeout)
+    let namespaces = Namespace::ALL
+        .iter()
+        .map(|ns| (*ns, probe_namespace(*ns, probe_as)))
+        .collect();
+    let dir_user = match (&identity.run_as, probe_as) {
+        (None, _) => Some(DirUser {
+            name: identity.name.clone(),
+            uid,
+            gid: nix::unistd::getegid().as_raw(),
+            root: false,
+        }),
+        (Some(_), Some((uid, gid))) => Some(DirUser {
+            name: identity.run_as_user.clone(),
+            uid,
+            gid,
+            root: true,
+        }),
+        (Some(_), None) => None,
+    };
+    let dirs = match (&config, &dir_user) {
+        (Ok(c), Some(user)) => vec![
+            dirs::probe("STATE_DIR", &c.state_dir, Need::Traverse, user, None),
+            dirs::probe(
+                "STATE_DIR/spool",
+                &c.state_dir.join("spool"),
+                Need::ReadWrite,
+                user,
+                Some(&c.state_dir),
+            ),
+            dirs::probe("WORK_DIR", &c.work_dir, Need::ReadWrite, user, None),
+        ],
+        _ => Vec::new(),
+    };
+    let cgroup = probe_cgroup(probe_as);
+    // Threads may start from here on (NVML, the runtimes of the heartbeat and self-test).
+    let gpu = match &config {
+        Ok(c) => gpu::probe(c.accel_mode, c.job_limits_max.vram_mb),
+        Err(_) => gpu::probe(config::AccelMode::Auto, 0),
+    };
+    let coordinator = options.coordinator.then(|| match (&config, real) {
+        (Ok(c), true) => {
+            let report = gpu
+                .probe
+                .as_ref()
+                .map(|p| p.report.clone())
+                .unwrap_or_else(|| crate::gpu::GpuReport::not_probed("ACCEL_MODE=cpu"));
+            let mode = gpu.mode();
+            let health = (mode == Mode::Gpu)
+                .then(|| crate::gpu::nvml::Nvml::get().ok())
+                .flatten()
+                .map(|n| {
+                    let limits = crate::gpu::HealthLimits {
+                        max_temp_c: c.gpu_max_temp_c,
+                    };
+                    crate::gpu::decide_health(&n.readings(), 0, limits)
+                });
+            let caps = crate::runtime::capabilities(c, mode, &report, health);
+            coordinator::probe(c, &caps, options.coordinator_timeout)
         }
+        _ => CoordinatorFacts::Skipped(
+            "the config is missing or invalid (see the config line)".into(),
+        ),
+    });
+    let user_ok = identity.run_as.as_ref().is_none_or(Result::is_ok);
+    let self_test = options.self_test.then(|| match &config {
+        Ok(c) if user_ok => self_test::probe(
+            c,
+            WorkerKind::Cpu,
+            options.self_test_timeout,
+            options.self_test_job_timeout,
+        ),
+        Ok(_) => SelfTest::Skipped("the run-as user does not exist".into()),
+        Err(e) => SelfTest::Skipped(format!("no usable config: {e}")),
+    });
+    let gpu_self_test = options.self_test.then(|| match &config {
+        Ok(_) if gpu.mode() != Mode::Gpu => {
+            SelfTest::Skipped("no usable GPU here (see the gpu lines); jobs run on the CPU".into())
+        }
+        Ok(c) if user_ok => self_test::probe(
+            c,
+            WorkerKind::Gpu,
+            options.self_test_timeout,
+            options.self_test_job_timeout,
+        ),
         Ok(_) => SelfTest::Skipped("the run-as user does not exist".into()),
         Err(e) => SelfTest::Skipped(format!("no usable config: {e}")),
     });
@@ -1013,15 +1174,18 @@ pub fn gather(options: &Options) -> Facts {
         seccomp_status: status_field(&status, "Seccomp"),
         landlock_abi: probe_landlock_abi(),
         sandbox_fs,
-        cgroup: probe_cgroup(probe_as),
-        namespaces: Namespace::ALL
-            .iter()
-            .map(|ns| (*ns, probe_namespace(*ns, probe_as)))
-            .collect(),
+        cgroup,
+        namespaces,
         identity,
         credentials: Credentials::current().map_err(|e| e.to_string()),
         config: config_facts,
+        dirs,
+        dir_user,
+        coordinator,
+        clock: clock::probe_kernel(),
+        gpu,
         self_test,
+        gpu_self_test,
     }
 }
 
@@ -1046,7 +1210,7 @@ mod tests {
         let Some((status, rest)) = line.split_once("  ") else {
             return false;
         };
-        matches!(status.trim_end(), "ok" | "warn" | "FAIL")
+        matches!(status.trim_end(), "ok" | "warn" | "FAIL" | "skip")
             && rest.trim_start().split_once(": ").is_some()
     }
 
@@ -1193,29 +1357,115 @@ mod tests {
         assert_eq!(check_privileges(&Ok(creds), true)[1].status, Status::Ok);
     }
 
-    #[test]
-    fn config_lines() {
-        let mut c = ConfigFacts {
+    fn config(mode: u32, owner: u32) -> ConfigFacts {
+        ConfigFacts {
             path: "/etc/aitbc/miner.conf".into(),
-            mode: Some(0o100644),
+            exists: true,
+            mode: Some(0o100000 | mode),
+            owner: Some(owner),
             loaded: Ok(()),
             warnings: vec![],
             holds_api_key: true,
-        };
-        let lines = check_config(&c);
+        }
+    }
+
+    #[test]
+    fn config_lines() {
+        let me = identity(0, Some(Ok((998, 998))));
+        let mut c = config(0o644, 998);
+        let lines = check_config(&c, &me);
         assert_eq!(lines[0].status, Status::Ok);
         assert_eq!(
             lines[1].to_string(),
             "warn  config mode: /etc/aitbc/miner.conf is mode 0644: group or others can read it, and it holds API_KEY — fix: chmod 600 /etc/aitbc/miner.conf"
         );
+        assert_eq!(lines[2].status, Status::Ok, "{}", lines[2]);
         c.mode = Some(0o100600);
         c.loaded = Err("miner.conf:5: X=\"y\": bad".into());
-        let lines = check_config(&c);
+        let lines = check_config(&c, &me);
         assert_eq!(lines[0].status, Status::Fail);
         assert_eq!(lines[1].status, Status::Ok);
         for l in &lines {
             assert!(well_formed(&l.to_string()), "{l}");
         }
+        // Writable by others: anyone could redirect the rewards.
+        let lines = check_config(&config(0o662, 998), &me);
+        assert_eq!(lines[1].status, Status::Fail, "{}", lines[1]);
+        assert!(lines[1].finding.contains("WALLET_ADDR"), "{}", lines[1]);
+        // No file, and the environment does not complete the settings.
+        let mut absent = config(0, 0);
+        (absent.exists, absent.mode, absent.owner) = (false, None, None);
+        absent.loaded = Err("required key COORD_URL is not set".into());
+        let lines = check_config(&absent, &me);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].status, Status::Fail);
+        assert!(
+            lines[0]
+                .fix
+                .as_deref()
+                .unwrap()
+                .starts_with("aitbc-miner example-config > /etc/aitbc/miner.conf"),
+            "{}",
+            lines[0]
+        );
+        absent.loaded = Ok(());
+        assert_eq!(check_config(&absent, &me)[0].status, Status::Ok);
+    }
+
+    #[test]
+    fn config_warnings_each_carry_a_fix() {
+        let mut c = config(0o600, 998);
+        c.warnings = vec![
+            config::Warning {
+                location: "miner.conf:3".into(),
+                kind: config::WarningKind::UnknownKey {
+                    key: "COORD_ULR".into(),
+                    suggestion: Some("COORD_URL"),
+                },
+            },
+            config::Warning {
+                location: "miner.conf".into(),
+                kind: config::WarningKind::InsecurePermissions {
+                    path: "/etc/aitbc/miner.conf".into(),
+                    mode: 0o644,
+                },
+            },
+        ];
+        let lines = check_config(&c, &identity(0, Some(Ok((998, 998)))));
+        let warns: Vec<&Line> = lines.iter().filter(|l| l.status == Status::Warn).collect();
+        assert_eq!(warns.len(), 1, "{lines:?}");
+        assert!(warns[0].finding.contains("COORD_ULR"), "{}", warns[0]);
+        assert!(warns[0].fix.is_some());
+    }
+
+    #[test]
+    fn config_owner_is_root_or_the_run_as_user() {
+        let root = identity(0, Some(Ok((998, 998))));
+        let owner = |mode, owner, id: &Identity| {
+            check_config(&config(mode, owner), id)
+                .into_iter()
+                .find(|l| l.check == "config owner")
+                .unwrap()
+        };
+        assert_eq!(owner(0o600, 998, &root).status, Status::Ok);
+        // Root's 0600 file: a root `run` reads it, the unit (User=aitbc-miner) cannot.
+        let root_only = owner(0o600, 0, &root);
+        assert_eq!(root_only.status, Status::Warn, "{root_only}");
+        assert_eq!(
+            root_only.fix.as_deref(),
+            Some("chown nobody: /etc/aitbc/miner.conf")
+        );
+        assert_eq!(owner(0o644, 0, &root).status, Status::Ok);
+        let foreign = owner(0o600, 1234, &root);
+        assert_eq!(foreign.status, Status::Warn);
+        assert!(foreign.finding.contains("uid 1234"), "{foreign}");
+        // Not root: the miner runs as this user.
+        let alice = identity(1000, None);
+        assert_eq!(owner(0o600, 1000, &alice).status, Status::Ok);
+        assert_eq!(owner(0o644, 0, &alice).status, Status::Ok);
+        assert_eq!(owner(0o600, 1234, &alice).status, Status::Warn);
+        let missing = identity(0, Some(Err("no such user".into())));
+        assert_eq!(owner(0o600, 0, &missing).status, Status::Skip);
     }
 
     #[test]
@@ -1244,11 +1494,61 @@ mod tests {
     }
 
     #[test]
-    fn probes_on_this_host_never_panic() {
+    fn probes_on_this_host_never_panic_and_every_non_ok_line_has_a_fix() {
         let facts = gather(&Options::default());
         for line in checks(&facts) {
             assert!(well_formed(&line.to_string()), "{line}");
+            assert!(
+                line.status == Status::Ok || line.fix.is_some(),
+                "no fix: {line}"
+            );
         }
         assert!(probe_namespace(Namespace::User, None).is_ok() || !privilege::is_root());
+    }
+
+    /// Every line the pure checks can produce for a host with nothing right, and for one
+    /// with everything missing, says how to fix what is not ok.
+    #[test]
+    fn every_non_ok_line_of_a_bad_host_has_a_fix() {
+        let mut facts = gather(&Options::default());
+        facts.seccomp_prctl = Err(libc::EINVAL);
+        facts.seccomp_status = None;
+        facts.landlock_abi = Err(libc::EOPNOTSUPP);
+        facts.sandbox_fs = SandboxFs::Landlock;
+        facts.cgroup = CgroupFacts {
+            swap_total_kb: 1 << 20,
+            ..CgroupFacts::default()
+        };
+        facts.namespaces = Namespace::ALL
+            .iter()
+            .map(|ns| (*ns, Err(libc::EPERM)))
+            .collect();
+        facts.identity = identity(1000, None);
+        facts.credentials = Err("no /proc".into());
+        facts.clock = Err(libc::EPERM);
+        facts.coordinator = Some(CoordinatorFacts::Skipped("no config".into()));
+        facts.self_test = Some(SelfTest::NoStart("x".into()));
+        facts.gpu_self_test = Some(SelfTest::Skipped("no GPU".into()));
+        let lines = checks(&facts);
+        assert!(any_failed(&lines));
+        for line in &lines {
+            assert!(
+                line.status == Status::Ok || line.fix.is_some(),
+                "no fix: {line}"
+            );
+        }
+        for check in [
+            "coordinator",
+            "clock offset",
+            "clock sync",
+            "gpu",
+            "self-test",
+            "self-test gpu",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.check == check),
+                "no {check} line: {lines:?}"
+            );
+        }
     }
 }

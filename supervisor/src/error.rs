@@ -148,6 +148,42 @@ pub enum Error {
         waited: std::time::Duration,
     },
 
+    // --- status socket and metrics file (status.rs) ---
+    /// The status socket could not be set up; the daemon runs without it.
+    #[error("status socket {}: {message}", path.display())]
+    StatusSocket {
+        /// `STATUS_SOCKET`.
+        path: PathBuf,
+        /// What is wrong, with the fix.
+        message: String,
+    },
+    /// `aitbc-miner status` found no daemon answering on the socket.
+    #[error("cannot reach the miner at {} ({source}); is it running? check `systemctl status aitbc-miner`", path.display())]
+    StatusUnreachable {
+        /// The socket tried.
+        path: PathBuf,
+        /// The system's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon answered on the status socket, but with an error or something unreadable.
+    #[error("the miner at {} answered: {message}", path.display())]
+    StatusReply {
+        /// The socket asked.
+        path: PathBuf,
+        /// The answer, or why it could not be read.
+        message: String,
+    },
+    /// `METRICS_FILE` could not be written.
+    #[error("METRICS_FILE {}: {source}", path.display())]
+    MetricsFile {
+        /// The metrics file.
+        path: PathBuf,
+        /// The system's answer.
+        #[source]
+        source: io::Error,
+    },
+
     // --- logging (logging.rs) ---
     /// The filter directive (`LOG_LEVEL`) does not parse.
     #[error("LOG_LEVEL={level:?}: expected a log filter such as info, debug or aitbc_supervisor=debug,warn ({reason})")]

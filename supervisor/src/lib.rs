@@ -5,7 +5,9 @@
 //! Map: [`config`] and [`logging`] set the miner up; [`runtime`] is the main loop (heartbeat,
 //! dispatcher, slots, outbox); [`client`] speaks HTTP; [`spool`] keeps results durable until the
 //! Coordinator has them; [`worker_proc`] starts, feeds and reaps workers; [`local`] runs a job
-//! with no Coordinator. The decisions ([`policy`], [`backoff`], `client::classify`) are pure
+//! with no Coordinator; [`status`] keeps what the daemon is doing for `aitbc-miner status` and
+//! the Prometheus metrics, and [`notify`] tells systemd (ready, status, watchdog, stopping).
+//! The decisions ([`policy`], [`backoff`], `client::classify`) are pure
 //! functions, unit-tested without sockets or processes.
 //!
 //! Architecture invariants: only this crate talks to the Coordinator; it never runs job code in
@@ -23,10 +25,12 @@ mod error;
 pub mod gpu;
 pub mod local;
 pub mod logging;
+pub mod notify;
 pub mod policy;
 pub mod privilege;
 pub mod runtime;
 pub mod spool;
+pub mod status;
 pub mod worker_proc;
 
 use std::time::Duration;

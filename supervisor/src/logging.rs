@@ -92,9 +92,7 @@ impl Console {
         let journal = std::env::var("JOURNAL_STREAM").ok();
         let stat = nix::sys::stat::fstat(io::stderr().as_fd()).ok();
         match (journal, stat) {
-            (Some(stream), Some(st))
-                if journal_stream_is(&stream, st.st_dev as u64, st.st_ino as u64) =>
-            {
+            (Some(stream), Some(st)) if journal_stream_is(&stream, st.st_dev, st.st_ino) => {
                 Console::Journal
             }
             _ if io::stderr().is_terminal() => Console::Terminal,

@@ -17,6 +17,14 @@
 //! kills it past its `vram_mb`. Energy: NVML's counter around a GPU job, RAPL around a CPU
 //! job where readable, otherwise `energy_source = unavailable` and no figure.
 //!
+//! What the daemon is doing is kept in one [`Status`] record, updated here where slots change,
+//! heartbeats finish and results are spooled or delivered; [`crate::status`] serves it on
+//! `STATUS_SOCKET` and writes `METRICS_FILE`, and [`crate::notify`] tells systemd (`READY=1`
+//! once the slots and the status socket are up, never waiting for the Coordinator;
+//! `STOPPING=1` at the drain; `WATCHDOG=1` while the essential loops keep their promises).
+//! The balance shown there is fetched by a task of its own after each credited proof and every
+//! [`BALANCE_EVERY_HEARTBEATS`] accepted heartbeats, never on a status request.
+//!
 //! Invariants: never more jobs in flight than slots (a job is only fetched while a slot's permit
 //! is held); a result is on disk before it is sent; nothing here formats the API key; no task
 //! panics on input from the network or a worker.
@@ -35,17 +43,29 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::client::{CallError, Client};
+use crate::client::{CallError, Client, REQUEST_TIMEOUT};
 use crate::gpu::nvml::Nvml;
 use crate::gpu::rapl::Rapl;
 use crate::gpu::{self, GpuReport, HealthLimits};
+use crate::notify::{self, Liveness};
 use crate::policy::{self, admit, failure_of, safe_job_id};
 use crate::spool::{Entry, Spool};
+use crate::status::{self, Status};
 use crate::worker_proc::{Ending, WorkerCommand, WorkerProcess};
 use crate::{Config, Error, Event, Summary};
 
 /// How long a freshly started worker has to say Hello.
 pub const WORKER_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The balance is fetched again after this many accepted heartbeats (and after each credited
+/// proof).
+pub const BALANCE_EVERY_HEARTBEATS: u64 = 15;
+
+/// The most a GPU health reading may take before the heartbeat loop counts as wedged.
+const HEALTH_READ_BOUND: Duration = Duration::from_secs(10);
+
+/// Added to every promise the heartbeat loop makes to the watchdog (scheduling, logging).
+const LIVENESS_MARGIN: Duration = Duration::from_secs(5);
 
 /// Everything the tasks share.
 struct Ctx {
@@ -70,6 +90,12 @@ struct Ctx {
     outbox: mpsc::UnboundedSender<(PathBuf, Entry)>,
     jobs_done: AtomicU64,
     jobs_failed: AtomicU64,
+    /// What the daemon is doing, for the status socket, the metrics file and systemd.
+    status: Arc<Status>,
+    /// The essential loops' promises, for the systemd watchdog.
+    liveness: Arc<Liveness>,
+    /// Wakes the balance fetcher.
+    balance_kick: Notify,
 }
 
 impl Ctx {
@@ -157,6 +183,13 @@ pub async fn run(
     let slots = usize::try_from(config.max_concurrency.max(1)).unwrap_or(1);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let (gpu_ok, _) = watch::channel(true);
+    let status = Status::new(status::Facts {
+        miner_id: config.miner_id.clone(),
+        wallet: config.wallet_addr.clone(),
+        coordinator: config.coord_url.clone(),
+        mode,
+        slots,
+    });
     let ctx = Arc::new(Ctx {
         config,
         client,
@@ -173,6 +206,9 @@ pub async fn run(
         outbox: outbox_tx,
         jobs_done: AtomicU64::new(0),
         jobs_failed: AtomicU64::new(0),
+        status,
+        liveness: Liveness::new(),
+        balance_kick: Notify::new(),
     });
     info!(
         miner_id = %ctx.config.miner_id,
@@ -187,6 +223,44 @@ pub async fn run(
     let (flush_tx, flush_rx) = watch::channel(false);
     let (hb_ok_tx, hb_ok_rx) = watch::channel(false);
     let nudge = Arc::new(Notify::new());
+
+    // The status socket first, so it is up before READY=1; without it the miner still runs.
+    let status_server = match &ctx.config.status_socket {
+        Some(path) => match status::bind(path) {
+            Ok(listener) => {
+                info!(socket = %path.display(), "status socket ready");
+                Some(listener.serve(ctx.status.clone()))
+            }
+            Err(e) => {
+                warn!("{e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let (metrics_stop, metrics_stopped) = watch::channel(false);
+    let metrics = ctx.config.metrics_file.clone().map(|path| {
+        tokio::spawn(status::metrics_task(
+            path,
+            ctx.config.metrics_interval,
+            ctx.status.clone(),
+            metrics_stopped,
+        ))
+    });
+    let mut helpers = vec![tokio::spawn(balance_task(ctx.clone()))];
+    if let Some(every) = notify::watchdog_interval() {
+        info!(
+            every_ms = every.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
+        helpers.push(tokio::spawn(notify::watchdog_task(
+            every,
+            ctx.liveness.clone(),
+        )));
+    }
+    if notify::enabled() {
+        helpers.push(tokio::spawn(notify::status_task(ctx.status.clone())));
+    }
 
     let outbox = tokio::spawn(outbox_task(ctx.clone(), outbox_rx, flush_rx));
     let heartbeat = tokio::spawn(heartbeat_task(ctx.clone(), hb_ok_tx, nudge.clone()));
@@ -215,8 +289,13 @@ pub async fn run(
         hb_ok_rx,
         nudge,
     ));
+    // Up: slots started, status socket bound. The Coordinator is not waited for.
+    notify::ready(&status::status_line(&ctx.status.snapshot()));
 
     shutdown.await;
+    ctx.liveness.stopping();
+    ctx.status.set_draining();
+    notify::stopping();
     info!(
         grace_ms = ctx.config.drain_grace.as_millis() as u64,
         "shutdown requested: no new jobs; running jobs may finish within the drain grace"
@@ -238,6 +317,17 @@ pub async fn run(
     heartbeat.abort();
     let _ = flush_tx.send(true);
     join("outbox", outbox).await?;
+    ctx.status.set_stopped();
+    let _ = metrics_stop.send(true);
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
+    if let Some(server) = status_server {
+        server.shutdown().await;
+    }
+    for h in helpers {
+        h.abort();
+    }
     let summary = Summary {
         jobs_done: ctx.jobs_done.load(Ordering::Relaxed),
         jobs_failed: ctx.jobs_failed.load(Ordering::Relaxed),
@@ -262,7 +352,7 @@ async fn join(task: &'static str, h: tokio::task::JoinHandle<()>) -> Result<(), 
 }
 
 /// The heartbeat body: who the miner is, what it runs, the GPUs it found and their health.
-fn capabilities(
+pub(crate) fn capabilities(
     config: &Config,
     mode: Mode,
     report: &GpuReport,
@@ -313,32 +403,52 @@ async fn refresh_health(
     }
     if ctx.mode == Mode::Gpu {
         ctx.gpu_ok.send_replace(health.healthy);
+        ctx.status.set_paused((!health.healthy).then(|| {
+            format!(
+                "GPU unhealthy: {}",
+                health.reason.as_deref().unwrap_or("no reason given")
+            )
+        }));
     }
     *last = Some(health.clone());
     Some(health)
 }
 
+/// The heartbeat loop. Its `beat` is its standing with the watchdog: before each step it
+/// promises when it will be back (the step's bound plus [`LIVENESS_MARGIN`]).
 async fn heartbeat_task(ctx: Arc<Ctx>, ok_tx: watch::Sender<bool>, nudge: Arc<Notify>) {
+    let beat = ctx.liveness.register("heartbeat", None);
     let mut backoff = Backoff::new(ctx.config.backoff_min, ctx.config.backoff_max);
     let (mut last_health, mut xid_seen) = (None, 0u64);
+    let mut accepted = 0u64;
     loop {
+        beat.promise(HEALTH_READ_BOUND + LIVENESS_MARGIN);
         let health = refresh_health(&ctx, &mut last_health, &mut xid_seen).await;
         let caps = capabilities(&ctx.config, ctx.mode, &ctx.report, health);
         // Each heartbeat is its own logical request (it states the miner as of now), so each
         // gets a fresh Idempotency-Key.
         let key = uuid::Uuid::new_v4().to_string();
-        let pause = match ctx.client.heartbeat(&caps, &key).await {
+        beat.promise(REQUEST_TIMEOUT + LIVENESS_MARGIN);
+        let answer = ctx.client.heartbeat(&caps, &key).await;
+        ctx.status.coordinator(answered(&answer));
+        let pause = match answer {
             Ok(_) => {
                 if !*ok_tx.borrow() {
                     info!(miner_id = %ctx.config.miner_id, "registered with the Coordinator");
                 }
                 let _ = ok_tx.send(true);
                 ctx.emit(Event::Heartbeat { ok: true });
+                ctx.status.heartbeat(Ok(()));
+                if accepted % BALANCE_EVERY_HEARTBEATS == 0 {
+                    ctx.balance_kick.notify_one();
+                }
+                accepted += 1;
                 backoff.reset();
                 ctx.config.heartbeat
             }
             Err(e) => {
                 ctx.emit(Event::Heartbeat { ok: false });
+                ctx.status.heartbeat(Err(e.to_string()));
                 match &e {
                     CallError::Refused { status, .. } => {
                         error!(
@@ -361,10 +471,38 @@ async fn heartbeat_task(ctx: Arc<Ctx>, ok_tx: watch::Sender<bool>, nudge: Arc<No
                 }
             }
         };
+        beat.promise(pause + LIVENESS_MARGIN);
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = nudge.notified() => {}
         }
+    }
+}
+
+/// Whether a Coordinator call got a usable answer: a success, or a definitive refusal that
+/// only a working Coordinator gives (409 on a proof, 422, ...). No answer, a 5xx, 408, 429 and
+/// a refused key (401, 403) count as errors.
+fn answered<T>(r: &Result<T, CallError>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(CallError::Refused { status, .. }) => !matches!(status, 401 | 403),
+        Err(CallError::Transport(_) | CallError::Retry { .. }) => false,
+    }
+}
+
+/// Fetches the wallet's balance whenever kicked (after credited proofs and every few
+/// heartbeats), for the status report only.
+async fn balance_task(ctx: Arc<Ctx>) {
+    loop {
+        ctx.balance_kick.notified().await;
+        let r = ctx.client.balance(&ctx.config.wallet_addr).await;
+        if let Err(e) = &r {
+            debug!("fetching the wallet balance: {e}");
+        }
+        ctx.status.balance(
+            r.map(|b| (b.balance, b.credits))
+                .map_err(|e| format!("fetching the balance: {e}")),
+        );
     }
 }
 
@@ -379,6 +517,8 @@ async fn dispatcher_task(
     hb_ok: watch::Receiver<bool>,
     nudge: Arc<Notify>,
 ) {
+    // Dropped when the task ends: before the drain, the watchdog stops vouching.
+    let _beat = ctx.liveness.register("dispatcher", None);
     let gpu_ok = ctx.gpu_ok.subscribe();
     // The first heartbeat names the wallet; no fetching before it succeeded.
     tokio::select! {
@@ -415,6 +555,7 @@ async fn dispatcher_task(
             a = ctx.client.next(&ctx.config.miner_id, slots_wanted, ctx.config.poll_wait) => a,
             () = raised(&stop) => return,
         };
+        ctx.status.coordinator(answered(&answer));
         let pause = match answer {
             Ok(Some(job)) => {
                 backoff.reset();
@@ -531,9 +672,11 @@ async fn slot_task(
     idle: Arc<Mutex<Vec<usize>>>,
     kill: watch::Receiver<bool>,
 ) {
+    let _beat = ctx.liveness.register("slot", None);
     let mut ready = Some(prestart(&ctx, slot));
     while let Some((job, permit)) = jobs.recv().await {
         run_job(&ctx, slot, job, &mut ready, &kill).await;
+        ctx.status.slot_idle(slot);
         // The next job on this slot finds its worker already started.
         if ready.is_none() && !*kill.borrow() {
             ready = Some(prestart(&ctx, slot));
@@ -602,6 +745,7 @@ async fn run_job(
 ) {
     let started_at = ts::now();
     let pickup = (started_at - job.created_at).try_into().ok();
+    ctx.status.slot_starting(slot, &job.id, &job.workload);
     ctx.emit(Event::JobStarted {
         id: job.id.clone(),
         workload: job.workload.clone(),
@@ -634,6 +778,14 @@ async fn run_job(
     };
     // The worker that came may be a CPU one after a fall-back.
     let kind = worker.hello().kind;
+    ctx.status.slot_busy(
+        slot,
+        if kind == WorkerKind::Gpu {
+            Mode::Gpu
+        } else {
+            Mode::Cpu
+        },
+    );
     info!(job = %job.id, workload = %job.workload, slot, attempt = job.attempt, worker_pid = worker.pid(), kind = ?kind, "job started");
     if let Err(e) = worker.limit_cpu(job.limits.cpu_time_s) {
         // A root supervisor without CAP_SYS_RESOURCE cannot set it on a worker that switched
@@ -702,6 +854,7 @@ async fn run_job(
             };
             info!(job = %job.id, workload = %job.workload, ms = wall_ms, gflops, energy_mj, energy = energy_source.as_str(), "job done");
             ctx.jobs_done.fetch_add(1, Ordering::Relaxed);
+            ctx.status.job_done();
             ctx.emit(Event::JobDone {
                 id: job.id.clone(),
                 wall_ms,
@@ -800,6 +953,7 @@ impl EnergyMeter {
 async fn report_failure(ctx: &Ctx, job: &Job, reason: protocol::api::FailReason, message: String) {
     warn!(job = %job.id, workload = %job.workload, reason = reason.as_str(), "job failed: {message}");
     ctx.jobs_failed.fetch_add(1, Ordering::Relaxed);
+    ctx.status.job_failed(reason);
     ctx.emit(Event::JobFailed {
         id: job.id.clone(),
         reason,
@@ -835,6 +989,8 @@ async fn enqueue(ctx: &Ctx, entry: Entry) {
             PathBuf::new()
         }
     };
+    // Counted before the sender can settle it.
+    ctx.status.spooled(1);
     let _ = ctx.outbox.send((path, entry));
 }
 
@@ -878,9 +1034,13 @@ async fn send_entry(ctx: &Ctx, entry: &Entry) -> Verdict {
             body,
         } => {
             let r = ctx.client.proof(body, idempotency_key).await;
+            ctx.status.coordinator(answered(&r));
             match &r {
                 Ok(ack) => {
                     info!(job = %body.id, credited = ack.credited, wallet = %ack.wallet, "proof accepted");
+                    if ack.credited > 0 {
+                        ctx.balance_kick.notify_one();
+                    }
                     ctx.emit(Event::ProofAccepted {
                         id: body.id.clone(),
                         credited: ack.credited,
@@ -903,6 +1063,7 @@ async fn send_entry(ctx: &Ctx, entry: &Entry) -> Verdict {
             body,
         } => {
             let r = ctx.client.fail(body, idempotency_key).await;
+            ctx.status.coordinator(answered(&r));
             match &r {
                 Ok(ack) => {
                     debug!(job = %body.id, state = ack.state.as_str(), "fail report accepted")
@@ -918,6 +1079,7 @@ async fn send_entry(ctx: &Ctx, entry: &Entry) -> Verdict {
 }
 
 async fn settle(ctx: &Ctx, path: PathBuf) {
+    ctx.status.delivered();
     if path.as_os_str().is_empty() {
         return;
     }
@@ -936,6 +1098,7 @@ async fn outbox_task(
     mut rx: mpsc::UnboundedReceiver<(PathBuf, Entry)>,
     flush: watch::Receiver<bool>,
 ) {
+    let _beat = ctx.liveness.register("outbox", None);
     let spool = ctx.spool.clone();
     let mut queue: VecDeque<(PathBuf, Entry)> =
         match tokio::task::spawn_blocking(move || spool.list()).await {
@@ -963,6 +1126,7 @@ async fn outbox_task(
                 VecDeque::new()
             }
         };
+    ctx.status.spooled(queue.len() as u64);
     let mut backoff = Backoff::new(ctx.config.backoff_min, ctx.config.backoff_max);
     loop {
         while let Ok(item) = rx.try_recv() {
@@ -1089,6 +1253,9 @@ mod tests {
             sandbox_fs: crate::config::SandboxFs::Auto,
             gpu_poll: Duration::from_millis(500),
             gpu_max_temp_c: 90,
+            status_socket: None,
+            metrics_file: None,
+            metrics_interval: Duration::from_secs(15),
         };
         // This host as a GPU-less one sees it: no NVML.
         let none = GpuReport::not_probed("NVML unavailable: cannot load libnvidia-ml.so.1");
@@ -1139,6 +1306,34 @@ mod tests {
         assert_eq!(caps.gpus, gpu.gpus);
         assert_eq!(caps.gpu_health, Some(health));
         assert_eq!(caps.limits.vram_mb, Some(40000));
+    }
+
+    #[test]
+    fn coordinator_errors_are_calls_without_a_usable_answer() {
+        let ok: Result<(), CallError> = Ok(());
+        assert!(answered(&ok));
+        let refused = |status| -> Result<(), CallError> {
+            Err(CallError::Refused {
+                status,
+                code: "X".into(),
+                message: String::new(),
+            })
+        };
+        for s in [400, 404, 409, 422] {
+            assert!(answered(&refused(s)), "{s}: a working Coordinator said no");
+        }
+        for s in [401, 403] {
+            assert!(!answered(&refused(s)), "{s}: the key is refused");
+        }
+        let t: Result<(), CallError> = Err(CallError::Transport("reset".into()));
+        assert!(!answered(&t));
+        let r: Result<(), CallError> = Err(CallError::Retry {
+            status: 503,
+            code: "X".into(),
+            message: String::new(),
+            retry_after: None,
+        });
+        assert!(!answered(&r));
     }
 
     #[test]

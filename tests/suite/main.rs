@@ -14,4 +14,5 @@ mod miner_e2e;
 mod miner_faults;
 mod openapi;
 mod privilege;
+mod status;
 mod tidy;

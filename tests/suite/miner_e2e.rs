@@ -90,6 +90,9 @@ pub(crate) fn miner_config(
         sandbox_fs: SandboxFs::Auto,
         gpu_poll: Duration::from_millis(500),
         gpu_max_temp_c: 90,
+        status_socket: None,
+        metrics_file: None,
+        metrics_interval: Duration::from_secs(15),
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! It parses arguments and hands over to the libraries: `run` is the daemon
 //! (`aitbc_supervisor::run`), `dev` a whole local network in one process (see `dev.rs`),
-//! `bench` one workload through the real worker path, `doctor` the host's confinement report
-//! (`aitbc_supervisor::doctor`), and the hidden `worker` subcommand is the per-job worker
-//! process the supervisor starts.
+//! `bench` one workload through the real worker path, `doctor` the pre-flight report
+//! (`aitbc_supervisor::doctor`), `status` what a running daemon is doing, asked on its status
+//! socket (see `status.rs`), and the hidden `worker` subcommand is the per-job worker process
+//! the supervisor starts.
 //!
 //! `run` starts in a fixed order: config (as root it may be a 0600 root file) → logging (the
 //! log file is opened while still root) → `privilege::set_up` (as root: run-as user, its
@@ -17,6 +18,7 @@
 
 mod bench;
 mod dev;
+mod status;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -54,17 +56,25 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Print a fully commented configuration file with every key and its default.
     ExampleConfig,
-    /// Check what confinement this host gives the miner, one line per check with its fix;
-    /// exit 1 when a check fails.
+    /// Check everything the miner needs before its first job, one line per check with its
+    /// fix: config, user, directories, Coordinator and key (one real heartbeat), clock,
+    /// confinement, GPU, and a known-answer job through a real confined worker; exit 1 when a
+    /// check fails.
     Doctor {
-        /// Also check this configuration file (readable, valid, mode) and use its settings
-        /// (default: /etc/aitbc/miner.conf when it exists).
+        /// Check this configuration file (readable, valid, mode, owner) and use its settings
+        /// (default: /etc/aitbc/miner.conf, or the environment alone when it is absent).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Skip the live self-test (starting one real confined worker).
+        /// Skip the live self-test (real confined workers running a known-answer job).
         #[arg(long)]
         no_self_test: bool,
+        /// Do not contact the Coordinator (no heartbeat, no clock comparison).
+        #[arg(long)]
+        offline: bool,
     },
+    /// Show what the running daemon is doing (slots, jobs, heartbeat, spool, balance), asked on
+    /// its local status socket; exit 1 when no daemon answers.
+    Status(status::StatusArgs),
     /// The per-job worker process (started by the supervisor; not for people).
     #[command(hide = true)]
     Worker,
@@ -79,10 +89,12 @@ fn main() -> ExitCode {
         Cmd::Run { config, log_file } => run(config, log_file),
         Cmd::Dev(args) => dev::main(args),
         Cmd::Bench(args) => bench::main(args),
+        Cmd::Status(args) => status::main(args),
         Cmd::Doctor {
             config,
             no_self_test,
-        } => Ok(doctor(config, !no_self_test)),
+            offline,
+        } => Ok(doctor(config, !no_self_test, !offline)),
         Cmd::ExampleConfig => {
             print!("{}", aitbc_supervisor::config::example());
             Ok(ExitCode::SUCCESS)
@@ -92,7 +104,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("aitbc-miner: {e:#}");
+            eprintln!("aitbc-miner: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
@@ -131,16 +143,24 @@ fn run(config: Option<PathBuf>, log_file: Option<PathBuf>) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long doctor's heartbeat may take, connecting included: a Coordinator that needs longer
+/// to answer one heartbeat is itself worth a FAIL line.
+const DOCTOR_COORDINATOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long doctor's known-answer job may take once handed over (it takes milliseconds).
+const DOCTOR_JOB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `aitbc-miner doctor`: prints the report; exit 1 when any line is a FAIL.
-fn doctor(config: Option<PathBuf>, self_test: bool) -> ExitCode {
+fn doctor(config: Option<PathBuf>, self_test: bool, coordinator: bool) -> ExitCode {
     use aitbc_supervisor::doctor;
-    // Like `run`: the default file when it exists and no other is named.
-    let default = std::path::Path::new(aitbc_supervisor::config::DEFAULT_PATH);
-    let config = config.or_else(|| default.exists().then(|| default.to_path_buf()));
+    // Like `run`: the named file, else the default file, else the environment alone.
     let facts = doctor::gather(&doctor::Options {
         config,
         self_test,
         self_test_timeout: aitbc_supervisor::runtime::WORKER_START_TIMEOUT,
+        self_test_job_timeout: DOCTOR_JOB_TIMEOUT,
+        coordinator,
+        coordinator_timeout: DOCTOR_COORDINATOR_TIMEOUT,
     });
     let lines = doctor::checks(&facts);
     for line in &lines {
@@ -165,4 +185,19 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT: draining"),
         }
     })
+}
+
+/// An error and its causes on one line, each cause once: the library errors already name
+/// their source in their own message (`cannot read config file X: Permission denied`), so a
+/// cause whose text ends the line so far is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
