@@ -7,6 +7,7 @@ mod config_cli;
 mod confinement;
 mod coordinator_api;
 mod coordinator_restart;
+mod deploy;
 mod doctor;
 mod gpu;
 mod guide_script;
