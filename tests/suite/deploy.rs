@@ -856,3 +856,38 @@ fn the_logrotate_file_parses_with_the_guides_settings() {
     }
     assert!(!report.contains("error"), "{report}");
 }
+
+/// The unit under a real systemd: `scripts/boot-check/run.sh` boots systemd (Debian's 252) as
+/// PID 1 of a throwaway container over this host's `/usr`, and inside it runs install.sh,
+/// edits the config, restarts the service (Type=notify: active only after READY=1), runs four
+/// jobs from a real Coordinator through it as `aitbc-miner` with every hardening directive
+/// applied, asks `aitbc-miner status`, checks the watchdog was pinged and nothing restarted,
+/// runs the README's operations commands as written, and uninstalls. What the other tests here
+/// check by reading the unit, this one checks by starting it.
+#[test]
+fn the_service_runs_under_a_real_systemd() {
+    if !is_root() {
+        skip("the systemd boot check needs root (systemd-nspawn)");
+        return;
+    }
+    if tools(&["systemd-nspawn"]).is_none() {
+        return;
+    }
+    let bin_dir = Path::new(MINER)
+        .parent()
+        .expect("the binary has a directory");
+    let out = run(Command::new("bash")
+        .arg(repo().join("scripts/boot-check/run.sh"))
+        .arg(bin_dir));
+    let log = text(&out);
+    assert!(out.status.success(), "the boot check failed:\n{log}");
+    for step in [
+        "ok   active (running) after READY=1",
+        "ok   4 jobs credited to the wallet",
+        "ok   aitbc-miner status answers",
+        "ok   the watchdog was pinged",
+        "ok   systemctl disable --now aitbc-miner.service",
+    ] {
+        assert!(log.contains(step), "missing {step:?} in:\n{log}");
+    }
+}

@@ -1,0 +1,86 @@
+#!/bin/bash
+# Runs as a oneshot service inside the container run.sh boots (systemd is PID 1 here). It does
+# what an operator does, in order, and prints `ok`/`FAIL` per step, then `BOOT-CHECK: PASS`
+# only when every step passed. It must never touch anything outside the container: the
+# repository and the binaries are read-only binds, the only writable bind is /run/aitbc/out.
+set -uo pipefail
+exec >/run/aitbc/out/log 2>&1
+src=/run/aitbc/src
+bin=/run/aitbc/bin
+failed=0
+ok() { echo "ok   $*"; }
+bad() { echo "FAIL $*"; failed=1; }
+check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+# Waits (bounded) until a command succeeds.
+wait_for() {
+  local what=$1 secs=$2; shift 2
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$end" ] || { bad "$what (not within ${secs}s)"; return 1; }
+    sleep 0.2
+  done
+  ok "$what"
+}
+show() { systemctl show aitbc-miner.service -p "$1" --value; }
+
+echo "== systemd $(systemctl --version | head -1 | cut -d' ' -f2), kernel $(uname -r)"
+
+echo "== a Coordinator to mine for (a transient service on 127.0.0.1:8080)"
+mkdir -p /var/lib/coord
+db=/var/lib/coord/coord.db
+miner_key=$("$bin/aitbc-coordinator" keys add --db "$db" --scope miner --name boot-check)
+client_key=$("$bin/aitbc-coordinator" keys add --db "$db" --scope client --name boot-check)
+systemd-run --quiet --unit=coord "$bin/aitbc-coordinator" serve --listen 127.0.0.1:8080 --db "$db"
+wait_for "coordinator answers" 20 curl -fsS http://127.0.0.1:8080/v1/health
+
+echo "== install.sh, as an operator runs it"
+check "install.sh exits 0" bash "$src/systemd/install.sh" --binary "$bin/aitbc-miner"
+check "the unit is enabled" systemctl is-enabled --quiet aitbc-miner.service
+check "config exists with mode 600" test "$(stat -c %a /etc/aitbc/miner.conf)" = 600
+check "the second run exits 0" bash "$src/systemd/install.sh" --binary "$bin/aitbc-miner"
+
+echo "== edit the config, then the README's restart"
+sed -i -e "s|^API_KEY=.*|API_KEY=\"$miner_key\"|" \
+  -e 's|^MINER_ID=.*|MINER_ID="boot-check"|' \
+  -e 's|^HEARTBEAT_SECS=.*|HEARTBEAT_SECS=1|' \
+  -e 's|^MAX_CONCURRENCY=.*|MAX_CONCURRENCY=2|' /etc/aitbc/miner.conf
+check "systemctl restart aitbc-miner.service" systemctl restart aitbc-miner.service
+check "active (running) after READY=1" test "$(show ActiveState)/$(show SubState)" = active/running
+echo "   User=$(show User) Type=$(show Type) WatchdogUSec=$(show WatchdogUSec) StatusText=$(show StatusText)"
+check "runs as aitbc-miner" test "$(ps -o user= -p "$(show MainPID)")" = aitbc-miner
+
+echo "== jobs through the service"
+for i in 1 2 3 4; do
+  "$bin/aitbc-coordinator" jobs submit --key "$client_key" --workload torch_bench \
+    --params '{"n":64,"iters":2}' --reward 5 >/dev/null || bad "submit job $i"
+done
+credits() {
+  "$bin/aitbc-coordinator" wallet balance --wallet wallet_demo | grep -Eq '"credits": *4\b'
+}
+wait_for "4 jobs credited to the wallet" 90 credits
+"$bin/aitbc-coordinator" wallet balance --wallet wallet_demo
+check "aitbc-miner status answers" aitbc-miner status
+aitbc-miner status --metrics | head -20
+check "the watchdog was pinged" test -n "$(show WatchdogTimestamp)"
+check "no automatic restart happened" test "$(show NRestarts)" = 0
+journalctl -u aitbc-miner.service --no-pager -o cat | tail -15
+echo "-- warnings and worse:"
+journalctl -u aitbc-miner.service --no-pager -p warning -o cat | tail -10
+systemd-analyze security aitbc-miner.service --no-pager | tail -1
+
+echo "== README operations commands, as written"
+check "systemctl restart aitbc-miner.service" systemctl restart aitbc-miner.service
+check "  ... active again" systemctl is-active --quiet aitbc-miner.service
+timeout 3 journalctl -u aitbc-miner -f >/tmp/follow 2>&1
+check "journalctl -u aitbc-miner -f follows (stopped by timeout)" test -s /tmp/follow
+check "systemctl disable --now aitbc-miner.service" systemctl disable --now aitbc-miner.service
+check "  ... inactive" test "$(show ActiveState)" = inactive
+check "  ... not enabled" test "$(systemctl is-enabled aitbc-miner.service)" = disabled
+
+echo "== uninstall keeps the config and the spool"
+check "install.sh --uninstall" bash "$src/systemd/install.sh" --uninstall
+check "  ... the unit is gone" test ! -e /etc/systemd/system/aitbc-miner.service
+check "  ... the config is kept" test -f /etc/aitbc/miner.conf
+check "  ... the state dir is kept" test -d /var/lib/aitbc-miner
+
+if [ "$failed" -eq 0 ]; then echo "BOOT-CHECK: PASS"; else echo "BOOT-CHECK: FAIL"; fi
