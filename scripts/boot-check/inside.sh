@@ -43,11 +43,24 @@ echo "== edit the config, then the README's restart"
 sed -i -e "s|^API_KEY=.*|API_KEY=\"$miner_key\"|" \
   -e 's|^MINER_ID=.*|MINER_ID="boot-check"|' \
   -e 's|^HEARTBEAT_SECS=.*|HEARTBEAT_SECS=1|' \
-  -e 's|^MAX_CONCURRENCY=.*|MAX_CONCURRENCY=2|' /etc/aitbc/miner.conf
+  -e 's|^MAX_CONCURRENCY=.*|MAX_CONCURRENCY=2|' \
+  -e 's|^LOG_FILE=.*|LOG_FILE="/var/log/aitbc-miner.log"|' /etc/aitbc/miner.conf
 check "systemctl restart aitbc-miner.service" systemctl restart aitbc-miner.service
 check "active (running) after READY=1" test "$(show ActiveState)/$(show SubState)" = active/running
 echo "   User=$(show User) Type=$(show Type) WatchdogUSec=$(show WatchdogUSec) StatusText=$(show StatusText)"
 check "runs as aitbc-miner" test "$(ps -o user= -p "$(show MainPID)")" = aitbc-miner
+echo "   cgroups of the main process: $(tr '\n' ' ' </proc/"$(show MainPID)"/cgroup)"
+journalctl -u aitbc-miner.service --no-pager -o cat | grep -E 'workers run in|no cgroup subtree' | tail -1
+if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+  # The unified hierarchy (run.sh with SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1): systemd delegates
+  # the service's cgroup, and the supervisor must have moved itself into its own leaf.
+  svc=/sys/fs/cgroup/system.slice/aitbc-miner.service
+  check "cgroup v2: the supervisor moved into its delegated leaf" \
+    grep -qx '0::/system.slice/aitbc-miner.service/supervisor' /proc/"$(show MainPID)"/cgroup
+  check "cgroup v2: the workers' subtree exists beside it" test -d "$svc/workers"
+  check "cgroup v2: the journal says so" \
+    journalctl -u aitbc-miner.service -o cat --no-pager -g 'workers run in cgroup v2 .*delegated'
+fi
 
 echo "== jobs through the service"
 for i in 1 2 3 4; do
@@ -63,6 +76,11 @@ check "aitbc-miner status answers" aitbc-miner status
 aitbc-miner status --metrics | head -20
 check "the watchdog was pinged" test -n "$(show WatchdogTimestamp)"
 check "no automatic restart happened" test "$(show NRestarts)" = 0
+check "LOG_FILE=/var/log/aitbc-miner.log gets the lines too" grep -q 'proof accepted' /var/log/aitbc-miner.log
+check "journald gets lines without a second timestamp" \
+  test -z "$(journalctl -u aitbc-miner.service -o cat --no-pager | grep -E '^[0-9]{4}-[0-9]{2}-[0-9]{2}T')"
+check "journalctl -p warning filters by the <N> priority" \
+  test -z "$(journalctl -u aitbc-miner.service -o cat -p warning --no-pager | grep -E ' INFO ')"
 journalctl -u aitbc-miner.service --no-pager -o cat | tail -15
 echo "-- warnings and worse:"
 journalctl -u aitbc-miner.service --no-pager -p warning -o cat | tail -10

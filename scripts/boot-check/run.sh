@@ -10,6 +10,9 @@
 #
 # Usage: scripts/boot-check/run.sh [BINARY_DIR]   (default: target/release; needs root and
 # systemd-nspawn from the systemd-container package). Exits 0 only when inside.sh says PASS.
+# With SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 (read by systemd-nspawn) the container gets the
+# unified cgroup hierarchy, as production Debian 12 has, even on a hybrid host: systemd then
+# delegates the service's cgroup for real (without controllers, which the host keeps on v1).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 bin_dir=$(cd "${1:-$repo/target/release}" && pwd)

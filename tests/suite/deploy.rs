@@ -876,18 +876,35 @@ fn the_service_runs_under_a_real_systemd() {
     let bin_dir = Path::new(MINER)
         .parent()
         .expect("the binary has a directory");
-    let out = run(Command::new("bash")
-        .arg(repo().join("scripts/boot-check/run.sh"))
-        .arg(bin_dir));
-    let log = text(&out);
-    assert!(out.status.success(), "the boot check failed:\n{log}");
-    for step in [
-        "ok   active (running) after READY=1",
-        "ok   4 jobs credited to the wallet",
-        "ok   aitbc-miner status answers",
-        "ok   the watchdog was pinged",
-        "ok   systemctl disable --now aitbc-miner.service",
-    ] {
-        assert!(log.contains(step), "missing {step:?} in:\n{log}");
+    // Twice: with this host's cgroup layout (here hybrid: no delegation systemd can give), and
+    // with the unified hierarchy production Debian 12 has, where the delegated v2 path runs.
+    for unified in ["0", "1"] {
+        let out = run(Command::new("bash")
+            .arg(repo().join("scripts/boot-check/run.sh"))
+            .arg(bin_dir)
+            .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", unified));
+        let log = text(&out);
+        assert!(
+            out.status.success(),
+            "the boot check (unified={unified}) failed:\n{log}"
+        );
+        let mut steps = vec![
+            "ok   active (running) after READY=1",
+            "ok   4 jobs credited to the wallet",
+            "ok   aitbc-miner status answers",
+            "ok   the watchdog was pinged",
+            "ok   LOG_FILE=/var/log/aitbc-miner.log gets the lines too",
+            "ok   journalctl -p warning filters by the <N> priority",
+            "ok   systemctl disable --now aitbc-miner.service",
+        ];
+        if unified == "1" {
+            steps.push("ok   cgroup v2: the supervisor moved into its delegated leaf");
+        }
+        for step in steps {
+            assert!(
+                log.contains(step),
+                "missing {step:?} (unified={unified}) in:\n{log}"
+            );
+        }
     }
 }
