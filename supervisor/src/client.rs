@@ -180,16 +180,7 @@ impl Client {
             ])
             .timeout(wait + REQUEST_TIMEOUT)
             .bearer_auth(&self.key);
-        let Answer {
-            status,
-            headers,
-            body,
-        } = send(req).await?;
-        match classify(status, headers.retry_after.as_deref(), &body) {
-            Classified::Empty => Ok(None),
-            Classified::Body => parse(status, &body).map(Some),
-            Classified::Error(e) => Err(e),
-        }
+        send(req).await?.decode()
     }
 
     /// [`Client::heartbeat`] for `aitbc-miner doctor`: the same request, answered together
@@ -218,20 +209,7 @@ impl Client {
             .query(&[("wallet", wallet)])
             .timeout(REQUEST_TIMEOUT)
             .bearer_auth(&self.key);
-        let Answer {
-            status,
-            headers,
-            body,
-        } = send(req).await?;
-        match classify(status, headers.retry_after.as_deref(), &body) {
-            Classified::Body => parse(status, &body),
-            Classified::Empty => Err(CallError::Refused {
-                status,
-                code: "EMPTY_BODY".into(),
-                message: format!("/v1/wallet/balance answered {status} with an empty body"),
-            }),
-            Classified::Error(e) => Err(e),
-        }
+        send(req).await?.decode_required("/v1/wallet/balance")
     }
 
     async fn post<B: serde::Serialize, T: DeserializeOwned>(
@@ -260,21 +238,7 @@ impl Client {
             Ok(a) => a,
             Err(e) => return (Err(e), AnswerHeaders::default()),
         };
-        let Answer {
-            status,
-            headers,
-            body: bytes,
-        } = answer;
-        let result = match classify(status, headers.retry_after.as_deref(), &bytes) {
-            Classified::Body => parse(status, &bytes),
-            Classified::Empty => Err(CallError::Refused {
-                status,
-                code: "EMPTY_BODY".into(),
-                message: format!("{path} answered {status} with an empty body"),
-            }),
-            Classified::Error(e) => Err(e),
-        };
-        (result, headers)
+        (answer.decode_required(path), answer.headers)
     }
 }
 
@@ -301,6 +265,28 @@ struct Answer {
     status: u16,
     headers: AnswerHeaders,
     body: Vec<u8>,
+}
+
+impl Answer {
+    /// What the answer means for a call: its body as `T`, `None` for an empty 2xx (a 204 or
+    /// blanks), or the [`CallError`] that [`classify`] makes of an error status.
+    fn decode<T: DeserializeOwned>(&self) -> Result<Option<T>, CallError> {
+        match classify(self.status, self.headers.retry_after.as_deref(), &self.body) {
+            Classified::Empty => Ok(None),
+            Classified::Body => parse(self.status, &self.body).map(Some),
+            Classified::Error(e) => Err(e),
+        }
+    }
+
+    /// [`Answer::decode`] for a call whose success always has a body: an empty one is refused
+    /// as `EMPTY_BODY`, naming `path`.
+    fn decode_required<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
+        self.decode()?.ok_or_else(|| CallError::Refused {
+            status: self.status,
+            code: "EMPTY_BODY".into(),
+            message: format!("{path} answered {} with an empty body", self.status),
+        })
+    }
 }
 
 /// `e` and its sources joined with `": "` (reqwest's own Display stops at "error sending

@@ -940,25 +940,59 @@ fn probe_cgroup(run_as: Option<(u32, u32)>) -> CgroupFacts {
 /// Forks a child that becomes `run_as` (when given; the parent must be root) and unshares
 /// `ns`; Ok when it could, the errno otherwise.
 pub fn probe_namespace(ns: Namespace, run_as: Option<(u32, u32)>) -> Result<(), i32> {
-    // SAFETY: the child calls only async-signal-safe system calls (setgroups, setresgid,
-    // setresuid, unshare, _exit) and never returns into Rust code; the parent only waits.
+    let flags = ns.flags();
+    // SAFETY: the closure makes one system call (unshare) and reads errno: async-signal-safe,
+    // no allocation, no lock, no panic.
+    unsafe {
+        in_child(run_as, || {
+            if libc::unshare(flags) != 0 {
+                return Err(*libc::__errno_location());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Runs `child` in a forked child process, as `run_as` (`(uid, gid)`, when given; the parent
+/// must be root) and returns what it returned: the child exits with 0 or the errno, and the
+/// parent maps the exit status back. A failed switch to `run_as` is `EPERM`; a child that did
+/// not exit normally is `ECHILD`; a failed fork its errno.
+///
+/// For probes that must act as another user or change the process (namespaces) without
+/// touching the doctor's own process.
+///
+/// # Safety
+///
+/// The process may have other threads (the tokio runtime), so the forked child may call only
+/// async-signal-safe functions: `child` must make plain system calls only — no allocation, no
+/// lock (no `println!`, no `tracing`), no panic — and must not rely on any other thread. It
+/// runs in the child and its result is turned into `_exit`, so it never returns into the
+/// caller's Rust code there; the parent only waits.
+pub(crate) unsafe fn in_child(
+    run_as: Option<(u32, u32)>,
+    child: impl FnOnce() -> Result<(), i32>,
+) -> Result<(), i32> {
+    // SAFETY: the child does only what the caller's contract allows plus setgroups, setresgid,
+    // setresuid and _exit, all async-signal-safe, and never returns from this match arm.
     match unsafe { libc::fork() } {
-        -1 => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+        -1 => Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)),
         0 => unsafe {
-            let errno = || *libc::__errno_location();
-            if let Some((uid, gid)) = run_as {
-                let groups = [gid];
-                if libc::setgroups(1, groups.as_ptr()) != 0
-                    || libc::setresgid(gid, gid, gid) != 0
-                    || libc::setresuid(uid, uid, uid) != 0
-                {
-                    libc::_exit(200);
+            let became = match run_as {
+                None => true,
+                Some((uid, gid)) => {
+                    let groups = [gid];
+                    libc::setgroups(1, groups.as_ptr()) == 0
+                        && libc::setresgid(gid, gid, gid) == 0
+                        && libc::setresuid(uid, uid, uid) == 0
                 }
+            };
+            let result = if became { child() } else { Err(libc::EPERM) };
+            match result {
+                Ok(()) => libc::_exit(0),
+                Err(errno) => libc::_exit(errno.clamp(1, 255)),
             }
-            if libc::unshare(ns.flags()) != 0 {
-                libc::_exit(errno().clamp(1, 199));
-            }
-            libc::_exit(0)
         },
         pid => {
             let mut status = 0;
@@ -969,7 +1003,6 @@ pub fn probe_namespace(ns: Namespace, run_as: Option<(u32, u32)>) -> Result<(), 
             }
             match libc::WEXITSTATUS(status) {
                 0 => Ok(()),
-                200 => Err(libc::EPERM),
                 e => Err(e),
             }
         }
@@ -1146,28 +1179,23 @@ pub fn gather(options: &Options) -> Facts {
         ),
     });
     let user_ok = identity.run_as.as_ref().is_none_or(Result::is_ok);
-    let self_test = options.self_test.then(|| match &config {
+    let self_test_of = |kind| match &config {
         Ok(c) if user_ok => self_test::probe(
             c,
-            WorkerKind::Cpu,
+            kind,
             options.self_test_timeout,
             options.self_test_job_timeout,
         ),
         Ok(_) => SelfTest::Skipped("the run-as user does not exist".into()),
         Err(e) => SelfTest::Skipped(format!("no usable config: {e}")),
-    });
-    let gpu_self_test = options.self_test.then(|| match &config {
-        Ok(_) if gpu.mode() != Mode::Gpu => {
+    };
+    let self_test = options.self_test.then(|| self_test_of(WorkerKind::Cpu));
+    let gpu_self_test = options.self_test.then(|| {
+        if config.is_ok() && gpu.mode() != Mode::Gpu {
             SelfTest::Skipped("no usable GPU here (see the gpu lines); jobs run on the CPU".into())
+        } else {
+            self_test_of(WorkerKind::Gpu)
         }
-        Ok(c) if user_ok => self_test::probe(
-            c,
-            WorkerKind::Gpu,
-            options.self_test_timeout,
-            options.self_test_job_timeout,
-        ),
-        Ok(_) => SelfTest::Skipped("the run-as user does not exist".into()),
-        Err(e) => SelfTest::Skipped(format!("no usable config: {e}")),
     });
     Facts {
         seccomp_prctl: probe_seccomp_prctl(),

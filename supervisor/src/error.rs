@@ -148,7 +148,7 @@ pub enum Error {
         waited: std::time::Duration,
     },
 
-    // --- status socket and metrics file (status.rs) ---
+    // --- status socket and metrics file (status/) ---
     /// The status socket could not be set up; the daemon runs without it.
     #[error("status socket {}: {message}", path.display())]
     StatusSocket {

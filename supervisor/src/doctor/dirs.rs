@@ -201,40 +201,9 @@ fn write_probe(dir: &Path, user: &DirUser) -> Result<(), i32> {
     if !user.root {
         return attempt(&c);
     }
-    // SAFETY: the child calls only async-signal-safe functions (setgroups, setresgid,
-    // setresuid, open, close, unlink, _exit) and never returns into Rust code; the parent only
-    // waits for it.
-    match unsafe { libc::fork() } {
-        -1 => Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)),
-        0 => unsafe {
-            let groups = [user.gid];
-            if libc::setgroups(1, groups.as_ptr()) != 0
-                || libc::setresgid(user.gid, user.gid, user.gid) != 0
-                || libc::setresuid(user.uid, user.uid, user.uid) != 0
-            {
-                libc::_exit(255);
-            }
-            match attempt(&c) {
-                Ok(()) => libc::_exit(0),
-                Err(errno) => libc::_exit(errno.clamp(1, 254)),
-            }
-        },
-        pid => {
-            let mut status = 0;
-            // SAFETY: waiting for the child just forked.
-            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-            if r != pid || !libc::WIFEXITED(status) {
-                return Err(libc::ECHILD);
-            }
-            match libc::WEXITSTATUS(status) {
-                0 => Ok(()),
-                255 => Err(libc::EPERM),
-                e => Err(e),
-            }
-        }
-    }
+    // SAFETY: `attempt` makes only async-signal-safe system calls (open, close, unlink) on a
+    // path allocated before the fork, and reads errno; no allocation, no lock, no panic.
+    unsafe { super::in_child(Some((user.uid, user.gid)), || attempt(&c)) }
 }
 
 /// The line for one directory.
