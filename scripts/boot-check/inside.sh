@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs as a oneshot service inside the container run.sh boots (systemd is PID 1 here). It does
-# what an operator does, in order, and prints `ok`/`FAIL` per step, then `BOOT-CHECK: PASS`
+# what an operator does, in order (with install.sh, or with the Debian package when run.sh was
+# given one: /run/aitbc/pkg.deb), and prints `ok`/`FAIL` per step, then `BOOT-CHECK: PASS`
 # only when every step passed. It must never touch anything outside the container: the
 # repository and the binaries are read-only binds, the only writable bind is /run/aitbc/out.
 set -uo pipefail
@@ -33,11 +34,27 @@ client_key=$("$bin/aitbc-coordinator" keys add --db "$db" --scope client --name 
 systemd-run --quiet --unit=coord "$bin/aitbc-coordinator" serve --listen 127.0.0.1:8080 --db "$db"
 wait_for "coordinator answers" 20 curl -fsS http://127.0.0.1:8080/v1/health
 
-echo "== install.sh, as an operator runs it"
-check "install.sh exits 0" bash "$src/systemd/install.sh" --binary "$bin/aitbc-miner"
-check "the unit is enabled" systemctl is-enabled --quiet aitbc-miner.service
-check "config exists with mode 600" test "$(stat -c %a /etc/aitbc/miner.conf)" = 600
-check "the second run exits 0" bash "$src/systemd/install.sh" --binary "$bin/aitbc-miner"
+deb=/run/aitbc/pkg.deb
+if [ -f "$deb" ]; then
+  echo "== the Debian package: dpkg -i runs postinst (install.sh --configure) under systemd"
+  # This host's image forbids maintainer scripts to start services (policy-rc.d exits 101),
+  # which install.sh honours; a Debian machine has none. Only the container's /usr overlay
+  # loses it.
+  rm -f /usr/sbin/policy-rc.d
+  check "dpkg -i exits 0" dpkg -i "$deb"
+  check "the user exists" getent passwd aitbc-miner
+  check "the unit is enabled" systemctl is-enabled --quiet aitbc-miner.service
+  check "the service is active with the default config" systemctl is-active --quiet aitbc-miner.service
+  check "config exists with mode 600" test "$(stat -c %a /etc/aitbc/miner.conf)" = 600
+  check "config belongs to aitbc-miner" test "$(stat -c %U /etc/aitbc/miner.conf)" = aitbc-miner
+  check "reinstalling the same package exits 0" dpkg -i "$deb"
+else
+  echo "== install.sh, as an operator runs it"
+  check "install.sh exits 0" bash "$src/systemd/install.sh" --binary "$bin/aitbc-miner"
+  check "the unit is enabled" systemctl is-enabled --quiet aitbc-miner.service
+  check "config exists with mode 600" test "$(stat -c %a /etc/aitbc/miner.conf)" = 600
+  check "the second run exits 0" bash "$src/systemd/install.sh" --binary "$bin/aitbc-miner"
+fi
 
 echo "== edit the config, then the README's restart"
 sed -i -e "s|^API_KEY=.*|API_KEY=\"$miner_key\"|" \
@@ -95,10 +112,22 @@ check "systemctl disable --now aitbc-miner.service" systemctl disable --now aitb
 check "  ... inactive" test "$(show ActiveState)" = inactive
 check "  ... not enabled" test "$(systemctl is-enabled aitbc-miner.service)" = disabled
 
-echo "== uninstall keeps the config and the spool"
-check "install.sh --uninstall" bash "$src/systemd/install.sh" --uninstall
-check "  ... the unit is gone" test ! -e /etc/systemd/system/aitbc-miner.service
-check "  ... the config is kept" test -f /etc/aitbc/miner.conf
-check "  ... the state dir is kept" test -d /var/lib/aitbc-miner
+if [ -f "$deb" ]; then
+  echo "== dpkg -r keeps the config and the spool; dpkg -P removes them"
+  check "dpkg -r aitbc-miner" dpkg -r aitbc-miner
+  check "  ... the binary is gone" test ! -e /usr/bin/aitbc-miner
+  check "  ... the unit is gone" test ! -e /lib/systemd/system/aitbc-miner.service
+  check "  ... the config is kept" test -f /etc/aitbc/miner.conf
+  check "  ... the state dir is kept" test -d /var/lib/aitbc-miner
+  check "dpkg -P aitbc-miner" dpkg -P aitbc-miner
+  check "  ... the config is gone" test ! -e /etc/aitbc/miner.conf
+  check "  ... the state dir is gone" test ! -e /var/lib/aitbc-miner
+else
+  echo "== uninstall keeps the config and the spool"
+  check "install.sh --uninstall" bash "$src/systemd/install.sh" --uninstall
+  check "  ... the unit is gone" test ! -e /etc/systemd/system/aitbc-miner.service
+  check "  ... the config is kept" test -f /etc/aitbc/miner.conf
+  check "  ... the state dir is kept" test -d /var/lib/aitbc-miner
+fi
 
 if [ "$failed" -eq 0 ]; then echo "BOOT-CHECK: PASS"; else echo "BOOT-CHECK: FAIL"; fi

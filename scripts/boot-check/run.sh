@@ -13,6 +13,8 @@
 # With SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 (read by systemd-nspawn) the container gets the
 # unified cgroup hierarchy, as production Debian 12 has, even on a hybrid host: systemd then
 # delegates the service's cgroup for real (without controllers, which the host keeps on v1).
+# With BOOT_CHECK_DEB=path/to/aitbc-miner.deb the service is installed with dpkg instead of
+# install.sh (the container gets a copy of this host's dpkg database, so dependencies resolve).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 bin_dir=$(cd "${1:-$repo/target/release}" && pwd)
@@ -27,6 +29,14 @@ done
 work=$(mktemp -d /tmp/aitbc-boot-check.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/out" "$work/usr-upper"
+pkg_binds=()
+if [ -n "${BOOT_CHECK_DEB:-}" ]; then
+  [ -f "$BOOT_CHECK_DEB" ] || die "BOOT_CHECK_DEB=$BOOT_CHECK_DEB is not a file"
+  cp -a /var/lib/dpkg "$work/dpkg"
+  # Its overrides name this host's groups, which the container's empty /etc does not have.
+  : >"$work/dpkg/statoverride"
+  pkg_binds=(--bind="$work/dpkg:/var/lib/dpkg" --bind-ro="$(realpath "$BOOT_CHECK_DEB"):/run/aitbc/pkg.deb")
+fi
 cat >"$work/boot-check.service" <<'UNIT'
 [Unit]
 Description=aitbc-miner boot check (scripts/boot-check/inside.sh)
@@ -44,7 +54,7 @@ timeout "${BOOT_CHECK_TIMEOUT_SECS:-300}" systemd-nspawn --quiet \
   --bind-ro="$repo:/run/aitbc/src" \
   --bind-ro="$bin_dir/aitbc-miner:/run/aitbc/bin/aitbc-miner" \
   --bind-ro="$bin_dir/aitbc-coordinator:/run/aitbc/bin/aitbc-coordinator" \
-  --bind="$work/out:/run/aitbc/out" \
+  --bind="$work/out:/run/aitbc/out" "${pkg_binds[@]}" \
   --bind-ro="$work/boot-check.service:/etc/systemd/system/boot-check.service" \
   --boot systemd.wants=boot-check.service systemd.firstboot=off >"$work/console" 2>&1 || status=$?
 

@@ -862,7 +862,9 @@ fn the_logrotate_file_parses_with_the_guides_settings() {
 /// edits the config, restarts the service (Type=notify: active only after READY=1), runs four
 /// jobs from a real Coordinator through it as `aitbc-miner` with every hardening directive
 /// applied, asks `aitbc-miner status`, checks the watchdog was pinged and nothing restarted,
-/// runs the README's operations commands as written, and uninstalls. What the other tests here
+/// runs the README's operations commands as written, and uninstalls; once more from the .deb
+/// (dpkg runs the maintainer scripts, which start it; remove keeps, purge deletes the config).
+/// What the other tests here
 /// check by reading the unit, this one checks by starting it.
 #[test]
 fn the_service_runs_under_a_real_systemd() {
@@ -876,17 +878,35 @@ fn the_service_runs_under_a_real_systemd() {
     let bin_dir = Path::new(MINER)
         .parent()
         .expect("the binary has a directory");
-    // Twice: with this host's cgroup layout (here hybrid: no delegation systemd can give), and
-    // with the unified hierarchy production Debian 12 has, where the delegated v2 path runs.
-    for unified in ["0", "1"] {
-        let out = run(Command::new("bash")
-            .arg(repo().join("scripts/boot-check/run.sh"))
+    // With this host's cgroup layout (here hybrid: no delegation systemd can give), with the
+    // unified hierarchy production Debian 12 has (the delegated v2 path runs), and installed
+    // from the Debian package with dpkg (postinst, prerm and postrm under a real systemd).
+    let scratch = tempfile::tempdir().unwrap();
+    let deb = match find_tool("cargo-deb") {
+        Some(cargo_deb) => Some(build_deb(&cargo_deb, scratch.path())),
+        None => {
+            skip("cargo-deb not installed: the boot check of the Debian package");
+            None
+        }
+    };
+    let mut runs = vec![("0", None), ("1", None)];
+    if let Some(deb) = &deb {
+        runs.push(("1", Some(deb.as_path())));
+    }
+    for (unified, deb) in runs {
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("scripts/boot-check/run.sh"))
             .arg(bin_dir)
-            .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", unified));
+            .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", unified);
+        if let Some(deb) = deb {
+            cmd.env("BOOT_CHECK_DEB", deb);
+        }
+        let out = run(&mut cmd);
         let log = text(&out);
+        let what = format!("unified={unified}, deb={}", deb.is_some());
         assert!(
             out.status.success(),
-            "the boot check (unified={unified}) failed:\n{log}"
+            "the boot check ({what}) failed:\n{log}"
         );
         let mut steps = vec![
             "ok   active (running) after READY=1",
@@ -900,11 +920,12 @@ fn the_service_runs_under_a_real_systemd() {
         if unified == "1" {
             steps.push("ok   cgroup v2: the supervisor moved into its delegated leaf");
         }
+        if deb.is_some() {
+            steps.push("ok   the service is active with the default config");
+            steps.push("ok     ... the config is gone");
+        }
         for step in steps {
-            assert!(
-                log.contains(step),
-                "missing {step:?} (unified={unified}) in:\n{log}"
-            );
+            assert!(log.contains(step), "missing {step:?} ({what}) in:\n{log}");
         }
     }
 }
