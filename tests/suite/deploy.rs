@@ -864,8 +864,7 @@ fn the_logrotate_file_parses_with_the_guides_settings() {
 /// applied, asks `aitbc-miner status`, checks the watchdog was pinged and nothing restarted,
 /// runs the README's operations commands as written, and uninstalls; once more from the .deb
 /// (dpkg runs the maintainer scripts, which start it; remove keeps, purge deletes the config).
-/// What the other tests here
-/// check by reading the unit, this one checks by starting it.
+/// What the other tests here check by reading the unit, this one checks by starting it.
 #[test]
 fn the_service_runs_under_a_real_systemd() {
     if !is_root() {
