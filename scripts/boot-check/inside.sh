@@ -26,13 +26,21 @@ show() { systemctl show aitbc-miner.service -p "$1" --value; }
 
 echo "== systemd $(systemctl --version | head -1 | cut -d' ' -f2), kernel $(uname -r)"
 
-echo "== a Coordinator to mine for (a transient service on 127.0.0.1:8080)"
+unified=0
+[ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] && unified=1
+echo "== a Coordinator to mine for (a transient service on 127.0.0.1, a free port)"
 mkdir -p /var/lib/coord
 db=/var/lib/coord/coord.db
 miner_key=$("$bin/aitbc-coordinator" keys add --db "$db" --scope miner --name boot-check)
 client_key=$("$bin/aitbc-coordinator" keys add --db "$db" --scope client --name boot-check)
-systemd-run --quiet --unit=coord "$bin/aitbc-coordinator" serve --listen 127.0.0.1:8080 --db "$db"
-wait_for "coordinator answers" 20 curl -fsS http://127.0.0.1:8080/v1/health
+# Port 0: the container shares this host's network, where 8080 may be taken.
+systemd-run --quiet --unit=coord "$bin/aitbc-coordinator" serve --listen 127.0.0.1:0 --db "$db"
+coord_up() {
+  coord=$(journalctl -u coord -o cat --no-pager | sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' | tail -1)
+  [ -n "$coord" ] && curl -fsS "http://$coord/v1/health"
+}
+wait_for "coordinator answers" 20 coord_up
+echo "   at http://$coord"
 
 deb=/run/aitbc/pkg.deb
 if [ -f "$deb" ]; then
@@ -58,7 +66,7 @@ fi
 
 echo "== edit the config, then the README's restart"
 sed -i -e "s|^API_KEY=.*|API_KEY=\"$miner_key\"|" \
-  -e 's|^MINER_ID=.*|MINER_ID="boot-check"|' \
+  -e 's|^MINER_ID=.*|MINER_ID="boot-check"|' -e "s|^COORD_URL=.*|COORD_URL=\"http://$coord\"|" \
   -e 's|^HEARTBEAT_SECS=.*|HEARTBEAT_SECS=1|' \
   -e 's|^MAX_CONCURRENCY=.*|MAX_CONCURRENCY=2|' \
   -e 's|^LOG_FILE=.*|LOG_FILE="/var/log/aitbc-miner.log"|' /etc/aitbc/miner.conf
@@ -68,7 +76,7 @@ echo "   User=$(show User) Type=$(show Type) WatchdogUSec=$(show WatchdogUSec) S
 check "runs as aitbc-miner" test "$(ps -o user= -p "$(show MainPID)")" = aitbc-miner
 echo "   cgroups of the main process: $(tr '\n' ' ' </proc/"$(show MainPID)"/cgroup)"
 journalctl -u aitbc-miner.service --no-pager -o cat | grep -E 'workers run in|no cgroup subtree' | tail -1
-if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+if [ "$unified" = 1 ]; then
   # The unified hierarchy (run.sh with SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1): systemd delegates
   # the service's cgroup, and the supervisor must have moved itself into its own leaf.
   svc=/sys/fs/cgroup/system.slice/aitbc-miner.service
@@ -81,14 +89,14 @@ fi
 
 echo "== jobs through the service"
 for i in 1 2 3 4; do
-  "$bin/aitbc-coordinator" jobs submit --key "$client_key" --workload torch_bench \
+  "$bin/aitbc-coordinator" jobs submit --url "http://$coord" --key "$client_key" --workload torch_bench \
     --params '{"n":64,"iters":2}' --reward 5 >/dev/null || bad "submit job $i"
 done
 credits() {
-  "$bin/aitbc-coordinator" wallet balance --wallet wallet_demo | grep -Eq '"credits": *4\b'
+  "$bin/aitbc-coordinator" wallet balance --url "http://$coord" --wallet wallet_demo | grep -Eq '"credits": *4\b'
 }
 wait_for "4 jobs credited to the wallet" 90 credits
-"$bin/aitbc-coordinator" wallet balance --wallet wallet_demo
+"$bin/aitbc-coordinator" wallet balance --url "http://$coord" --wallet wallet_demo
 check "aitbc-miner status answers" aitbc-miner status
 aitbc-miner status --metrics | head -20
 check "the watchdog was pinged" test -n "$(show WatchdogTimestamp)"
