@@ -33,10 +33,13 @@ mkdir -p /var/lib/coord
 db=/var/lib/coord/coord.db
 miner_key=$("$bin/aitbc-coordinator" keys add --db "$db" --scope miner --name boot-check)
 client_key=$("$bin/aitbc-coordinator" keys add --db "$db" --scope client --name boot-check)
-# Port 0: the container shares this host's network, where 8080 may be taken.
-systemd-run --quiet --unit=coord "$bin/aitbc-coordinator" serve --listen 127.0.0.1:0 --db "$db"
+# Port 0: the container shares this host's network, where 8080 may be taken. All addresses:
+# the IPAddressDeny check below reaches it on this host's own non-loopback address too.
+systemd-run --quiet --unit=coord "$bin/aitbc-coordinator" serve --listen 0.0.0.0:0 --db "$db"
 coord_up() {
-  coord=$(journalctl -u coord -o cat --no-pager | sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' | tail -1)
+  port=$(journalctl -u coord -o cat --no-pager | sed -n 's/.*listening on [0-9.]*:\([0-9]*\).*/\1/p' | tail -1)
+  coord="127.0.0.1:$port"
+  [ -n "$port" ] || return 1
   [ -n "$coord" ] && curl -fsS "http://$coord/v1/health"
 }
 wait_for "coordinator answers" 20 coord_up
@@ -110,6 +113,28 @@ journalctl -u aitbc-miner.service --no-pager -o cat | tail -15
 echo "-- warnings and worse:"
 journalctl -u aitbc-miner.service --no-pager -p warning -o cat | tail -10
 systemd-analyze security aitbc-miner.service --no-pager | tail -1
+
+own_ip=$(ip -4 -o addr show scope global 2>/dev/null | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p' | head -1)
+if [ -n "$own_ip" ]; then
+  echo "== IPAddressDeny: the service reaches loopback and the drop-in's addresses only"
+  check "outside the service, the Coordinator answers on $own_ip" \
+    curl -fsS -o /dev/null "http://$own_ip:$port/v1/health"
+  sed -i "s|^COORD_URL=.*|COORD_URL=\"http://$own_ip:$port\"|" /etc/aitbc/miner.conf
+  systemctl restart aitbc-miner.service
+  # The first heartbeat fails when its connect times out (10 s): the filter drops, not refuses.
+  heartbeat_is() { aitbc-miner status --json | jq -e ".heartbeat.ok == $1" >/dev/null; }
+  t0=$SECONDS
+  wait_for "inside it, a heartbeat to $own_ip fails (not in IPAddressAllow)" 60 heartbeat_is false
+  echo "   after $((SECONDS - t0)) s"
+  echo "   $(aitbc-miner status --json | jq -r .heartbeat.error)"
+  check "install.sh --configure allows the new COORD_URL" /usr/lib/aitbc-miner/install.sh --configure
+  grep IPAddressAllow /etc/systemd/system/aitbc-miner.service.d/50-coordinator.conf
+  # (install.sh honours this image's policy-rc.d, which forbids it to restart the service.)
+  systemctl restart aitbc-miner.service
+  wait_for "  ... and the heartbeat gets through" 60 heartbeat_is true
+else
+  bad "no non-loopback IPv4 address here to check IPAddressDeny with"
+fi
 
 echo "== README operations commands, as written"
 check "systemctl restart aitbc-miner.service" systemctl restart aitbc-miner.service

@@ -47,10 +47,13 @@ ExecStopPost=/bin/systemctl poweroff --no-block
 UNIT
 
 # --register=no and --keep-unit: there is no host systemd (no machined, no scopes) to ask.
+# bpf(2) and CAP_BPF/CAP_PERFMON: systemd's IP firewall (IPAddressDeny=) is a cgroup BPF
+# program; without them systemd in the container silently runs units without it.
 status=0
 timeout "${BOOT_CHECK_TIMEOUT_SECS:-300}" systemd-nspawn --quiet \
   --directory=/ --volatile=yes --overlay="/usr:$work/usr-upper:/usr" \
   --register=no --keep-unit --console=pipe --machine=aitbc-boot-check \
+  --system-call-filter=bpf --capability=CAP_BPF,CAP_PERFMON \
   --bind-ro="$repo:/run/aitbc/src" \
   --bind-ro="$bin_dir/aitbc-miner:/run/aitbc/bin/aitbc-miner" \
   --bind-ro="$bin_dir/aitbc-coordinator:/run/aitbc/bin/aitbc-coordinator" \

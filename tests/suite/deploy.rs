@@ -862,6 +862,8 @@ fn the_logrotate_file_parses_with_the_guides_settings() {
 /// edits the config, restarts the service (Type=notify: active only after READY=1), runs four
 /// jobs from a real Coordinator through it as `aitbc-miner` with every hardening directive
 /// applied, asks `aitbc-miner status`, checks the watchdog was pinged and nothing restarted,
+/// that `IPAddressDeny=` stops a heartbeat to an address the drop-in does not allow (until
+/// `install.sh --configure` rewrites it),
 /// runs the README's operations commands as written, and uninstalls; once more from the .deb
 /// (dpkg runs the maintainer scripts, which start it; remove keeps, purge deletes the config).
 /// What the other tests here check by reading the unit, this one checks by starting it.
@@ -888,21 +890,26 @@ fn the_service_runs_under_a_real_systemd() {
             None
         }
     };
-    let mut runs = vec![("0", None), ("1", None)];
+    let mut runs = vec![("host", None), ("1", None)];
     if let Some(deb) = &deb {
         runs.push(("1", Some(deb.as_path())));
     }
     for (unified, deb) in runs {
         let mut cmd = Command::new("bash");
         cmd.arg(repo().join("scripts/boot-check/run.sh"))
-            .arg(bin_dir)
-            .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", unified);
+            .arg(bin_dir);
+        // Unset, systemd-nspawn gives the container this host's layout; "0" would force the
+        // legacy one (no unified hierarchy at all, so no BPF IP firewall either).
+        match unified {
+            "1" => cmd.env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1"),
+            _ => cmd.env_remove("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"),
+        };
         if let Some(deb) = deb {
             cmd.env("BOOT_CHECK_DEB", deb);
         }
         let out = run(&mut cmd);
         let log = text(&out);
-        let what = format!("unified={unified}, deb={}", deb.is_some());
+        let what = format!("unified hierarchy: {unified}, deb: {}", deb.is_some());
         assert!(
             out.status.success(),
             "the boot check ({what}) failed:\n{log}"
@@ -914,6 +921,8 @@ fn the_service_runs_under_a_real_systemd() {
             "ok   the watchdog was pinged",
             "ok   LOG_FILE=/var/log/aitbc-miner.log gets the lines too",
             "ok   journalctl -p warning filters by the <N> priority",
+            "ok   inside it, a heartbeat to",
+            "ok     ... and the heartbeat gets through",
             "ok   systemctl disable --now aitbc-miner.service",
         ];
         if unified == "1" {
