@@ -4,10 +4,10 @@
 //! golden values and with the test reference. The kernels themselves are not compiled here; the
 //! device arithmetic (`__fmul_rn`, `__fsub_rn`) is checked on a GPU by `gpu.rs`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use crate::ask;
 use crate::reference::{input, pow2, rescale_exponent, w_scale, GOLDEN};
 
 const DRIVER: &str = r#"
@@ -87,27 +87,6 @@ fn build_driver() -> Option<PathBuf> {
         String::from_utf8_lossy(&out.stderr)
     );
     Some(exe)
-}
-
-fn ask(exe: &Path, queries: &str) -> Vec<String> {
-    let mut child = Command::new(exe)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(queries.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the host-check driver failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

@@ -11,9 +11,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
+use crate::ask;
 use crate::reference::{self, pow2, rel_err, rescale_exponent};
 
 fn note(line: &str) {
@@ -51,27 +52,6 @@ fn emulator() -> Option<&'static Path> {
         }
     })
     .as_deref()
-}
-
-fn ask(exe: &Path, command: &str) -> Vec<String> {
-    let mut child = Command::new(exe)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(command.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "emulator failed on {command:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 fn floats(lines: &[String]) -> Vec<f32> {
