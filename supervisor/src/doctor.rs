@@ -342,6 +342,22 @@ pub fn check_landlock(abi: &Result<i32, i32>, fs: SandboxFs) -> Line {
     }
 }
 
+/// The `cgroup` line: ok with every controller, else a warning naming the missing ones.
+fn controllers_line(finding: String, missing: &[&str], fix: &str) -> Line {
+    if missing.is_empty() {
+        return Line::new(Status::Ok, "cgroup", finding);
+    }
+    Line::new(
+        Status::Warn,
+        "cgroup",
+        format!(
+            "{finding}; missing {}: those limits fall back to rlimits",
+            missing.join(", ")
+        ),
+    )
+    .fix(fix)
+}
+
 /// The cgroup lines: version and controllers, delegation, swap accounting.
 pub fn check_cgroup(c: &CgroupFacts, identity: &Identity) -> Vec<Line> {
     let mut lines = Vec::new();
@@ -361,16 +377,11 @@ pub fn check_cgroup(c: &CgroupFacts, identity: &Identity) -> Vec<Line> {
             mount.display(),
             c.v2_controllers.join(" ")
         );
-        lines.push(if missing.is_empty() {
-            Line::new(Status::Ok, "cgroup", finding)
-        } else {
-            Line::new(
-                Status::Warn,
-                "cgroup",
-                format!("{finding}; missing {}: those limits fall back to rlimits", missing.join(", ")),
-            )
-            .fix("enable the controllers in the parent's cgroup.subtree_control (systemd does with Delegate=yes)")
-        });
+        lines.push(controllers_line(
+            finding,
+            &missing,
+            "enable the controllers in the parent's cgroup.subtree_control (systemd does with Delegate=yes)",
+        ));
         let own = c.v2_own.as_deref().unwrap_or("?");
         lines.push(if root {
             Line::new(
@@ -419,16 +430,11 @@ pub fn check_cgroup(c: &CgroupFacts, identity: &Identity) -> Vec<Line> {
                 m.display()
             ));
         }
-        lines.push(if missing.is_empty() {
-            Line::new(Status::Ok, "cgroup", finding)
-        } else {
-            Line::new(
-                Status::Warn,
-                "cgroup",
-                format!("{finding}; missing {}: those limits fall back to rlimits", missing.join(", ")),
-            )
-            .fix("mount the missing hierarchies, or boot with systemd.unified_cgroup_hierarchy=1 for cgroup v2")
-        });
+        lines.push(controllers_line(
+            finding,
+            &missing,
+            "mount the missing hierarchies, or boot with systemd.unified_cgroup_hierarchy=1 for cgroup v2",
+        ));
         lines.push(if root {
             Line::new(
                 Status::Ok,
