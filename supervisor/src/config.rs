@@ -144,7 +144,7 @@ pub struct Config {
 pub const DEFAULT_STATUS_SOCKET: &str = "/run/aitbc-miner/status.sock";
 
 /// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
-pub(crate) const MAX_SOCKET_PATH: usize = 107;
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// The user [`Config::run_as_user`] defaults to.
 pub const DEFAULT_RUN_AS_USER: &str = "aitbc-miner";

@@ -160,7 +160,7 @@ async fn run(
     // A status socket in the temporary directory, unless its path is too long for one.
     let socket = dir.join("status.sock");
     let socket = match socket.to_str() {
-        Some(s) if s.len() <= 107 => s.to_owned(),
+        Some(s) if s.len() <= aitbc_supervisor::config::MAX_SOCKET_PATH => s.to_owned(),
         _ => String::new(),
     };
     let conf = format!(
