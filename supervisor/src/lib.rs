@@ -31,6 +31,7 @@ pub mod privilege;
 pub mod runtime;
 pub mod spool;
 pub mod status;
+pub mod untrusted;
 pub mod worker_proc;
 
 use std::time::Duration;

@@ -6,6 +6,11 @@
 //! without a timestamp (the journal keeps its own) that start with a `<N>` syslog priority, so
 //! `journalctl -p warning -u aitbc-miner` filters by level; anything else gets plain lines.
 //!
+//! Every field and message is written through [`crate::untrusted::escape`], so text that came
+//! from the network or a worker (a job's workload, a refusal's message) can neither break a
+//! line nor carry an ESC byte or a Unicode format character into the file, the journal or a
+//! terminal (tests/suite/hostile_coordinator.rs tries).
+//!
 //! This module must never truncate an existing log file (it opens with `O_APPEND`, creating it
 //! with mode 0600), and must never format the API key: `config::ApiKey` prints `<redacted>`,
 //! and the tests here check that a logged `Config` does not carry the key.
@@ -139,6 +144,22 @@ where
     }
 }
 
+/// How every layer writes an event's fields: `name=value`, space-separated, the message bare,
+/// each value [`crate::untrusted::escape`]d.
+fn escaped_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = crate::untrusted::escape(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{field}={text}")
+        }
+    })
+    .delimited(" ")
+}
+
 /// Builds the subscriber without installing it: events at or above `level` go to `console`
 /// in the given style and, when `log_file` is given, are appended to that file with
 /// timestamps and without colours. [`init`] calls this with stderr; tests use it with
@@ -159,18 +180,23 @@ where
     };
     let console_layer = match style {
         Console::Journal => fmt::layer()
+            .fmt_fields(escaped_fields())
             .with_writer(console)
             .with_ansi(false)
             .event_format(JournalFormat(fmt::format().without_time().with_ansi(false)))
             .boxed(),
         _ => fmt::layer()
+            .fmt_fields(escaped_fields())
             .with_writer(console)
             .with_ansi(style == Console::Terminal)
             .boxed(),
     };
-    let file_layer = file
-        .as_ref()
-        .map(|(_, file)| fmt::layer().with_writer(Arc::clone(file)).with_ansi(false));
+    let file_layer = file.as_ref().map(|(_, file)| {
+        fmt::layer()
+            .fmt_fields(escaped_fields())
+            .with_writer(Arc::clone(file))
+            .with_ansi(false)
+    });
     let subscriber = Registry::default()
         .with(filter)
         .with(console_layer)
@@ -271,6 +297,42 @@ mod tests {
         assert!(written.trim_end().ends_with("appended"), "{written}");
         let mode = std::fs::metadata(&old).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o640);
+    }
+
+    #[test]
+    fn text_from_outside_cannot_forge_a_line_or_reach_the_terminal() {
+        let forged =
+            "x\n2026-01-01T00:00:00.000000Z ERROR forged: API_KEY=stolen\u{1b}[31m\u{202e}";
+        for style in [Console::Plain, Console::Journal, Console::Terminal] {
+            let dir = tempfile::tempdir().unwrap();
+            let (out, file) = (dir.path().join("console"), dir.path().join("miner.log"));
+            let console = Arc::new(File::create(&out).unwrap());
+            let (sub, guard) = subscriber("info", Some(&file), console, style).unwrap();
+            tracing::subscriber::with_default(sub, || {
+                tracing::warn!(workload = %forged, code = forged, "refused: {forged}");
+                tracing::info!("next");
+            });
+            drop(guard);
+            for path in [&out, &file] {
+                let written = std::fs::read_to_string(path).unwrap();
+                let lines: Vec<&str> = written.lines().collect();
+                assert_eq!(lines.len(), 2, "{style:?} {}: {written}", path.display());
+                assert!(
+                    !written.contains("\n2026-01-01") && !written.contains('\u{202e}'),
+                    "{written}"
+                );
+                if style != Console::Terminal || path == &file {
+                    assert!(!written.contains('\u{1b}'), "{style:?}: {written}");
+                }
+                assert_eq!(
+                    lines[0]
+                        .matches("forged: API_KEY=stolen\\u{1b}[31m\\u{202e}")
+                        .count(),
+                    3,
+                    "{written}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -42,6 +42,13 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use crate::untrusted;
+
+/// How much of a job's id or workload the status keeps, in characters.
+const UNTRUSTED_MAX_CHARS: usize = 128;
+/// How much of an error's text the status keeps, in characters.
+const ERROR_MAX_CHARS: usize = 500;
+
 /// What the daemon as a whole is doing.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -302,13 +309,14 @@ impl Status {
         });
     }
 
-    /// A job was handed to `slot`.
+    /// A job was handed to `slot`. Its id and workload came from the Coordinator: they are
+    /// kept escaped and cut ([`crate::untrusted::bounded`]), as is every error text here.
     pub fn slot_starting(&self, slot: usize, job_id: &str, workload: &str) {
         self.update(|l| {
             if let Some(s) = l.slots.get_mut(slot) {
                 *s = Some(SlotJob {
-                    id: job_id.to_owned(),
-                    workload: workload.to_owned(),
+                    id: untrusted::bounded(job_id, UNTRUSTED_MAX_CHARS),
+                    workload: untrusted::bounded(workload, UNTRUSTED_MAX_CHARS),
                     at: ts::now(),
                     since: Instant::now(),
                     mode: None,
@@ -353,7 +361,7 @@ impl Status {
                     l.heartbeat.error = None;
                     l.heartbeat.last_ok_at = Some(now);
                 }
-                Err(e) => l.heartbeat.error = Some(e),
+                Err(e) => l.heartbeat.error = Some(untrusted::bounded(&e, ERROR_MAX_CHARS)),
             }
         });
     }
@@ -392,7 +400,7 @@ impl Status {
                     error: None,
                 }
             }
-            Err(e) => l.balance.error = Some(e),
+            Err(e) => l.balance.error = Some(untrusted::bounded(&e, ERROR_MAX_CHARS)),
         });
     }
 
@@ -546,6 +554,31 @@ mod tests {
         );
         let back: Snapshot = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn text_from_the_coordinator_is_kept_escaped() {
+        let status = live(1);
+        let forged = "torch_bench\n2026-01-01T00:00:00Z ERROR forged\u{1b}[31m\u{202e}";
+        status.slot_starting(0, forged, &forged.repeat(50));
+        status.heartbeat(Err(format!("HTTP 403 {forged}")));
+        status.balance(Err(forged.to_owned()));
+        let s = status.snapshot();
+        let text = format!(
+            "{}{}{}{}",
+            s.slots[0].job_id.as_deref().unwrap_or_default(),
+            s.slots[0].workload.as_deref().unwrap_or_default(),
+            s.heartbeat.error.as_deref().unwrap_or_default(),
+            s.balance.error.as_deref().unwrap_or_default()
+        );
+        assert!(!text.chars().any(untrusted::is_unsafe), "{text}");
+        assert!(text.contains("torch_bench\\n2026"), "{text}");
+        // Cut to UNTRUSTED_MAX_CHARS characters of what was sent (escapes make it longer).
+        let kept = s.slots[0].workload.as_deref().unwrap_or_default();
+        assert!(
+            kept.ends_with('…') && kept.len() < 8 * UNTRUSTED_MAX_CHARS,
+            "{kept}"
+        );
     }
 
     #[test]
