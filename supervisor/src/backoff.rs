@@ -2,8 +2,8 @@
 //! BACKOFF_MAX_SECS, and the server's `Retry-After` when it sends one.
 //!
 //! Pure: the random draw is an argument, so the function is tested without clocks or sleeps.
-//! It must never return more than `max` unless the server asked for more via `Retry-After`
-//! (and even then no more than ten times `max`, so a hostile header cannot park the miner).
+//! It must never return more than `max`: a server's `Retry-After` may lengthen a pause up to
+//! `max` (BACKOFF_MAX_SECS), never beyond, so one header cannot park the miner.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 ///
 /// Full jitter (the AWS architecture blog's variant): draw uniformly in `[min, cap]` where
 /// `cap = min(max, min * 2^attempt)`. `rand` is a uniform draw in `[0, 1)`. When the server
-/// sent `Retry-After`, the pause is at least that long.
+/// sent `Retry-After`, the pause is at least that long, up to `max`.
 pub fn next_delay(
     attempt: u32,
     min: Duration,
@@ -29,7 +29,7 @@ pub fn next_delay(
     };
     let jittered = min + (cap.saturating_sub(min)).mul_f64(rand);
     match retry_after {
-        Some(ra) => jittered.max(ra.min(max.saturating_mul(10))),
+        Some(ra) => jittered.max(ra.min(max)),
         None => jittered,
     }
 }
@@ -117,14 +117,14 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_but_bounded() {
         let (min, max) = (MS(100), MS(1000));
-        assert_eq!(
-            next_delay(0, min, max, Some(Duration::from_secs(3)), 0.0),
-            Duration::from_secs(3)
-        );
-        assert_eq!(
-            next_delay(0, min, max, Some(Duration::from_secs(3600)), 0.0),
-            Duration::from_secs(10)
-        );
+        assert_eq!(next_delay(0, min, max, Some(MS(700)), 0.0), MS(700));
+        for ra in [3, 3600, 999_999_999] {
+            assert_eq!(
+                next_delay(0, min, max, Some(Duration::from_secs(ra)), 0.0),
+                max,
+                "Retry-After: {ra}"
+            );
+        }
         // A short Retry-After never shortens the backoff.
         assert_eq!(next_delay(5, min, max, Some(MS(1)), 1.0), max);
     }

@@ -1,10 +1,23 @@
 //! The Coordinator API v1 client: heartbeat, long-poll for a job, proof and fail report, over
 //! HTTP(S) with `Authorization: Bearer` and an `Idempotency-Key` on every POST.
 //!
-//! The decision "what does this answer mean" ([`classify`]) is pure and unit-tested; the rest is
-//! a thin reqwest wrapper. A transport failure carries its whole cause chain ("error sending
-//! request: ...: Connection refused"); [`Client::heartbeat_probe`] also returns the answer's
-//! `Date` and `Server` headers for `aitbc-miner doctor`. This module must never log or format the API key or any request
+//! The decision "what does this answer mean" ([`classify`], [`decode`]) is pure and
+//! unit-tested; the rest is a thin reqwest wrapper. The Coordinator is not trusted to be what
+//! `COORD_URL` promises (a proxy, a captive portal or a hostile server may answer instead):
+//! - only the API's own bodies count: a success is the documented body of that call, a refusal
+//!   is a 4xx carrying the API's error body; anything else (an HTML page, a redirect, a 4xx
+//!   without the error body, a body over its bound) is [`CallError::Unusable`], to be retried,
+//!   never taken as final;
+//! - redirects are never followed (the miner talks to `COORD_URL`'s origin only, and never
+//!   re-sends a proof elsewhere), and no `Referer` is sent;
+//! - every body read is bounded per call ([`NEXT_BODY_MAX`], [`ACK_BODY_MAX`]), before it is
+//!   buffered;
+//! - every string taken from an answer (an error's code and message, a `Location`) is
+//!   escaped and cut ([`crate::untrusted`]) before it is kept.
+//!
+//! A transport failure carries its whole cause chain ("error sending request: ...: Connection
+//! refused"); [`Client::heartbeat_probe`] also returns the answer's `Date` and `Server` headers
+//! for `aitbc-miner doctor`. This module must never log or format the API key or any request
 //! header, and never treat an empty 2xx body as a job.
 
 use std::time::Duration;
@@ -16,13 +29,26 @@ use serde::de::DeserializeOwned;
 
 use crate::backoff::parse_retry_after;
 use crate::config::ApiKey;
+use crate::policy::safe_job_id;
+use crate::untrusted;
 use crate::Error;
 
 /// Timeout of a POST and the margin added to a long-poll's `wait`.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a call did not give an answer.
+/// The largest `next` answer read: one job (the reference Coordinator accepts submissions of
+/// 64 KiB by default).
+pub const NEXT_BODY_MAX: usize = 1 << 20;
+/// The largest answer read from every other call (acks, the balance, error bodies).
+pub const ACK_BODY_MAX: usize = 64 << 10;
+
+/// How much of a server's error message is kept, in characters.
+const MESSAGE_MAX_CHARS: usize = 300;
+/// How much of an error code is kept, in characters (the API's are short upper-case words).
+const CODE_MAX_CHARS: usize = 64;
+
+/// Why a call did not give an answer. Every string in it is already escaped.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallError {
     /// No HTTP answer at all (refused, reset, timeout): retry with backoff.
@@ -34,11 +60,22 @@ pub enum CallError {
         message: String,
         retry_after: Option<Duration>,
     },
-    /// A definitive refusal (other 4xx), or a 2xx whose body is not what the API promises.
+    /// A definitive refusal: a 4xx (other than 408 and 429) with the API's error body.
     Refused {
         status: u16,
         code: String,
         message: String,
+    },
+    /// An answer that is not the API's: a 2xx whose body is not the call's, a redirect, a 4xx
+    /// without the API's error body, a body over its bound. Retry with backoff; it settles
+    /// nothing.
+    Unusable { status: u16, why: String },
+    /// `next` only: a job the miner cannot take whose id is still one it may name (it does not
+    /// parse as a job). The caller reports it through `/v1/miner/fail`.
+    BadJob {
+        id: String,
+        attempt: Option<u32>,
+        why: String,
     },
 }
 
@@ -57,6 +94,13 @@ impl std::fmt::Display for CallError {
                 code,
                 message,
             } => write!(f, "HTTP {status} {code}: {message}"),
+            CallError::Unusable { status, why } => {
+                write!(
+                    f,
+                    "HTTP {status}, not an answer of the Coordinator API: {why}"
+                )
+            }
+            CallError::BadJob { id, why, .. } => write!(f, "job {id} cannot be taken: {why}"),
         }
     }
 }
@@ -71,8 +115,14 @@ pub enum Classified {
     Error(CallError),
 }
 
-/// Classifies an answer by status, `Retry-After` header and body (pure).
-pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Classified {
+/// Classifies an answer by status, its `Retry-After` and `Location` headers and its body
+/// (pure).
+pub fn classify(
+    status: u16,
+    retry_after: Option<&str>,
+    location: Option<&str>,
+    body: &[u8],
+) -> Classified {
     if (200..300).contains(&status) {
         return if body.iter().all(u8::is_ascii_whitespace) {
             Classified::Empty
@@ -80,38 +130,105 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Classifi
             Classified::Body
         };
     }
-    let (code, message) = error_fields(status, body);
-    if status == 408 || status == 429 || status >= 500 {
-        Classified::Error(CallError::Retry {
+    if (300..400).contains(&status) {
+        let to = location.map_or_else(|| "nowhere".to_owned(), |l| untrusted::bounded(l, 200));
+        return Classified::Error(CallError::Unusable {
+            status,
+            why: format!(
+                "a redirect to {to}, not followed: the miner talks to COORD_URL's origin only"
+            ),
+        });
+    }
+    let api = serde_json::from_slice::<ApiErrorBody>(body).ok().map(|b| {
+        (
+            untrusted::bounded(&b.error.code, CODE_MAX_CHARS),
+            untrusted::bounded(&b.error.message, MESSAGE_MAX_CHARS),
+        )
+    });
+    if status == 408 || status == 429 || (500..600).contains(&status) {
+        let (code, message) = api.unwrap_or_else(|| (format!("HTTP_{status}"), excerpt(body)));
+        return Classified::Error(CallError::Retry {
             status,
             code,
             message,
             retry_after: retry_after.and_then(parse_retry_after),
-        })
-    } else {
-        Classified::Error(CallError::Refused {
+        });
+    }
+    Classified::Error(match (status, api) {
+        (400..=499, Some((code, message))) => CallError::Refused {
             status,
             code,
             message,
-        })
+        },
+        _ => CallError::Unusable {
+            status,
+            why: format!("no API error body: {}", excerpt(body)),
+        },
+    })
+}
+
+/// The API's error body (`protocol::api::ErrorBody`), read with the code as the text it is, so
+/// a code this build does not know is still shown as sent.
+#[derive(serde::Deserialize)]
+struct ApiErrorBody {
+    error: ApiErrorFields,
+}
+
+#[derive(serde::Deserialize)]
+struct ApiErrorFields {
+    code: String,
+    message: String,
+}
+
+/// The start of a body that is not the API's, escaped, for a log line.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(4 * MESSAGE_MAX_CHARS)]);
+    let text = untrusted::bounded(text.trim(), MESSAGE_MAX_CHARS);
+    if text.is_empty() {
+        "an empty body".to_owned()
+    } else {
+        text
     }
 }
 
-/// The `error.code` and `error.message` of an error body, or stand-ins when the body is not one.
-fn error_fields(status: u16, body: &[u8]) -> (String, String) {
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let code = v["error"]["code"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("HTTP_{status}"));
-    let message = match v["error"]["message"].as_str() {
-        Some(m) => m.to_owned(),
-        None => {
-            let text = String::from_utf8_lossy(body);
-            text.chars().take(200).collect()
+/// What a 2xx body of `what` means: the value, or [`CallError::Unusable`] naming `what` and why
+/// it is not one (pure).
+pub fn decode<T: DeserializeOwned>(status: u16, what: &str, body: &[u8]) -> Result<T, CallError> {
+    serde_json::from_slice(body).map_err(|e| CallError::Unusable {
+        status,
+        why: format!(
+            "the body is not {what}: {} (it starts {})",
+            untrusted::bounded(&e.to_string(), MESSAGE_MAX_CHARS),
+            excerpt(body)
+        ),
+    })
+}
+
+/// A `next` answer's job, checked (pure): one whose id is not a safe name is
+/// [`CallError::Unusable`]; one that does not parse but names a safe id is
+/// [`CallError::BadJob`], so the miner can report it.
+pub fn decode_job(status: u16, body: &[u8]) -> Result<Job, CallError> {
+    match decode::<Job>(status, "a job", body) {
+        Ok(job) if safe_job_id(&job.id) => Ok(job),
+        Ok(job) => Err(CallError::Unusable {
+            status,
+            why: format!(
+                "the job id {:?} is not 1..=128 of [A-Za-z0-9._-] (not starting with a dot)",
+                untrusted::bounded(&job.id, 200)
+            ),
+        }),
+        Err(unusable) => {
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            match v["id"].as_str() {
+                Some(id) if safe_job_id(id) => Err(CallError::BadJob {
+                    id: id.to_owned(),
+                    attempt: v["attempt"].as_u64().and_then(|a| u32::try_from(a).ok()),
+                    why: unusable.to_string(),
+                }),
+                _ => Err(unusable),
+            }
         }
-    };
-    (code, message)
+    }
 }
 
 /// A Coordinator client for one miner.
@@ -128,6 +245,8 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("aitbc-miner/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
             .build()
             .map_err(|e| Error::Client {
                 url: base.to_owned(),
@@ -161,7 +280,8 @@ impl Client {
         self.post("/v1/miner/fail", report, idempotency_key).await
     }
 
-    /// `GET /v1/miner/next`: `Ok(None)` on 204 or any empty 2xx body.
+    /// `GET /v1/miner/next`: `Ok(None)` on 204 or any empty 2xx body; a job that cannot be
+    /// taken is an error (see [`decode_job`]).
     pub async fn next(
         &self,
         miner_id: &str,
@@ -180,7 +300,12 @@ impl Client {
             ])
             .timeout(wait + REQUEST_TIMEOUT)
             .bearer_auth(&self.key);
-        send(req).await?.decode()
+        let answer = send(req, NEXT_BODY_MAX).await?;
+        match answer.classify() {
+            Classified::Empty => Ok(None),
+            Classified::Body => decode_job(answer.status, &answer.body).map(Some),
+            Classified::Error(e) => Err(e),
+        }
     }
 
     /// [`Client::heartbeat`] for `aitbc-miner doctor`: the same request, answered together
@@ -209,7 +334,9 @@ impl Client {
             .query(&[("wallet", wallet)])
             .timeout(REQUEST_TIMEOUT)
             .bearer_auth(&self.key);
-        send(req).await?.decode_required("/v1/wallet/balance")
+        send(req, ACK_BODY_MAX)
+            .await?
+            .decode_required("/v1/wallet/balance")
     }
 
     async fn post<B: serde::Serialize, T: DeserializeOwned>(
@@ -234,7 +361,7 @@ impl Client {
             .timeout(REQUEST_TIMEOUT)
             .bearer_auth(&self.key)
             .json(body);
-        let answer = match send(req).await {
+        let answer = match send(req, ACK_BODY_MAX).await {
             Ok(a) => a,
             Err(e) => return (Err(e), AnswerHeaders::default()),
         };
@@ -256,11 +383,12 @@ pub struct HeartbeatProbe {
 #[derive(Debug, Clone, Default)]
 struct AnswerHeaders {
     retry_after: Option<String>,
+    location: Option<String>,
     date: Option<String>,
     server: Option<String>,
 }
 
-/// An HTTP answer: status, the headers above, body.
+/// An HTTP answer: status, the headers above, body (at most the call's bound).
 struct Answer {
     status: u16,
     headers: AnswerHeaders,
@@ -268,24 +396,26 @@ struct Answer {
 }
 
 impl Answer {
-    /// What the answer means for a call: its body as `T`, `None` for an empty 2xx (a 204 or
-    /// blanks), or the [`CallError`] that [`classify`] makes of an error status.
-    fn decode<T: DeserializeOwned>(&self) -> Result<Option<T>, CallError> {
-        match classify(self.status, self.headers.retry_after.as_deref(), &self.body) {
-            Classified::Empty => Ok(None),
-            Classified::Body => parse(self.status, &self.body).map(Some),
-            Classified::Error(e) => Err(e),
-        }
+    fn classify(&self) -> Classified {
+        classify(
+            self.status,
+            self.headers.retry_after.as_deref(),
+            self.headers.location.as_deref(),
+            &self.body,
+        )
     }
 
-    /// [`Answer::decode`] for a call whose success always has a body: an empty one is refused
-    /// as `EMPTY_BODY`, naming `path`.
+    /// The body of a call whose success always has one, as `T`; an empty or malformed 2xx is
+    /// [`CallError::Unusable`], naming `path`.
     fn decode_required<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
-        self.decode()?.ok_or_else(|| CallError::Refused {
-            status: self.status,
-            code: "EMPTY_BODY".into(),
-            message: format!("{path} answered {} with an empty body", self.status),
-        })
+        match self.classify() {
+            Classified::Body => decode(self.status, &format!("the answer of {path}"), &self.body),
+            Classified::Empty => Err(CallError::Unusable {
+                status: self.status,
+                why: format!("{path} answered with an empty body"),
+            }),
+            Classified::Error(e) => Err(e),
+        }
     }
 }
 
@@ -305,10 +435,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-async fn send(req: reqwest::RequestBuilder) -> Result<Answer, CallError> {
+/// Sends the request and reads at most `limit` bytes of the answer's body: a larger body
+/// (announced by `Content-Length` or found while reading) is [`CallError::Unusable`], and the
+/// connection is dropped rather than read to its end.
+async fn send(req: reqwest::RequestBuilder, limit: usize) -> Result<Answer, CallError> {
     // reqwest's error Display names the URL (removed here), never the headers.
     let transport = |e: reqwest::Error| CallError::Transport(error_chain(&e.without_url()));
-    let resp = req.send().await.map_err(transport)?;
+    let mut resp = req.send().await.map_err(transport)?;
     let status = resp.status().as_u16();
     let header = |name: reqwest::header::HeaderName| {
         resp.headers()
@@ -318,22 +451,28 @@ async fn send(req: reqwest::RequestBuilder) -> Result<Answer, CallError> {
     };
     let headers = AnswerHeaders {
         retry_after: header(reqwest::header::RETRY_AFTER),
+        location: header(reqwest::header::LOCATION),
         date: header(reqwest::header::DATE),
         server: header(reqwest::header::SERVER),
     };
-    let body = resp.bytes().await.map_err(transport)?;
+    let too_large = |size: String| CallError::Unusable {
+        status,
+        why: format!("a body of {size} bytes, more than the {limit} this call reads"),
+    };
+    if let Some(len) = resp.content_length().filter(|&n| n > limit as u64) {
+        return Err(too_large(len.to_string()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(format!("over {limit}")));
+        }
+        body.extend_from_slice(&chunk);
+    }
     Ok(Answer {
         status,
         headers,
-        body: body.to_vec(),
-    })
-}
-
-fn parse<T: DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, CallError> {
-    serde_json::from_slice(body).map_err(|e| CallError::Refused {
-        status,
-        code: "BAD_RESPONSE".into(),
-        message: format!("the Coordinator's answer does not parse: {e}"),
+        body,
     })
 }
 
@@ -341,19 +480,26 @@ fn parse<T: DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, CallError> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn empty_success_is_never_a_job() {
-        assert_eq!(classify(204, None, b""), Classified::Empty);
-        assert_eq!(classify(200, None, b""), Classified::Empty);
-        assert_eq!(classify(200, None, b" \n"), Classified::Empty);
-        assert_eq!(classify(200, None, b"{}"), Classified::Body);
+    const API_ERROR: &[u8] =
+        br#"{"error":{"code":"STALE_ATTEMPT","message":"attempt 1 is not 2","details":{}}}"#;
+
+    fn class(status: u16, body: &[u8]) -> Classified {
+        classify(status, None, None, body)
     }
 
     #[test]
-    fn errors_split_into_retry_and_refused() {
+    fn empty_success_is_never_a_job() {
+        assert_eq!(class(204, b""), Classified::Empty);
+        assert_eq!(class(200, b""), Classified::Empty);
+        assert_eq!(class(200, b" \n"), Classified::Empty);
+        assert_eq!(class(200, b"{}"), Classified::Body);
+    }
+
+    #[test]
+    fn errors_split_into_retry_refused_and_unusable() {
         let body = br#"{"error":{"code":"RATE_LIMITED","message":"slow down","details":{}}}"#;
         assert_eq!(
-            classify(429, Some("2"), body),
+            classify(429, Some("2"), None, body),
             Classified::Error(CallError::Retry {
                 status: 429,
                 code: "RATE_LIMITED".into(),
@@ -362,19 +508,128 @@ mod tests {
             })
         );
         assert!(matches!(
-            classify(503, None, b"<html>oops</html>"),
+            class(503, b"<html>oops</html>"),
             Classified::Error(CallError::Retry { status: 503, ref code, ref message, retry_after: None })
                 if code == "HTTP_503" && message == "<html>oops</html>"
         ));
-        for status in [400, 401, 403, 404, 409, 422] {
-            assert!(matches!(
-                classify(status, Some("5"), b""),
-                Classified::Error(CallError::Refused { .. })
-            ));
-        }
         assert!(matches!(
-            classify(408, None, b""),
+            class(408, b""),
             Classified::Error(CallError::Retry { .. })
+        ));
+        // Only a 4xx with the API's error body is a refusal the miner may take as final.
+        for status in [400, 401, 403, 404, 409, 413, 422] {
+            assert!(
+                matches!(class(status, API_ERROR), Classified::Error(CallError::Refused { status: s, ref code, .. }) if s == status && code == "STALE_ATTEMPT"),
+                "{status}"
+            );
+            for not_api in [&b""[..], b"<html>Not Found</html>", br#"{"error":"nope"}"#] {
+                assert!(
+                    matches!(
+                        class(status, not_api),
+                        Classified::Error(CallError::Unusable { .. })
+                    ),
+                    "{status} {not_api:?}"
+                );
+            }
+        }
+        // A code this build does not know is kept as sent.
+        let odd = br#"{"error":{"code":"NEW_CODE","message":"m"}}"#;
+        assert!(
+            matches!(class(409, odd), Classified::Error(CallError::Refused { ref code, .. }) if code == "NEW_CODE")
+        );
+        for status in [100, 600, 999] {
+            assert!(
+                matches!(
+                    class(status, API_ERROR),
+                    Classified::Error(CallError::Unusable { .. })
+                ),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn redirects_are_unusable_and_name_where_they_pointed() {
+        for status in [301, 302, 303, 307, 308] {
+            let Classified::Error(CallError::Unusable { status: s, why }) =
+                classify(status, None, Some("http://elsewhere.invalid/\n"), API_ERROR)
+            else {
+                panic!("{status} must be unusable");
+            };
+            assert_eq!(s, status);
+            assert!(why.contains("http://elsewhere.invalid/\\n"), "{why}");
+            assert!(why.contains("not followed"), "{why}");
+        }
+    }
+
+    #[test]
+    fn strings_from_an_answer_are_escaped_and_cut() {
+        let body = serde_json::to_vec(&serde_json::json!({"error": {
+            "code": "X\n2026 ERROR forged", "message": format!("m\u{1b}[31m\u{202e}{}", "z".repeat(1000))}}))
+        .unwrap();
+        let Classified::Error(CallError::Refused { code, message, .. }) = class(403, &body) else {
+            panic!("a refusal");
+        };
+        assert_eq!(code, "X\\n2026 ERROR forged");
+        assert!(message.starts_with("m\\u{1b}[31m\\u{202e}zz"), "{message}");
+        assert!(
+            message.chars().count() <= MESSAGE_MAX_CHARS + 20,
+            "{message}"
+        );
+        let Classified::Error(e) = class(404, b"<html>\n\x1b[2J</html>") else {
+            panic!("unusable");
+        };
+        assert!(
+            !e.to_string().chars().any(crate::untrusted::is_unsafe),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_success_must_be_the_calls_own_body() {
+        let ok = br#"{"miner_id":"m","wallet":"w","accepted":true}"#;
+        assert!(decode::<serde_json::Value>(200, "x", ok).is_ok());
+        for body in [
+            &b"<html>captive portal</html>"[..],
+            b"{\"ok\":true}",
+            b"[1]",
+        ] {
+            let e = decode::<ProofAck>(200, "a proof ack", body).unwrap_err();
+            assert!(
+                matches!(e, CallError::Unusable { status: 200, ref why } if why.contains("a proof ack")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_job_must_parse_and_carry_a_safe_id() {
+        let job = |id: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "id": id, "workload": "torch_bench", "params": {}, "limits": {}, "reward": 1,
+                "attempt": 2, "lease_expires_at": "2026-01-01T00:00:00Z",
+                "created_at": "2026-01-01T00:00:00Z"}))
+            .unwrap()
+        };
+        assert_eq!(decode_job(200, &job("job-1")).unwrap().id, "job-1");
+        for bad in ["../../etc/passwd", "", ".hidden", &"a".repeat(300)] {
+            assert!(
+                matches!(decode_job(200, &job(bad)), Err(CallError::Unusable { .. })),
+                "{bad}"
+            );
+        }
+        // Does not parse, but names an id the miner may report.
+        let shapeless = br#"{"id":"job-bad-1","attempt":3,"workload":7}"#;
+        assert!(matches!(decode_job(200, shapeless),
+            Err(CallError::BadJob { ref id, attempt: Some(3), .. }) if id == "job-bad-1"));
+        let hostile = br#"{"id":"../x","workload":7}"#;
+        assert!(matches!(
+            decode_job(200, hostile),
+            Err(CallError::Unusable { .. })
+        ));
+        assert!(matches!(
+            decode_job(200, b"<html>"),
+            Err(CallError::Unusable { .. })
         ));
     }
 

@@ -29,9 +29,9 @@
 //! is held); a result is on disk before it is sent; nothing here formats the API key; no task
 //! panics on input from the network or a worker.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,7 @@ use crate::gpu::nvml::Nvml;
 use crate::gpu::rapl::Rapl;
 use crate::gpu::{self, GpuReport, HealthLimits};
 use crate::notify::{self, Liveness};
-use crate::policy::{self, admit, failure_of, safe_job_id};
+use crate::policy::{self, admit, failure_of};
 use crate::spool::{Entry, Spool};
 use crate::status::{self, Status};
 use crate::worker_proc::{Ending, WorkerCommand, WorkerProcess};
@@ -96,6 +96,13 @@ struct Ctx {
     liveness: Arc<Liveness>,
     /// Wakes the balance fetcher.
     balance_kick: Notify,
+    /// The (job id, attempt) pairs a slot holds now: the same lease handed out twice is
+    /// refused, not run twice into one spool file.
+    in_flight: Mutex<HashSet<(String, u32)>>,
+    /// Jobs refused in a row before any process was touched (BAD_PARAMS, CAPS_REFUSED, ...):
+    /// the dispatcher backs off by it, so a Coordinator that keeps offering jobs this miner
+    /// refuses cannot drive it into a loop.
+    refused_in_row: AtomicU32,
 }
 
 impl Ctx {
@@ -209,6 +216,8 @@ pub async fn run(
         status,
         liveness: Liveness::new(),
         balance_kick: Notify::new(),
+        in_flight: Mutex::new(HashSet::new()),
+        refused_in_row: AtomicU32::new(0),
     });
     info!(
         miner_id = %ctx.config.miner_id,
@@ -463,7 +472,9 @@ async fn heartbeat_task(ctx: Arc<Ctx>, ok_tx: watch::Sender<bool>, nudge: Arc<No
                         warn!("heartbeat failed: {e}; retrying in {d:?}");
                         d
                     }
-                    CallError::Transport(_) => {
+                    CallError::Transport(_)
+                    | CallError::Unusable { .. }
+                    | CallError::BadJob { .. } => {
                         let d = backoff.delay(None);
                         warn!("heartbeat failed: {e}; retrying in {d:?}");
                         d
@@ -484,9 +495,11 @@ async fn heartbeat_task(ctx: Arc<Ctx>, ok_tx: watch::Sender<bool>, nudge: Arc<No
 /// a refused key (401, 403) count as errors.
 fn answered<T>(r: &Result<T, CallError>) -> bool {
     match r {
-        Ok(_) => true,
+        Ok(_) | Err(CallError::BadJob { .. }) => true,
         Err(CallError::Refused { status, .. }) => !matches!(status, 401 | 403),
-        Err(CallError::Transport(_) | CallError::Retry { .. }) => false,
+        Err(CallError::Transport(_) | CallError::Retry { .. } | CallError::Unusable { .. }) => {
+            false
+        }
     }
 }
 
@@ -546,6 +559,23 @@ async fn dispatcher_task(
             () = raised(&gpu_ok) => {}
             () = raised(&stop) => return,
         }
+        // After jobs this miner refused before touching a process, a pause that grows with
+        // each one in a row.
+        let refused = ctx.refused_in_row.load(Ordering::Relaxed);
+        if refused > 0 {
+            let pause = crate::backoff::next_delay(
+                refused - 1,
+                ctx.config.backoff_min,
+                ctx.config.backoff_max,
+                None,
+                fastrand::f64(),
+            );
+            debug!(refused, "jobs refused in a row; next poll in {pause:?}");
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = raised(&stop) => return,
+            }
+        }
         let Some(slots_wanted) = policy::slots_to_request(permits.available_permits() + 1, false)
         else {
             return;
@@ -558,21 +588,26 @@ async fn dispatcher_task(
         ctx.status.coordinator(answered(&answer));
         let pause = match answer {
             Ok(Some(job)) => {
-                backoff.reset();
-                if !safe_job_id(&job.id) {
-                    error!(job = ?job.id, "the Coordinator sent a job id that is not 1..=128 of [A-Za-z0-9._-]; ignoring the job (its lease will expire)");
+                let lease = (job.id.clone(), job.attempt);
+                let fresh = ctx.in_flight.lock().is_ok_and(|mut f| f.insert(lease));
+                if !fresh {
+                    // Reporting it would fail the copy that runs; the lease is that copy's.
                     permit = Some(held);
+                    let d = backoff.delay(None);
+                    warn!(job = %job.id, attempt = job.attempt, "the Coordinator handed out a job this miner already runs, under the same attempt; not running it twice (next poll in {d:?})");
+                    d
+                } else {
+                    backoff.reset();
+                    let idx = idle
+                        .lock()
+                        .ok()
+                        .and_then(|mut v| v.pop())
+                        .expect("a held permit guarantees an idle slot");
+                    if slots[idx].send((job, held)).await.is_err() {
+                        return;
+                    }
                     continue;
                 }
-                let idx = idle
-                    .lock()
-                    .ok()
-                    .and_then(|mut v| v.pop())
-                    .expect("a held permit guarantees an idle slot");
-                if slots[idx].send((job, held)).await.is_err() {
-                    return;
-                }
-                continue;
             }
             Ok(None) => {
                 backoff.reset();
@@ -599,9 +634,22 @@ async fn dispatcher_task(
                         warn!("fetching jobs failed: {e}; retrying in {d:?}");
                         d
                     }
-                    CallError::Transport(_) => {
+                    CallError::Transport(_) | CallError::Unusable { .. } => {
                         let d = backoff.delay(None);
                         warn!("fetching jobs failed: {e}; retrying in {d:?}");
+                        d
+                    }
+                    CallError::BadJob { id, attempt, why } => {
+                        let d = backoff.delay(None);
+                        warn!(job = %id, "the Coordinator offered a job this miner cannot take: {why}; reporting it as BAD_PARAMS (next poll in {d:?})");
+                        let report = FailReport {
+                            id: id.clone(),
+                            miner_id: Some(ctx.config.miner_id.clone()),
+                            attempt: *attempt,
+                            reason: protocol::api::FailReason::BadParams,
+                            message: format!("the miner cannot take this job: {why}"),
+                        };
+                        enqueue(&ctx, Entry::fail(report)).await;
                         d
                     }
                 }
@@ -675,7 +723,11 @@ async fn slot_task(
     let _beat = ctx.liveness.register("slot", None);
     let mut ready = Some(prestart(&ctx, slot));
     while let Some((job, permit)) = jobs.recv().await {
+        let lease = (job.id.clone(), job.attempt);
         run_job(&ctx, slot, job, &mut ready, &kill).await;
+        if let Ok(mut held) = ctx.in_flight.lock() {
+            held.remove(&lease);
+        }
         ctx.status.slot_idle(slot);
         // The next job on this slot finds its worker already started.
         if ready.is_none() && !*kill.borrow() {
@@ -752,10 +804,19 @@ async fn run_job(
         slot,
         pickup,
     });
-    // Refusals come before any process is touched: the slot's worker stays ready.
+    // Refusals come before any process is touched: the slot's worker stays ready, and the
+    // dispatcher backs off (see `Ctx::refused_in_row`).
+    let refuse = |refusal: policy::Refusal| {
+        let _ = ctx
+            .refused_in_row
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(1))
+            });
+        report_failure(ctx, &job, refusal.reason, refusal.message)
+    };
     let spec = match admit(&job, &ctx.config.job_limits_max) {
         Ok(spec) => spec,
-        Err(refusal) => return report_failure(ctx, &job, refusal.reason, refusal.message).await,
+        Err(refusal) => return refuse(refusal).await,
     };
     let kind = match (policy::job_kind(ctx.mode, &job.limits), ctx.slot_kind(slot)) {
         (WorkerKind::Gpu, WorkerKind::Gpu) => WorkerKind::Gpu,
@@ -764,10 +825,11 @@ async fn run_job(
     let vram_mb = match kind {
         WorkerKind::Gpu => match policy::check_vram(&spec, &job.limits) {
             Ok(v) => v,
-            Err(r) => return report_failure(ctx, &job, r.reason, r.message).await,
+            Err(r) => return refuse(r).await,
         },
         WorkerKind::Cpu => 0,
     };
+    ctx.refused_in_row.store(0, Ordering::Relaxed);
     let worker = take_worker(ctx, slot, ready, kind).await;
     let worker = match worker {
         Ok(w) => w,
@@ -1007,20 +1069,27 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// What to do with an outbox entry after one send.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Verdict {
-    /// The Coordinator answered definitively (2xx, or a 4xx retrying cannot change): drop it.
+    /// The Coordinator answered definitively (its ack, or an API refusal that retrying cannot
+    /// change): drop it.
     Settled,
-    /// Retry later with backoff (no answer, 408/429/5xx).
+    /// No answer at all: the Coordinator is unreachable, so every entry waits (with backoff).
+    Unreachable,
+    /// This entry alone is retried later with its own backoff (408/429/5xx, an answer that is
+    /// not the API's), at least `Retry-After` when one came (bounded by BACKOFF_MAX_SECS).
     Retry(Option<Duration>),
     /// Retry at the slowest pace: 401, which an operator may fix by correcting the key.
     RetrySlowly,
 }
 
-/// Pure: an outbox send's outcome as a verdict.
+/// Pure: an outbox send's outcome as a verdict. Only the call's own ack or a 4xx with the API's
+/// error body settles an entry: an HTML page, a redirect or any other answer that is not the
+/// API's never does.
 pub(crate) fn verdict<T>(r: &Result<T, CallError>) -> Verdict {
     match r {
         Ok(_) => Verdict::Settled,
-        Err(CallError::Transport(_)) => Verdict::Retry(None),
+        Err(CallError::Transport(_)) => Verdict::Unreachable,
         Err(CallError::Retry { retry_after, .. }) => Verdict::Retry(*retry_after),
+        Err(CallError::Unusable { .. } | CallError::BadJob { .. }) => Verdict::Retry(None),
         Err(CallError::Refused { status: 401, .. }) => Verdict::RetrySlowly,
         Err(CallError::Refused { .. }) => Verdict::Settled,
     }
@@ -1054,7 +1123,9 @@ async fn send_entry(ctx: &Ctx, entry: &Entry) -> Verdict {
                         code: code.clone(),
                     });
                 }
-                Err(e) => warn!(job = %body.id, "sending proof: {e}"),
+                Err(e) => {
+                    warn!(job = %body.id, "sending proof: {e}; it stays in the spool and is sent again")
+                }
             }
             verdict(&r)
         }
@@ -1071,7 +1142,9 @@ async fn send_entry(ctx: &Ctx, entry: &Entry) -> Verdict {
                 Err(CallError::Refused { status, code, .. }) if *status != 401 => {
                     error!(job = %body.id, status, code = %code, "fail report refused: {}", r.as_ref().err().map(ToString::to_string).unwrap_or_default())
                 }
-                Err(e) => warn!(job = %body.id, "sending fail report: {e}"),
+                Err(e) => {
+                    warn!(job = %body.id, "sending fail report: {e}; it stays in the spool and is sent again")
+                }
             }
             verdict(&r)
         }
@@ -1091,8 +1164,44 @@ async fn settle(ctx: &Ctx, path: PathBuf) {
     }
 }
 
-/// The sender: entries left by a previous run first, then new ones in order; retries with
-/// backoff; on `flush` one last bounded pass, leaving whatever is undelivered on disk.
+/// One undelivered result in the sender's queue: where it is spooled, what it is, and when it
+/// may be tried again, with its own backoff.
+struct Pending {
+    path: PathBuf,
+    entry: Entry,
+    not_before: tokio::time::Instant,
+    backoff: Backoff,
+}
+
+impl Pending {
+    fn new(ctx: &Ctx, (path, entry): (PathBuf, Entry)) -> Pending {
+        Pending {
+            path,
+            entry,
+            not_before: tokio::time::Instant::now(),
+            backoff: Backoff::new(ctx.config.backoff_min, ctx.config.backoff_max),
+        }
+    }
+}
+
+/// Adds a new result to the queue. One with the spool file of a result already queued (the
+/// same job and attempt) replaces that one's entry rather than being sent twice.
+fn push(ctx: &Ctx, queue: &mut VecDeque<Pending>, item: (PathBuf, Entry)) {
+    let same = |p: &&mut Pending| !item.0.as_os_str().is_empty() && p.path == item.0;
+    match queue.iter_mut().find(same) {
+        Some(p) => {
+            p.entry = item.1;
+            ctx.status.delivered();
+        }
+        None => queue.push_back(Pending::new(ctx, item)),
+    }
+}
+
+/// The sender: entries left by a previous run first, then new ones in order. Each entry is
+/// retried on its own schedule, so one result the Coordinator keeps refusing (or answers with a
+/// long `Retry-After`) does not hold back the others; when the Coordinator gives no answer at
+/// all, every entry waits. On `flush`, one last bounded pass, leaving whatever is undelivered
+/// on disk.
 async fn outbox_task(
     ctx: Arc<Ctx>,
     mut rx: mpsc::UnboundedReceiver<(PathBuf, Entry)>,
@@ -1100,60 +1209,91 @@ async fn outbox_task(
 ) {
     let _beat = ctx.liveness.register("outbox", None);
     let spool = ctx.spool.clone();
-    let mut queue: VecDeque<(PathBuf, Entry)> =
-        match tokio::task::spawn_blocking(move || spool.list()).await {
-            Ok(Ok(crate::spool::Listing {
-                entries: found,
-                corrupt,
-            })) => {
-                for c in corrupt {
-                    error!("unreadable spool entry set aside as {}", c.display());
-                }
-                if !found.is_empty() {
-                    info!(
-                        entries = found.len(),
-                        "resending results left by a previous run"
-                    );
-                }
-                found.into()
+    let found: Vec<(PathBuf, Entry)> = match tokio::task::spawn_blocking(move || spool.list()).await
+    {
+        Ok(Ok(crate::spool::Listing {
+            entries: found,
+            corrupt,
+        })) => {
+            for c in corrupt {
+                error!("unreadable spool entry set aside as {}", c.display());
             }
-            Ok(Err(e)) => {
-                error!("{e}");
-                VecDeque::new()
+            if !found.is_empty() {
+                info!(
+                    entries = found.len(),
+                    "resending results left by a previous run"
+                );
             }
-            Err(e) => {
-                error!("spool reader failed: {e}");
-                VecDeque::new()
-            }
-        };
-    ctx.status.spooled(queue.len() as u64);
-    let mut backoff = Backoff::new(ctx.config.backoff_min, ctx.config.backoff_max);
+            found
+        }
+        Ok(Err(e)) => {
+            error!("{e}");
+            Vec::new()
+        }
+        Err(e) => {
+            error!("spool reader failed: {e}");
+            Vec::new()
+        }
+    };
+    ctx.status.spooled(found.len() as u64);
+    let mut queue: VecDeque<Pending> = found.into_iter().map(|i| Pending::new(&ctx, i)).collect();
+    // When the Coordinator last gave no answer: nothing is sent before this.
+    let mut unreachable = Backoff::new(ctx.config.backoff_min, ctx.config.backoff_max);
+    let mut all_wait_until = tokio::time::Instant::now();
     loop {
         while let Ok(item) = rx.try_recv() {
-            queue.push_back(item);
+            push(&ctx, &mut queue, item);
         }
-        let Some((path, entry)) = queue.pop_front() else {
+        // The entry due first (the oldest among equals).
+        let Some(due) = queue
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, p)| (p.not_before, *i))
+            .map(|(i, _)| i)
+        else {
             tokio::select! {
                 item = rx.recv() => match item {
-                    Some(item) => { queue.push_back(item); continue; }
+                    Some(item) => { push(&ctx, &mut queue, item); continue; }
                     None => return,
                 },
                 () = raised(&flush) => return final_flush(&ctx, &mut rx, queue).await,
             }
         };
-        let pause = match send_entry(&ctx, &entry).await {
+        let at = queue[due].not_before.max(all_wait_until);
+        if at > tokio::time::Instant::now() {
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                item = rx.recv() => if let Some(item) = item { push(&ctx, &mut queue, item) },
+                () = raised(&flush) => return final_flush(&ctx, &mut rx, queue).await,
+            }
+            continue;
+        }
+        let Some(mut p) = queue.remove(due) else {
+            continue;
+        };
+        let now = tokio::time::Instant::now();
+        match send_entry(&ctx, &p.entry).await {
             Verdict::Settled => {
-                backoff.reset();
-                settle(&ctx, path).await;
+                unreachable.reset();
+                settle(&ctx, p.path).await;
                 continue;
             }
-            Verdict::Retry(ra) => backoff.delay(ra),
-            Verdict::RetrySlowly => backoff.max(),
-        };
-        queue.push_front((path, entry));
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = raised(&flush) => return final_flush(&ctx, &mut rx, queue).await,
+            Verdict::Unreachable => {
+                all_wait_until = now + unreachable.delay(None);
+            }
+            Verdict::Retry(ra) => {
+                unreachable.reset();
+                p.not_before = now + p.backoff.delay(ra);
+            }
+            Verdict::RetrySlowly => {
+                unreachable.reset();
+                p.not_before = now + p.backoff.max();
+            }
+        }
+        // Back in its place in the order; `not_before` says when it is due.
+        queue.insert(due.min(queue.len()), p);
+        if *flush.borrow() {
+            return final_flush(&ctx, &mut rx, queue).await;
         }
     }
 }
@@ -1161,17 +1301,17 @@ async fn outbox_task(
 async fn final_flush(
     ctx: &Ctx,
     rx: &mut mpsc::UnboundedReceiver<(PathBuf, Entry)>,
-    mut queue: VecDeque<(PathBuf, Entry)>,
+    mut queue: VecDeque<Pending>,
 ) {
     while let Ok(item) = rx.try_recv() {
-        queue.push_back(item);
+        push(ctx, &mut queue, item);
     }
     let bound = ctx.config.drain_grace.max(Duration::from_millis(100));
     let pass = async {
         let mut left = 0usize;
-        for (path, entry) in queue {
-            match send_entry(ctx, &entry).await {
-                Verdict::Settled => settle(ctx, path).await,
+        for p in queue {
+            match send_entry(ctx, &p.entry).await {
+                Verdict::Settled => settle(ctx, p.path).await,
                 _ => left += 1,
             }
         }
@@ -1209,7 +1349,15 @@ mod tests {
         }
         assert_eq!(verdict(&refused(401)), Verdict::RetrySlowly);
         let t: Result<(), CallError> = Err(CallError::Transport("reset".into()));
-        assert_eq!(verdict(&t), Verdict::Retry(None));
+        assert_eq!(verdict(&t), Verdict::Unreachable);
+        // A 2xx that is not the ack, a redirect, a page from a proxy: never settled.
+        for status in [200, 201, 302, 307, 404] {
+            let u: Result<(), CallError> = Err(CallError::Unusable {
+                status,
+                why: "not the API's".into(),
+            });
+            assert_eq!(verdict(&u), Verdict::Retry(None), "{status}");
+        }
         let r: Result<(), CallError> = Err(CallError::Retry {
             status: 429,
             code: "RATE_LIMITED".into(),

@@ -153,6 +153,13 @@ pub fn check(facts: &CoordinatorFacts) -> Line {
             message,
             ..
         }) => refusal(url, &probe.miner_id, *status, code, message),
+        Err(CallError::Unusable { status, why }) => {
+            refusal(url, &probe.miner_id, *status, "(not an API answer)", why)
+        }
+        // Only `next` gives it; a heartbeat never does.
+        Err(CallError::BadJob { why, .. }) => {
+            refusal(url, &probe.miner_id, 200, "(not an API answer)", why)
+        }
     }
 }
 
@@ -165,6 +172,11 @@ fn refusal(url: &str, miner_id: &str, status: u16, code: &str, message: &str) ->
             format!("{said}: that is not an AITBC Coordinator's heartbeat answer"),
         )
         .fix("COORD_URL must be the Coordinator's base URL (no /v1 path), e.g. https://coord.example:8080"),
+        (300..=399, _) => line(
+            Status::Fail,
+            format!("{said}: the miner follows no redirect"),
+        )
+        .fix("set COORD_URL to the Coordinator's own base URL (where it redirects, if you trust that place)"),
         (401, _) => line(Status::Fail, format!("API_KEY rejected: {said}"))
             .fix("set API_KEY to a miner key the Coordinator issued (its operator runs: aitbc-coordinator keys add --scope miner)"),
         (403, ErrorCode::MinerIdTaken) => line(
@@ -255,18 +267,28 @@ mod tests {
             (429, "RATE_LIMITED", Status::Warn, "rate-limited"),
             (500, "INTERNAL", Status::Fail, "answered 500 INTERNAL: m"),
             (503, "UNAVAILABLE", Status::Fail, "answered 503 UNAVAILABLE"),
-            (
-                200,
-                "BAD_RESPONSE",
-                Status::Fail,
-                "not an AITBC Coordinator",
-            ),
             (418, "HTTP_418", Status::Fail, "418"),
         ];
         for (status, code, want, text) in cases {
             let l = check(&refused(status, code));
             assert_eq!(l.status, want, "{l}");
             assert!(l.finding.contains(text), "{status}: {l}");
+            assert!(l.fix.is_some(), "{l}");
+        }
+        for (status, text) in [
+            (200, "not an AITBC Coordinator"),
+            (307, "follows no redirect"),
+            (404, "no heartbeat endpoint"),
+        ] {
+            let l = check(&probed(Err(CallError::Unusable {
+                status,
+                why: "an HTML page".into(),
+            })));
+            assert_eq!(l.status, Status::Fail, "{l}");
+            assert!(
+                l.finding.contains(text) && l.finding.contains("an HTML page"),
+                "{l}"
+            );
             assert!(l.fix.is_some(), "{l}");
         }
         let retry = check(&probed(Err(CallError::Retry {
