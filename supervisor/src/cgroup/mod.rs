@@ -10,7 +10,8 @@
 //! Layout, the same in both versions (v1: in every hierarchy used):
 //!
 //! ```text
-//! <subtree>/supervisor     the supervisor itself: high CPU weight, memory protection (v2)
+//! <subtree>/supervisor     the supervisor itself: high CPU weight, a memory ceiling,
+//!                          memory protection (v2)
 //! <subtree>/workers        all workers: CPU quota of at most 95% of the cores
 //! <subtree>/workers/<w>    one worker: memory (swap off), pids, CPU quota; killed as a whole
 //! ```
@@ -57,6 +58,11 @@ pub const SUPERVISOR_CPU_SHARES: u64 = 10_240;
 pub const SUPERVISOR_CPU_WEIGHT: u64 = 1_000;
 /// Memory of the supervisor leaf the kernel protects from reclaim (v2 `memory.low`).
 pub const SUPERVISOR_MEMORY_LOW: u64 = 128 << 20;
+/// The supervisor leaf's memory ceiling (v2 `memory.max`, v1 `memory.limit_in_bytes`): an
+/// idle supervisor holds about 9 MiB and reads at most 1 MiB of any Coordinator answer, so
+/// this is only reached by a defect; the OOM killer then ends the supervisor (systemd
+/// restarts it) and never a worker, whose memory is its own cgroup's.
+pub const SUPERVISOR_MEMORY_MAX: u64 = 512 << 20;
 /// The longest a whole-cgroup kill waits for the cgroup to empty.
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The directory under which a root supervisor without delegation creates its subtree.

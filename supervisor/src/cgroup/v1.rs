@@ -5,8 +5,8 @@
 //! Limits: `memory.limit_in_bytes` and, where swap accounting exists,
 //! `memory.memsw.limit_in_bytes` to the same value (no swap; else `memory.swappiness` 0),
 //! `pids.max`, `cpu.cfs_quota_us` over `cpu.cfs_period_us` (clamped to the workers' parent,
-//! which v1 requires). The supervisor leaf gets `cpu.shares` ten times the workers'; v1 has no
-//! memory protection to give it. Kill: freeze (`freezer.state`), SIGKILL every pid of
+//! which v1 requires). The supervisor leaf gets `cpu.shares` ten times the workers' and a memory
+//! ceiling (`memory.limit_in_bytes`); v1 has no memory protection to give it. Kill: freeze (`freezer.state`), SIGKILL every pid of
 //! `cgroup.procs` (frozen, they cannot fork or exit meanwhile, so no pid is reused under us),
 //! thaw, then poll until every hierarchy's `cgroup.procs` is empty (v1 has no event to wait on).
 //!
@@ -25,7 +25,7 @@ use super::{
     cg_err, cores, keyed_value, kill_until_empty, make_dir, move_self, read_pids, read_text,
     remove_dir, remove_stale, remove_tree, single_value, workers_cpu_quota_us, write_file,
     CgroupStats, Hierarchy, Limits, CPU_PERIOD_US, KILL_TIMEOUT, SUBTREE_DIR,
-    SUPERVISOR_CPU_SHARES,
+    SUPERVISOR_CPU_SHARES, SUPERVISOR_MEMORY_MAX,
 };
 use crate::Error;
 
@@ -71,6 +71,10 @@ impl Tree {
             let (sup, workers) = (dir.join("supervisor"), dir.join("workers"));
             make_dir(&sup)?;
             make_dir(&workers)?;
+            if h.controllers.contains(&"memory") {
+                let max = SUPERVISOR_MEMORY_MAX.to_string();
+                write_file(&sup, "memory.limit_in_bytes", &max)?;
+            }
             if h.controllers.contains(&"cpu") {
                 write_file(&sup, "cpu.shares", &SUPERVISOR_CPU_SHARES.to_string())?;
                 write_file(&workers, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
@@ -316,6 +320,14 @@ mod tests {
                 .unwrap()
                 .trim(),
             (64u64 << 20).to_string()
+        );
+        // The supervisor's own leaf has its ceiling, apart from the workers' limits.
+        let sup = mem.parent().unwrap().parent().unwrap().join("supervisor");
+        assert_eq!(
+            read_text(&sup.join("memory.limit_in_bytes"))
+                .unwrap()
+                .trim(),
+            super::super::SUPERVISOR_MEMORY_MAX.to_string()
         );
         let pids = dirs
             .iter()

@@ -26,7 +26,7 @@ use super::{
     cg_err, cores, keyed_value, kill_until_empty, make_dir, move_self, read_pids, read_text,
     remove_dir, remove_stale, remove_tree, single_value, workers_cpu_quota_us, write_file,
     CgroupStats, Limits, CPU_PERIOD_US, KILL_TIMEOUT, SUBTREE_DIR, SUPERVISOR_CPU_WEIGHT,
-    SUPERVISOR_MEMORY_LOW, V2_CONTROLLERS,
+    SUPERVISOR_MEMORY_LOW, SUPERVISOR_MEMORY_MAX, V2_CONTROLLERS,
 };
 use crate::Error;
 
@@ -170,6 +170,7 @@ impl Tree {
         }
         if self.has("memory") {
             write_file(&sup, "memory.low", &SUPERVISOR_MEMORY_LOW.to_string())?;
+            write_file(&sup, "memory.max", &SUPERVISOR_MEMORY_MAX.to_string())?;
         }
         Ok(())
     }
