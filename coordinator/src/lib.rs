@@ -6,6 +6,8 @@
 //! * [`store`]: the narrow storage trait; [`sqlite`]: its SQLite implementation.
 //! * [`http`]: the router and handlers; they authenticate, validate, call the store on the
 //!   blocking pool and turn the outcome into a response.
+//! * [`listen`]: the accept loop (it says so when file descriptors run out, and keeps
+//!   serving) and the start-up raise of RLIMIT_NOFILE.
 //!
 //! [`Coordinator::serve`] takes a bound listener and a shutdown future, so tests start it on a
 //! port-0 loopback listener. Architecture invariant: this crate depends on `aitbc-protocol`
@@ -15,6 +17,7 @@ pub mod auth;
 pub mod error;
 pub mod http;
 pub mod lifecycle;
+pub mod listen;
 pub mod sqlite;
 pub mod store;
 pub mod validate;
@@ -194,7 +197,7 @@ impl Coordinator {
             })
         };
         let app = http::router(inner.clone());
-        let result = axum::serve(listener, app)
+        let result = axum::serve(listen::Acceptor::new(listener), app)
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             })

@@ -287,6 +287,13 @@ fn serve(s: Serve) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // Every connection holds a file descriptor: use all the hard limit allows.
+    match aitbc_coordinator::listen::raise_nofile_limit() {
+        Ok(limit) => tracing::info!(
+            "file descriptors: RLIMIT_NOFILE is {limit} (the soft limit raised to the hard one)"
+        ),
+        Err(e) => tracing::warn!("file descriptors: cannot raise RLIMIT_NOFILE: {e}"),
+    }
     if s.max_attempts == 0 {
         bail!("--max-attempts 0: a job needs at least one attempt");
     }
