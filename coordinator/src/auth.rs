@@ -83,10 +83,21 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Extracts the key from an `Authorization` header value. The error never contains the key.
-pub fn bearer(header: Option<&[u8]>) -> Result<&str, Refusal> {
+/// Extracts the key from the request's `Authorization` header values (all of them, in order).
+/// None is 401; more than one is 400 BAD_REQUEST, since which one counts would be a guess
+/// (a proxy may add one). The error never contains a key.
+pub fn bearer<'a>(headers: &[&'a [u8]]) -> Result<&'a str, Refusal> {
     let unauthorized = |m: &str| Refusal::new(ErrorCode::Unauthorized, m.to_string());
-    let raw = header.ok_or_else(|| unauthorized("missing Authorization: Bearer <key> header"))?;
+    let raw = match headers {
+        [] => return Err(unauthorized("missing Authorization: Bearer <key> header")),
+        [one] => *one,
+        many => {
+            return Err(Refusal::bad_request(format!(
+                "the Authorization header is given {} times; send exactly one",
+                many.len()
+            )))
+        }
+    };
     let raw = std::str::from_utf8(raw)
         .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
     let key = raw
@@ -153,18 +164,25 @@ mod tests {
 
     #[test]
     fn bearer_parsing_never_echoes_the_key() {
-        assert_eq!(bearer(Some(b"Bearer aitbc_x")).unwrap(), "aitbc_x");
+        assert_eq!(bearer(&[b"Bearer aitbc_x"]).unwrap(), "aitbc_x");
         for bad in [
             &b"Basic aitbc_secret"[..],
             b"Bearer ",
             b"aitbc_secret",
             b"\xff\xfe",
         ] {
-            let e = bearer(Some(bad)).unwrap_err();
+            let e = bearer(&[bad]).unwrap_err();
             assert_eq!(e.code, ErrorCode::Unauthorized);
             assert!(!e.message.contains("secret"));
         }
-        assert_eq!(bearer(None).unwrap_err().code, ErrorCode::Unauthorized);
+        assert_eq!(bearer(&[]).unwrap_err().code, ErrorCode::Unauthorized);
+        // Two headers, even two good ones: neither wins.
+        let e = bearer(&[b"Bearer aitbc_secret", b"Bearer aitbc_other"]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert_eq!(
+            e.message,
+            "the Authorization header is given 2 times; send exactly one"
+        );
     }
 
     #[test]

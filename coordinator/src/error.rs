@@ -125,7 +125,8 @@ pub fn status_of(code: ErrorCode) -> u16 {
         ErrorCode::JobFinished
         | ErrorCode::NotAssigned
         | ErrorCode::StaleAttempt
-        | ErrorCode::UnknownMiner => 409,
+        | ErrorCode::UnknownMiner
+        | ErrorCode::WalletFull => 409,
         ErrorCode::PayloadTooLarge => 413,
         ErrorCode::ValidationFailed | ErrorCode::IdempotencyKeyReused => 422,
         ErrorCode::RateLimited => 429,

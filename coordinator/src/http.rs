@@ -120,11 +120,16 @@ where
         .map_err(|e| Error::Task(e.to_string()))?
 }
 
-/// Verifies the bearer key (one SHA-256, then the in-memory cache or one indexed lookup),
-/// takes a rate-limit token (every verified request counts, refused ones too) and checks its
-/// scope against `need` (`None`: any scope).
+/// Verifies the bearer key (a repeated Authorization header is 400; then one SHA-256 and the
+/// in-memory cache or one indexed lookup), takes a rate-limit token (every verified request
+/// counts, refused ones too) and checks its scope against `need` (`None`: any scope).
 async fn authenticate(inner: &App, headers: &HeaderMap, need: Option<Scope>) -> Result<KeyInfo> {
-    let key = auth::bearer(headers.get(AUTHORIZATION).map(HeaderValue::as_bytes))?;
+    let values: Vec<&[u8]> = headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let key = auth::bearer(&values)?;
     let hash = auth::key_hash(key);
     let cached = inner
         .keys

@@ -169,9 +169,10 @@ pub enum Verdict {
 
 /// Checks that `claim` holds the current, unexpired lease of a job.
 ///
-/// Order: a finished job is JOB_FINISHED; a queued one NOT_ASSIGNED; a named attempt that is
-/// not the current one STALE_ATTEMPT (so a miner whose lease expired and was handed on learns
-/// that its attempt is over); another key's or miner's lease FORBIDDEN; then the deadline.
+/// Order: a finished job is JOB_FINISHED; a queued one NOT_ASSIGNED; another key's or miner's
+/// lease FORBIDDEN; only then a named attempt that is not the current one STALE_ATTEMPT (so
+/// the attempt count is told only to the holder of the lease, never to another key); then the
+/// deadline.
 pub fn check_report(
     job: Assignment<'_>,
     claim: Claim<'_>,
@@ -193,17 +194,6 @@ pub fn check_report(
         }
         JobState::Assigned => {}
     }
-    if let Some(attempt) = claim.attempt {
-        if attempt != job.attempt {
-            return Err(Refusal::new(
-                ErrorCode::StaleAttempt,
-                format!(
-                    "attempt {attempt} is not the job's current attempt ({})",
-                    job.attempt
-                ),
-            ));
-        }
-    }
     if job.key_id != Some(claim.key_id) {
         return Err(Refusal::new(
             ErrorCode::Forbidden,
@@ -215,6 +205,17 @@ pub fn check_report(
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
                 format!("the job is not assigned to miner_id {m:?}"),
+            ));
+        }
+    }
+    if let Some(attempt) = claim.attempt {
+        if attempt != job.attempt {
+            return Err(Refusal::new(
+                ErrorCode::StaleAttempt,
+                format!(
+                    "attempt {attempt} is not the job's current attempt ({})",
+                    job.attempt
+                ),
             ));
         }
     }
@@ -324,6 +325,38 @@ mod tests {
         }
     }
 
+    /// Every (key, miner_id, attempt) a report may carry against an assigned job: ownership is
+    /// decided before the attempt, so a key that does not hold the lease is FORBIDDEN whatever
+    /// attempt it names and never learns the current one from STALE_ATTEMPT.
+    #[test]
+    fn exhaustive_claim_table_checks_ownership_before_the_attempt() {
+        for key_id in [7, 8] {
+            for miner_id in [None, Some("m1"), Some("m2")] {
+                for attempt in [None, Some(0), Some(1), Some(2), Some(3), Some(u32::MAX)] {
+                    let claim = Claim {
+                        key_id,
+                        miner_id,
+                        attempt,
+                    };
+                    let got = check_report(assigned(100), claim, 50);
+                    let want = if key_id != 7 || miner_id == Some("m2") {
+                        Err(ErrorCode::Forbidden)
+                    } else if attempt.is_some_and(|a| a != 2) {
+                        Err(ErrorCode::StaleAttempt)
+                    } else {
+                        Ok(Verdict::Accept)
+                    };
+                    if let Err(r) = &got {
+                        if r.code == ErrorCode::Forbidden {
+                            assert!(!r.message.contains("attempt"), "{}", r.message);
+                        }
+                    }
+                    assert_eq!(got.map_err(|r| r.code), want, "{claim:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn report_checks_in_order() {
         let me = Claim {
@@ -346,6 +379,18 @@ mod tests {
         );
         assert_eq!(
             code(assigned(100), Claim { key_id: 8, ..me }),
+            ErrorCode::Forbidden
+        );
+        // Another key naming a wrong attempt is still FORBIDDEN, not STALE_ATTEMPT.
+        assert_eq!(
+            code(
+                assigned(100),
+                Claim {
+                    key_id: 8,
+                    attempt: Some(1),
+                    ..me
+                }
+            ),
             ErrorCode::Forbidden
         );
         assert_eq!(

@@ -428,6 +428,43 @@ fn apply_failure(
     Ok(t)
 }
 
+/// A proof whose credit would take `wallet` past i64::MAX (2^63 - 1 base units; rewards are
+/// bounded by `MAX_REWARD`, so only a wallet of millions of credits gets here): nothing is
+/// credited, the attempt is given back as an `INTERNAL` failure (requeued while attempts
+/// remain, so the job is never left assigned) and the proof is refused with 409 WALLET_FULL.
+fn wallet_full(
+    tx: &Connection,
+    job: &JobRow,
+    wallet: &str,
+    balance: i64,
+    now_ms: i64,
+) -> Result<Outcome, Error> {
+    let why = format!(
+        "crediting {} to wallet {wallet:?} would take its balance of {balance} past \
+         9223372036854775807",
+        job.reward
+    );
+    let t = apply_failure(
+        tx,
+        job,
+        Event::Fail(FailReason::Internal),
+        &format!("the proof was refused: {why}"),
+        now_ms,
+    )?;
+    let mut r = Refusal::new(
+        ErrorCode::WalletFull,
+        format!(
+            "{why}; the proof is refused and the attempt given back (the job is now {})",
+            t.state.as_str()
+        ),
+    );
+    r.details = serde_json::json!({ "field": "wallet" });
+    Ok(Outcome {
+        answer: r.answer(),
+        requeued: t.effects.wake,
+    })
+}
+
 /// The shared start of proof and fail: load, check the claim, requeue an expired lease.
 enum Checked {
     Go(Box<JobRow>),
@@ -726,6 +763,19 @@ impl Store for SqliteStore {
                 [&miner_id],
                 |r| r.get(0),
             )?;
+            let (balance, credits): (i64, i64) = tx
+                .query_row(
+                    "SELECT balance, credits FROM wallets WHERE wallet = ?1",
+                    [&wallet],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .unwrap_or((0, 0));
+            let Some((balance, credits)) =
+                balance.checked_add(job.reward).zip(credits.checked_add(1))
+            else {
+                return wallet_full(tx, &job, &wallet, balance, now_ms);
+            };
             let mut stored = p.clone();
             stored.attempt = Some(t.attempt);
             stored.miner_id = Some(miner_id.clone());
@@ -755,20 +805,6 @@ impl Store for SqliteStore {
                     now_ms
                 ],
             )?;
-            let (balance, credits): (i64, i64) = tx
-                .query_row(
-                    "SELECT balance, credits FROM wallets WHERE wallet = ?1",
-                    [&wallet],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?
-                .unwrap_or((0, 0));
-            let balance = balance
-                .checked_add(job.reward)
-                .ok_or_else(|| Error::Corrupt(format!("wallet {wallet:?} balance overflows")))?;
-            let credits = credits.checked_add(1).ok_or_else(|| {
-                Error::Corrupt(format!("wallet {wallet:?} credit count overflows"))
-            })?;
             tx.execute(
                 "INSERT INTO wallets (wallet, balance, credits) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (wallet) DO UPDATE SET balance = excluded.balance, \
@@ -1253,6 +1289,67 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got.id, "vram");
+    }
+
+    /// A credit that would take a wallet past i64::MAX is a clean 409 WALLET_FULL, never a 500:
+    /// nothing is credited, the job is not left assigned (requeued, then failed once its
+    /// attempts are used up) and the wallet keeps its balance. Before the fix every retry of
+    /// this proof answered 500 INTERNAL and the job stayed assigned.
+    #[test]
+    fn a_credit_past_the_largest_balance_is_refused_and_the_job_given_back() {
+        let (_d, s) = store();
+        let client = s.add_key("c", Scope::Client, "c", 0).unwrap();
+        let mk = s.add_key("m", Scope::Miner, "m", 0).unwrap();
+        submit(&s, client, "j1", 60);
+        let m = miner(&s, mk, "m1");
+        let near_full = i64::MAX - 5;
+        s.lock()
+            .execute(
+                "INSERT INTO wallets (wallet, balance, credits) VALUES ('w1', ?1, 7)",
+                [near_full],
+            )
+            .unwrap();
+        for (attempt, state_after) in [(1, JobState::Queued), (2, JobState::Failed)] {
+            let job = s.assign(&m, 2_000, 0).unwrap().expect("the job");
+            assert_eq!(job.attempt, attempt);
+            let out = s.proof(mk, &proof("j1"), None, 2_100).unwrap();
+            assert_eq!(out.answer.status, 409);
+            let body: aitbc_protocol::api::ErrorBody =
+                serde_json::from_slice(&out.answer.body).unwrap();
+            assert_eq!(body.error.code, ErrorCode::WalletFull);
+            assert!(
+                body.error.message.starts_with(&format!(
+                    "crediting 10 to wallet \"w1\" would take its balance of {near_full} past \
+                     9223372036854775807"
+                )),
+                "{}",
+                body.error.message
+            );
+            assert_eq!(out.requeued, state_after == JobState::Queued);
+            let (v, _) = s.job("j1").unwrap().unwrap();
+            assert_eq!((v.state, v.attempt), (state_after, attempt));
+            assert!(v.proof.is_none());
+            let b = s.balance("w1").unwrap();
+            assert_eq!((b.balance, b.credits), (near_full as u64, 7));
+            assert!(s.ledger("w1", 10).unwrap().is_empty());
+        }
+        let (v, _) = s.job("j1").unwrap().unwrap();
+        assert_eq!(v.failure.unwrap().reason, FailReason::AttemptsExhausted);
+        // A wallet with room is still credited.
+        submit(&s, client, "j2", 60);
+        let other = miner(&s, mk, "m2");
+        s.lock()
+            .execute("UPDATE miners SET wallet = 'w2' WHERE miner_id = 'm2'", [])
+            .unwrap();
+        s.assign(&other, 3_000, 0).unwrap().unwrap();
+        assert_eq!(
+            s.proof(mk, &proof("j2"), None, 3_100)
+                .unwrap()
+                .answer
+                .status,
+            200
+        );
+        assert_eq!(s.balance("w2").unwrap().balance, 10);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use aitbc_protocol::api::{
-    EnergySource, GpuHealth, GpuInfo, JobLimits, Metrics, MinerCapabilities, SubmitJob,
+    is_miner_id, is_wallet, EnergySource, GpuHealth, GpuInfo, JobLimits, Metrics,
+    MinerCapabilities, SubmitJob, MAX_REWARD,
 };
 use aitbc_protocol::workload::{validate_submission, Workload};
 use serde::de::DeserializeOwned;
@@ -74,13 +75,9 @@ pub fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Refusal> {
     Ok(value)
 }
 
-/// `[A-Za-z0-9._-]{1,128}`.
+/// `[A-Za-z0-9._-]{1,128}` ([`aitbc_protocol::api::is_miner_id`]).
 pub fn miner_id(field: &str, s: &str) -> Result<(), Refusal> {
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if is_miner_id(s) {
         Ok(())
     } else {
         Err(Refusal::invalid(
@@ -91,18 +88,16 @@ pub fn miner_id(field: &str, s: &str) -> Result<(), Refusal> {
     }
 }
 
-/// 1..=128 printable, non-space characters.
+/// `[A-Za-z0-9._:-]{1,128}` ([`aitbc_protocol::api::is_wallet`]): plain ASCII, so no wallet
+/// can pass for another (no look-alike letters, no U+202E or U+200B).
 pub fn wallet(field: &str, s: &str) -> Result<(), Refusal> {
-    let ok = !s.is_empty()
-        && s.chars().count() <= 128
-        && s.chars().all(|c| !c.is_control() && !c.is_whitespace());
-    if ok {
+    if is_wallet(s) {
         Ok(())
     } else {
         Err(Refusal::invalid(
             field,
             s,
-            "expected 1 to 128 printable characters without spaces",
+            "expected 1 to 128 characters of A-Z a-z 0-9 . _ : -",
         ))
     }
 }
@@ -279,7 +274,9 @@ pub fn metrics(m: &Metrics) -> Result<(), Refusal> {
     }
 }
 
-/// A client's submission: known workload, params valid for it and ≤ 16 KiB, storable numbers.
+/// A client's submission: known workload, params valid for it and ≤ 16 KiB, a reward of at most
+/// [`MAX_REWARD`], limits within their bounds (the lower ones are protocol's
+/// [`aitbc_protocol::workload::check_limits`], which the miner applies too).
 pub fn submission(s: &SubmitJob) -> Result<(), Refusal> {
     let params_len = serde_json::to_vec(&s.params)
         .map(|v| v.len())
@@ -291,11 +288,11 @@ pub fn submission(s: &SubmitJob) -> Result<(), Refusal> {
             "serialised params must be at most 16384 bytes",
         ));
     }
-    if s.reward > MAX_STORED {
+    if s.reward > MAX_REWARD {
         return Err(Refusal::invalid(
             "reward",
             &s.reward.to_string(),
-            "must be at most 9223372036854775807",
+            &format!("must be at most {MAX_REWARD} base units"),
         ));
     }
     let JobLimits {
@@ -490,9 +487,25 @@ mod tests {
             assert!(miner_id("m", bad).is_err(), "{bad}");
         }
         assert!(wallet("w", "wallet_demo").is_ok());
-        assert!(wallet("w", "0xAbC:ü").is_ok());
-        for bad in ["", "a b", "a\nb", &"w".repeat(129)] {
-            assert!(wallet("w", bad).is_err());
+        assert!(wallet("w", "0xAbC:12").is_ok());
+        for bad in [
+            "",
+            "a b",
+            "a\nb",
+            &"w".repeat(129),
+            "0xAbC:\u{fc}",
+            "wallet_\u{202e}omed",
+            "wallet\u{200b}_demo",
+        ] {
+            let e = wallet("wallet", bad).unwrap_err();
+            assert_eq!(e.details["field"], "wallet");
+            assert!(e.message.contains("A-Z a-z 0-9 . _ : -"), "{}", e.message);
+            // The refusal shows the value escaped, never the spoofing character itself.
+            assert!(
+                !e.message.contains(['\u{202e}', '\u{200b}']),
+                "{}",
+                e.message
+            );
         }
     }
 
@@ -543,8 +556,31 @@ mod tests {
         let e = submission(&bad).unwrap_err();
         assert_eq!(e.details["field"], "params.n");
         let mut r = ok.clone();
-        r.reward = u64::MAX;
-        assert!(submission(&r).is_err());
+        for reward in [u64::MAX, i64::MAX as u64, MAX_REWARD + 1] {
+            r.reward = reward;
+            let e = submission(&r).unwrap_err();
+            assert_eq!(e.details["field"], "reward");
+            assert_eq!(
+                e.message,
+                format!("reward = \"{reward}\": must be at most 1000000000000 base units")
+            );
+        }
+        r.reward = MAX_REWARD;
+        assert!(submission(&r).is_ok());
+        for (field, set) in [
+            (
+                "limits.ram_mb",
+                (|l: &mut JobLimits| l.ram_mb = 0) as fn(&mut JobLimits),
+            ),
+            ("limits.cpu_time_s", |l| l.cpu_time_s = 0),
+            ("limits.max_runtime_s", |l| l.max_runtime_s = 0),
+        ] {
+            let mut z = ok.clone();
+            set(&mut z.limits);
+            let e = submission(&z).unwrap_err();
+            assert_eq!(e.details["field"], field);
+            assert_eq!(e.message, format!("{field} = 0: must be at least 1"));
+        }
         let mut l = ok;
         l.limits.max_runtime_s = MAX_RUNTIME_S + 1;
         assert!(submission(&l).is_err());

@@ -185,6 +185,12 @@ impl JobLimits {
     pub const DEFAULT_RAM_MB: u64 = 1024;
     pub const DEFAULT_CPU_TIME_S: u64 = 600;
     pub const DEFAULT_MAX_RUNTIME_S: u64 = 300;
+    /// The least `ram_mb`, `cpu_time_s` and `max_runtime_s` a job may ask for: with none of
+    /// one of them it could only burn its attempts. (`vram_mb` may be 0: a CPU job.)
+    /// Checked by [`crate::workload::check_limits`].
+    pub const MIN_RAM_MB: u64 = 1;
+    pub const MIN_CPU_TIME_S: u64 = 1;
+    pub const MIN_MAX_RUNTIME_S: u64 = 1;
     fn default_ram_mb() -> u64 {
         Self::DEFAULT_RAM_MB
     }
@@ -331,6 +337,34 @@ pub struct Proof {
     pub started_at: Option<OffsetDateTime>,
     #[serde(default, with = "ts::option", skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<OffsetDateTime>,
+}
+
+/// Longest miner id and wallet address, in characters (all ASCII, so also bytes).
+pub const MAX_ID_LEN: usize = 128;
+
+/// Largest `reward` a job may carry, in base units: 10^12. A wallet then needs more than
+/// 9.2 million maximal credits before its balance could pass 2^63 - 1 (the store's integer);
+/// a credit that would is refused with `WALLET_FULL`, never wrapped.
+pub const MAX_REWARD: u64 = 1_000_000_000_000;
+
+/// True when `s` is a valid `miner_id`: 1 to [`MAX_ID_LEN`] characters of `A-Z a-z 0-9 . _ -`.
+pub fn is_miner_id(s: &str) -> bool {
+    is_token(s, b"._-")
+}
+
+/// True when `s` is a valid wallet address: 1 to [`MAX_ID_LEN`] characters of
+/// `A-Z a-z 0-9 . _ : -`. Plain ASCII only, so that no two different wallets look alike: no
+/// letters of other scripts, no format characters (U+202E RIGHT-TO-LEFT OVERRIDE, U+200B
+/// ZERO WIDTH SPACE), no spaces. The Coordinator checks heartbeats with it, and the miner its
+/// `WALLET_ADDR` at start.
+pub fn is_wallet(s: &str) -> bool {
+    is_token(s, b"._:-")
+}
+
+fn is_token(s: &str, punctuation: &[u8]) -> bool {
+    (1..=MAX_ID_LEN).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || punctuation.contains(&b))
 }
 
 /// True when `s` is 64 lower-case hex digits.
@@ -481,7 +515,8 @@ pub struct SubmitJob {
     pub params: Value,
     #[serde(default)]
     pub limits: JobLimits,
-    /// Integer base units paid to the miner whose proof completes the job.
+    /// Integer base units paid to the miner whose proof completes the job, at most
+    /// [`MAX_REWARD`].
     pub reward: u64,
 }
 
@@ -564,6 +599,9 @@ pub enum ErrorCode {
     StaleAttempt,
     /// 409: the miner must send a heartbeat (which names its wallet) before taking jobs.
     UnknownMiner,
+    /// 409: crediting the job would take the miner's wallet past 2^63 - 1 base units; the proof
+    /// is refused and the attempt given back (the job is requeued while attempts remain).
+    WalletFull,
     /// 413: the body is larger than the Coordinator accepts.
     PayloadTooLarge,
     /// 422: well-formed JSON that breaks a rule (unknown workload, bad field value, ...).
@@ -688,6 +726,37 @@ mod tests {
         let m: Metrics = serde_json::from_value(json!({"energy_source": "unavailable"})).unwrap();
         assert_eq!(m.energy_source, Some(EnergySource::Unavailable));
         assert!(serde_json::from_value::<Metrics>(json!({"energy_source": "NVML"})).is_err());
+    }
+
+    #[test]
+    fn miner_ids_and_wallets_are_plain_ascii() {
+        for ok in [
+            "wallet_demo",
+            "w",
+            "0xAbC:1",
+            "eip155:1:0xab",
+            "host-gpu0.a_b",
+        ] {
+            assert!(is_wallet(ok), "{ok}");
+        }
+        assert!(is_wallet(&"w".repeat(MAX_ID_LEN)));
+        for bad in [
+            "",
+            "a b",
+            "a\nb",
+            "0xAbC:\u{fc}",
+            "wallet\u{202e}lanoitan",
+            "wal\u{200b}let",
+            "wallet\u{ff3f}demo",
+            "a/b",
+            "a@b",
+            &"w".repeat(MAX_ID_LEN + 1),
+        ] {
+            assert!(!is_wallet(bad), "{bad:?}");
+            assert!(!is_miner_id(bad), "{bad:?}");
+        }
+        assert!(is_miner_id("host-gpu0.a_b"));
+        assert!(!is_miner_id("a:b"), "a miner id has no colon");
     }
 
     #[test]

@@ -189,10 +189,40 @@ impl PlanError {
     }
 }
 
-/// Checks a known workload's parameters against the job's limits. Names that the API accepts
-/// but this build cannot run give [`PlanError::Unsupported`].
+/// Checks a job's limits against their lower bounds ([`JobLimits::MIN_RAM_MB`] and the
+/// others): a job with no memory, CPU time or wall-clock time is refused as
+/// [`PlanError::BadParams`] naming the field, e.g. `limits.max_runtime_s = 0`.
+pub fn check_limits(limits: &JobLimits) -> Result<(), PlanError> {
+    for (field, value, min) in [
+        ("limits.ram_mb", limits.ram_mb, JobLimits::MIN_RAM_MB),
+        (
+            "limits.cpu_time_s",
+            limits.cpu_time_s,
+            JobLimits::MIN_CPU_TIME_S,
+        ),
+        (
+            "limits.max_runtime_s",
+            limits.max_runtime_s,
+            JobLimits::MIN_MAX_RUNTIME_S,
+        ),
+    ] {
+        if value < min {
+            return Err(PlanError::BadParams {
+                field: field.into(),
+                value: value.to_string(),
+                reason: format!("must be at least {min}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks a known workload's limits ([`check_limits`]) and parameters against the job's
+/// limits. Names that the API accepts but this build cannot run give
+/// [`PlanError::Unsupported`].
 pub fn plan(workload: &str, params: &Value, limits: &JobLimits) -> Result<WorkloadSpec, PlanError> {
     let w = Workload::parse(workload).ok_or_else(|| PlanError::UnknownWorkload(workload.into()))?;
+    check_limits(limits)?;
     match w {
         Workload::TorchBench => {
             let p = torch_bench_params(params)?;
@@ -364,6 +394,35 @@ mod tests {
             assert!(err.to_string().starts_with(want), "{err} !~ {want}");
             assert_eq!(err.fail_reason(), FailReason::BadParams);
         }
+    }
+
+    #[test]
+    fn limits_have_lower_bounds_for_every_workload() {
+        for (field, set) in [
+            (
+                "limits.ram_mb",
+                (|l: &mut JobLimits| l.ram_mb = 0) as fn(&mut JobLimits),
+            ),
+            ("limits.cpu_time_s", |l| l.cpu_time_s = 0),
+            ("limits.max_runtime_s", |l| l.max_runtime_s = 0),
+        ] {
+            let mut l = limits(1024);
+            set(&mut l);
+            for workload in ["torch_bench", "sd_infer", "llm_gen"] {
+                let e = validate_submission(workload, &json!({}), &l).unwrap_err();
+                assert_eq!(e.to_string(), format!("{field} = 0: must be at least 1"));
+                assert_eq!(e.fail_reason(), FailReason::BadParams);
+                // The miner's own check (plan) refuses it the same way.
+                assert_eq!(plan(workload, &json!({}), &l).unwrap_err(), e);
+            }
+        }
+        let ones = JobLimits {
+            ram_mb: 64,
+            vram_mb: 0,
+            cpu_time_s: 1,
+            max_runtime_s: 1,
+        };
+        assert!(plan("torch_bench", &json!({"n": 8}), &ones).is_ok());
     }
 
     #[test]

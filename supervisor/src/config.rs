@@ -947,6 +947,16 @@ fn parse_token(text: &str, what: &str, max_len: usize) -> Result<String, String>
     Ok(text.to_string())
 }
 
+/// The Coordinator's own rule (`protocol::api::is_wallet`), so that a wallet it would refuse
+/// stops the miner at start instead of failing every heartbeat.
+fn parse_wallet(text: &str) -> Result<String, String> {
+    if protocol::api::is_wallet(text) {
+        Ok(text.to_string())
+    } else {
+        Err("expected a wallet address: 1 to 128 characters from A-Z a-z 0-9 . _ : -".into())
+    }
+}
+
 fn parse_miner_id(text: &str) -> Result<String, String> {
     let ok = (1..=128).contains(&text.len())
         && text
@@ -1067,9 +1077,7 @@ pub fn resolve(
     let look = Lookup { raw, env, host };
 
     let coord_url = checked("COORD_URL", &look.required("COORD_URL")?, &parse_coord_url)?;
-    let wallet_addr = checked("WALLET_ADDR", &look.required("WALLET_ADDR")?, &|t| {
-        parse_token(t, "a wallet address", 256)
-    })?;
+    let wallet_addr = checked("WALLET_ADDR", &look.required("WALLET_ADDR")?, &parse_wallet)?;
     let api_key = ApiKey::new(checked(SECRET_KEY, &look.required(SECRET_KEY)?, &|t| {
         parse_token(t, "the wallet-issued API key", 4096)
     })?);
@@ -1663,8 +1671,13 @@ mod tests {
             ("COORD_URL=http://", "COORD_URL=\"http://\": expected an http"),
             ("COORD_URL=http://h/?a=1", "(no ?query or #fragment)"),
             ("COORD_URL=http://u:p@h", "(no user:password@"),
-            ("WALLET_ADDR=\"a b\"", "miner.conf:5: WALLET_ADDR=\"a b\": expected a wallet address"),
+            ("WALLET_ADDR=\"a b\"", "miner.conf:5: WALLET_ADDR=\"a b\": expected a wallet address: 1 to 128 characters from A-Z a-z 0-9 . _ : -"),
             ("WALLET_ADDR=", "miner.conf:5: WALLET_ADDR=\"\": expected a wallet address"),
+            // Look-alikes and invisible characters: U+202E RIGHT-TO-LEFT OVERRIDE, U+200B
+            // ZERO WIDTH SPACE, a non-ASCII letter; and more than 128 characters.
+            ("WALLET_ADDR=wallet_\u{202e}omed", "miner.conf:5: WALLET_ADDR=\"wallet_\\u{202e}omed\": expected a wallet address"),
+            ("WALLET_ADDR=\"wal\u{200b}let\"", "miner.conf:5: WALLET_ADDR=\"wal\\u{200b}let\": expected a wallet address"),
+            ("WALLET_ADDR=0xAbC:\u{fc}", "WALLET_ADDR=\"0xAbC:\u{fc}\": expected a wallet address"),
             ("MINER_ID=\"bad/id\"", "miner.conf:5: MINER_ID=\"bad/id\": expected 1 to 128 characters from A-Z a-z 0-9 . _ -"),
             ("MINER_ID=", "MINER_ID=\"\": expected 1 to 128"),
         ];
@@ -1672,6 +1685,10 @@ mod tests {
             let got = error_of(line);
             assert!(got.contains(want), "for {line}: got {got:?}, want {want:?}");
         }
+        let long_wallet = format!("WALLET_ADDR={}", "w".repeat(129));
+        assert!(error_of(&long_wallet).contains("expected a wallet address"));
+        let wallet = format!("WALLET_ADDR=eip155:1:0x{}", "aB".repeat(20));
+        assert!(config_with(&wallet).is_ok(), "{wallet}");
         let long_id = format!("MINER_ID={}", "a".repeat(129));
         assert!(error_of(&long_id).contains("expected 1 to 128"));
         assert_eq!(

@@ -211,7 +211,7 @@ async fn proofs_are_fenced_and_credited_exactly_once() {
     let late = c
         .submit(
             json!({"workload": "torch_bench", "params": {"n": 8}, "reward": 100,
-        "limits": {"max_runtime_s": 0}}),
+        "limits": {"max_runtime_s": 1}}),
         )
         .await;
     let job = c.next(&c.miner_key, "m1", 0.0).await.expect("job");
@@ -233,9 +233,11 @@ async fn proofs_are_fenced_and_credited_exactly_once() {
         .await
         .expect("the requeued job");
     assert_eq!((second.id.as_str(), second.attempt), (late.id.as_str(), 2));
-    // The first miner's stale attempt stays refused.
+    // The first miner's attempt stays refused: the job is now another key's (403), and that
+    // refusal does not tell it the current attempt.
     let r = c.prove(&c.miner_key, &job).await;
-    assert_eq!((r.status, r.code()), (409, ErrorCode::StaleAttempt));
+    assert_eq!((r.status, r.code()), (403, ErrorCode::Forbidden));
+    assert!(!r.message().contains("attempt"), "{}", r.message());
     assert_eq!(c.prove(&other_key, &second).await.status, 200);
     assert_eq!(c.balance("wallet_1").await, (17, 2));
     assert_eq!(c.balance("wallet_2").await, (105, 2));
@@ -260,7 +262,7 @@ async fn expired_leases_are_swept_and_waiting_miners_woken() {
     let job = c
         .submit(
             json!({"workload": "torch_bench", "params": {"n": 8}, "reward": 1,
-        "limits": {"max_runtime_s": 0}}),
+        "limits": {"max_runtime_s": 1}}),
         )
         .await;
     let first = c.next(&c.miner_key, "m1", 0.0).await.expect("job");
@@ -794,4 +796,392 @@ async fn a_proof_with_energy_metrics_is_stored_and_shown() {
         (None, Some(EnergySource::Unavailable))
     );
     c.stop().await;
+}
+
+/// Rewards are bounded at submission (so no two jobs can overflow a wallet, as two of
+/// 2^63 - 1 did: every retry of the second proof answered 500), and the job limits have lower
+/// bounds (a job with no time or memory only burned its attempts). Each refusal is 422
+/// naming the field, the value and the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewards_and_limits_are_bounded_at_submission() {
+    let c = TestCoordinator::start(test_config()).await;
+    let old_max = i64::MAX as u64;
+    for _ in 0..2 {
+        let r = c
+            .post(
+                "/v1/client/jobs",
+                Some(&c.client_key),
+                &json!({"workload": "torch_bench", "params": {"n": 8}, "reward": old_max}),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (422, ErrorCode::ValidationFailed));
+        assert_eq!(r.json()["error"]["details"]["field"], json!("reward"));
+        assert_eq!(
+            r.message(),
+            format!("reward = \"{old_max}\": must be at most 1000000000000 base units")
+        );
+    }
+    let most = aitbc_protocol::api::MAX_REWARD;
+    let job = c
+        .submit(json!({"workload": "torch_bench", "params": {"n": 8}, "reward": most}))
+        .await;
+    assert_eq!(job.reward, most);
+    for field in ["ram_mb", "cpu_time_s", "max_runtime_s"] {
+        for workload in ["torch_bench", "sd_infer"] {
+            let r = c
+                .post(
+                    "/v1/client/jobs",
+                    Some(&c.client_key),
+                    &json!({"workload": workload, "reward": 1, "limits": {field: 0}}),
+                )
+                .await;
+            assert_eq!(r.status, 422, "{field}: {}", r.text());
+            let named = format!("limits.{field}");
+            assert_eq!(r.json()["error"]["details"]["field"], json!(named));
+            assert_eq!(r.message(), format!("{named} = 0: must be at least 1"));
+        }
+    }
+    // Only the one valid job was queued.
+    let r = c.get("/v1/admin/jobs", Some(&c.admin_key)).await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(1), "{}", r.text());
+    c.stop().await;
+}
+
+/// Ownership is checked before the attempt: a key that does not hold a job gets 403
+/// FORBIDDEN whatever attempt it names, so it cannot learn the attempt count from
+/// STALE_ATTEMPT; the holder naming a wrong attempt still gets STALE_ATTEMPT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_key_naming_a_wrong_attempt_is_forbidden_not_stale() {
+    let c = TestCoordinator::start(test_config()).await;
+    let holder = c.new_key(Scope::Miner);
+    c.heartbeat(&holder, "holder", "wallet_h").await;
+    c.heartbeat(&c.miner_key, "snoop", "wallet_s").await;
+    c.submit_small(4).await;
+    let job = c.next(&holder, "holder", 0.0).await.expect("a job");
+    assert_eq!(job.attempt, 1);
+    for attempt in [0, 2, 7] {
+        let proof = json!({"id": job.id, "attempt": attempt, "mode": "cpu",
+                           "output_sha": sha_of("x")});
+        let r = c.post("/v1/miner/proof", Some(&c.miner_key), &proof).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (403, ErrorCode::Forbidden),
+            "{}",
+            r.text()
+        );
+        assert!(!r.message().contains("attempt"), "{}", r.message());
+        let report = json!({"id": job.id, "attempt": attempt, "miner_id": "snoop",
+                            "reason": "WORKER_CRASHED"});
+        let r = c.post("/v1/miner/fail", Some(&c.miner_key), &report).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (403, ErrorCode::Forbidden),
+            "{}",
+            r.text()
+        );
+        // The holder with a wrong attempt is told it is stale.
+        let r = c.post("/v1/miner/proof", Some(&holder), &proof).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (409, ErrorCode::StaleAttempt),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(c.job(&job.id).await.state, JobState::Assigned);
+    assert_eq!(c.prove(&holder, &job).await.status, 200);
+    c.stop().await;
+}
+
+/// A request with two Authorization headers is refused with 400 and the error body, on keyed
+/// and public endpoints, even when both carry the same valid key: which one counts would be a
+/// guess (before, the first one won).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_authorization_header_is_400() {
+    let c = TestCoordinator::start(test_config()).await;
+    c.heartbeat(&c.miner_key, "m1", "w").await;
+    let twice = |second: String| {
+        let c = &c;
+        async move {
+            let extra = [("Authorization", second.as_str())];
+            let next = c
+                .request(
+                    reqwest::Method::GET,
+                    "/v1/miner/next?miner=m1",
+                    Some(&c.miner_key),
+                    None,
+                    &extra,
+                )
+                .await;
+            let public = c
+                .request(
+                    reqwest::Method::GET,
+                    "/v1/wallet/balance?wallet=w",
+                    Some(&c.miner_key),
+                    None,
+                    &extra,
+                )
+                .await;
+            [next, public]
+        }
+    };
+    for second in [
+        format!("Bearer {}", c.miner_key),
+        format!("Bearer {}", c.admin_key),
+        "Bearer aitbc_nonsense".to_string(),
+    ] {
+        for r in twice(second).await {
+            assert_eq!(
+                (r.status, r.code()),
+                (400, ErrorCode::BadRequest),
+                "{}",
+                r.text()
+            );
+            assert_eq!(
+                r.message(),
+                "the Authorization header is given 2 times; send exactly one"
+            );
+            assert!(!r.text().contains(&c.miner_key[6..]), "a key leaked");
+        }
+    }
+    // One header still works.
+    let r = c.get("/v1/miner/next?miner=m1", Some(&c.miner_key)).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    c.stop().await;
+}
+
+/// Wallets and miner ids are plain ASCII: a heartbeat whose wallet carries a format character
+/// (U+202E RIGHT-TO-LEFT OVERRIDE, U+200B ZERO WIDTH SPACE) or a non-ASCII letter is 422
+/// naming `wallet`, and nothing is recorded; the balance query refuses them the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofable_wallets_and_miner_ids_are_refused() {
+    let c = TestCoordinator::start(test_config()).await;
+    for wallet in [
+        "wallet_\u{202e}omed",
+        "wallet\u{200b}_demo",
+        "0xAbC:\u{fc}",
+        "w w",
+    ] {
+        let r = c
+            .post(
+                "/v1/miner/heartbeat",
+                Some(&c.miner_key),
+                &json!({"miner_id": "m1", "wallet": wallet, "mode": "cpu"}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (422, ErrorCode::ValidationFailed),
+            "{}",
+            r.text()
+        );
+        assert_eq!(r.json()["error"]["details"]["field"], json!("wallet"));
+        assert!(
+            r.message().contains("A-Z a-z 0-9 . _ : -"),
+            "{}",
+            r.message()
+        );
+        assert!(
+            !r.message().contains(['\u{202e}', '\u{200b}']),
+            "{}",
+            r.message()
+        );
+    }
+    let r = c
+        .post(
+            "/v1/miner/heartbeat",
+            Some(&c.miner_key),
+            &json!({"miner_id": "m\u{200b}1", "wallet": "w", "mode": "cpu"}),
+        )
+        .await;
+    assert_eq!(r.json()["error"]["details"]["field"], json!("miner_id"));
+    let r = c
+        .get("/v1/wallet/balance?wallet=wallet_%E2%80%AEomed", None)
+        .await;
+    assert_eq!((r.status, r.code()), (422, ErrorCode::ValidationFailed));
+    let r = c.get("/v1/admin/miners", Some(&c.admin_key)).await;
+    assert_eq!(r.json(), json!([]));
+    c.heartbeat(&c.miner_key, "m1", "eip155:1:0xAbC").await;
+    c.stop().await;
+}
+
+/// Sends `request` as raw bytes on a fresh connection and reads until the server closes it.
+fn raw_exchange(addr: &str, request: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    s.write_all(request).expect("send the request");
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .expect("read until the server closes");
+    answer
+}
+
+/// Splits a raw HTTP/1.1 answer into its status line, its lower-cased header lines and body.
+fn split_answer(answer: &[u8]) -> (String, Vec<String>, Vec<u8>) {
+    let text = String::from_utf8_lossy(answer);
+    let (head, _) = text.split_once("\r\n\r\n").expect("a complete head");
+    let body = answer[head.len() + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().to_string();
+    (status, lines.map(str::to_ascii_lowercase).collect(), body)
+}
+
+/// The documented exception to "every non-2xx answer carries the error body": hyper's HTTP/1
+/// parser answers a request it cannot parse before there is a request to route, with no body
+/// (hyper 1.x has no hook to add one), and closes the connection; an HTTP/2 preface is closed
+/// without an answer. Anything that parses reaches the Coordinator and gets the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parser_refusals_before_routing_have_no_body() {
+    let c = TestCoordinator::start(test_config()).await;
+    let addr = c.url.trim_start_matches("http://").to_string();
+    let long_uri = format!(
+        "GET /v1/health?pad={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let mut many_headers = String::from("GET /v1/health HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..101 {
+        many_headers.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many_headers.push_str("\r\n");
+    let cases: [(&[u8], &str); 4] = [
+        (b"GARBAGE\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+        (
+            b"GET /v1/health HTTP/1.1\r\nBad Header\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (long_uri.as_bytes(), "HTTP/1.1 414 URI Too Long"),
+        (
+            many_headers.as_bytes(),
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ),
+    ];
+    for (request, want) in cases {
+        let a = addr.clone();
+        let request = request.to_vec();
+        let answer = tokio::task::spawn_blocking(move || raw_exchange(&a, &request))
+            .await
+            .expect("no panic");
+        let (status, headers, body) = split_answer(&answer);
+        assert_eq!(status, want);
+        assert!(
+            headers.contains(&"content-length: 0".to_string()),
+            "{headers:?}"
+        );
+        assert!(body.is_empty(), "{:?}", String::from_utf8_lossy(&body));
+    }
+    let a = addr.clone();
+    let answer =
+        tokio::task::spawn_blocking(move || raw_exchange(&a, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"))
+            .await
+            .expect("no panic");
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    // A request that parses, however wrong, gets the error body.
+    let a = addr.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        raw_exchange(
+            &a,
+            b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await
+    .expect("no panic");
+    let (status, _, body) = split_answer(&answer);
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let e: aitbc_protocol::api::ErrorBody = serde_json::from_slice(&body).expect("error body");
+    assert_eq!(e.error.code, ErrorCode::NotFound);
+    c.stop().await;
+}
+
+/// Out of file descriptors, the real `aitbc-coordinator serve` says so once (naming EMFILE
+/// and RLIMIT_NOFILE) instead of stalling silently, keeps serving, and answers normally once
+/// connections close. It also logs the RLIMIT_NOFILE it runs with at start.
+#[test]
+fn running_out_of_file_descriptors_is_logged_once_and_survived() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    const LIMIT: u64 = 64;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut child = Command::new("bash")
+        .arg("-c")
+        // Both the soft and the hard limit, so the start-up raise cannot lift it.
+        .arg(format!("ulimit -n {LIMIT} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_aitbc-coordinator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("c.db"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn aitbc-coordinator serve under bash");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, lines) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for_line = |what: &str, pred: &dyn Fn(&str) -> bool| -> String {
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("waiting for {what} ({e}); stderr so far: {seen:#?}"));
+            seen.push(line.clone());
+            if pred(&line) {
+                return line;
+            }
+        }
+    };
+    let limit_line = wait_for_line("the RLIMIT_NOFILE line", &|l| {
+        l.contains("RLIMIT_NOFILE is")
+    });
+    assert!(
+        limit_line.contains(&format!("RLIMIT_NOFILE is {LIMIT} ")),
+        "{limit_line}"
+    );
+    assert!(limit_line.contains("INFO"), "{limit_line}");
+    let addr = wait_for_line("the listening line", &|l| l.starts_with("listening on "))
+        .trim_start_matches("listening on ")
+        .trim()
+        .to_string();
+
+    // Twice the limit: the kernel completes every handshake (the listen queue holds them), the
+    // server accepts until its descriptors are gone.
+    let held: Vec<std::net::TcpStream> = (0..2 * LIMIT)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    let starved = wait_for_line("the accept failure", &|l| {
+        l.contains("cannot accept connections")
+    });
+    assert!(starved.contains("ERROR"), "{starved}");
+    assert!(starved.contains("EMFILE"), "{starved}");
+    assert!(
+        starved.contains(&format!("RLIMIT_NOFILE of {LIMIT} ")),
+        "{starved}"
+    );
+    drop(held);
+
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect after closing");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("a read timeout");
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("the health answer");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with(r#"{"status":"ok"}"#), "{answer}");
+
+    child.kill().expect("stop the server");
+    child.wait().expect("reap the server");
+    reader.join().expect("the reader ends at EOF");
+    seen.extend(lines.try_iter());
+    let failures = seen
+        .iter()
+        .filter(|l| l.contains("cannot accept connections"))
+        .count();
+    assert_eq!(failures, 1, "{seen:#?}");
 }

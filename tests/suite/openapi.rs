@@ -8,12 +8,12 @@
 
 use std::collections::BTreeSet;
 
+use aitbc_protocol::api::{is_miner_id, is_wallet, Disposition, IDEMPOTENCY_HEADER, MAX_REWARD};
 use aitbc_protocol::api::{
     ApiError, Balance, EnergySource, ErrorBody, ErrorCode, FailAck, FailReason, FailReport,
     Failure, GpuFlag, GpuHealth, GpuInfo, HeartbeatAck, Job, JobLimits, JobState, JobView, Metrics,
     MinerCapabilities, MinerLimits, MinerView, Mode, Proof, ProofAck, SubmitJob,
 };
-use aitbc_protocol::api::{Disposition, IDEMPOTENCY_HEADER};
 use aitbc_protocol::workload::Workload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -252,7 +252,8 @@ fn every_error_code() -> Vec<ErrorCode> {
             JobFinished => NotAssigned,
             NotAssigned => StaleAttempt,
             StaleAttempt => UnknownMiner,
-            UnknownMiner => PayloadTooLarge,
+            UnknownMiner => WalletFull,
+            WalletFull => PayloadTooLarge,
             PayloadTooLarge => ValidationFailed,
             ValidationFailed => IdempotencyKeyReused,
             IdempotencyKeyReused => RateLimited,
@@ -697,7 +698,7 @@ fn check_enums(doc: &Value) -> BTreeSet<String> {
         .into_iter()
         .filter(|c| *c != ErrorCode::Other)
         .collect();
-    assert_eq!(sent.len(), 15);
+    assert_eq!(sent.len(), 16);
     check_enum(doc, &mut seen, "ErrorCode", &sent);
     seen
 }
@@ -737,6 +738,49 @@ fn fail_reason_dispositions_and_error_codes_are_documented() {
         assert!(
             API_MD.contains(&format!("`{name}`")),
             "docs/api.md does not mention `{name}`"
+        );
+    }
+}
+
+/// The bounds the document states are protocol's: the largest reward, the least job limits and
+/// the wallet and miner-id alphabets (the schema's patterns agree with `is_wallet` and
+/// `is_miner_id` on look-alike and invisible characters).
+#[test]
+fn documented_bounds_match_protocol() {
+    let doc = doc();
+    let reward = &schema_of(&doc, "SubmitJob")["properties"]["reward"];
+    assert_eq!(reward["maximum"], json!(MAX_REWARD));
+    let limits = &schema_of(&doc, "JobLimits")["properties"];
+    for (field, min) in [
+        ("ram_mb", JobLimits::MIN_RAM_MB),
+        ("cpu_time_s", JobLimits::MIN_CPU_TIME_S),
+        ("max_runtime_s", JobLimits::MIN_MAX_RUNTIME_S),
+    ] {
+        assert_eq!(limits[field]["minimum"], json!(min), "JobLimits.{field}");
+    }
+    assert!(API_MD.contains("`reward` at most 10^12"));
+    let caps = validator(&doc, "MinerCapabilities");
+    let hb = |miner_id: &str, wallet: &str| json!({"miner_id": miner_id, "wallet": wallet, "mode": "cpu"});
+    for s in [
+        "wallet_demo",
+        "eip155:1:0xAbC",
+        "a.b-c_d",
+        "",
+        "wallet_\u{202e}omed",
+        "wal\u{200b}let",
+        "0xAbC:\u{fc}",
+        "a b",
+        &"w".repeat(129),
+    ] {
+        assert_eq!(
+            caps.is_valid(&hb("m", s)),
+            is_wallet(s),
+            "wallet {s:?}: the schema and is_wallet disagree"
+        );
+        assert_eq!(
+            caps.is_valid(&hb(s, "w")),
+            is_miner_id(s),
+            "miner_id {s:?}: the schema and is_miner_id disagree"
         );
     }
 }
