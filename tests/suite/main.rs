@@ -11,6 +11,7 @@ mod deploy;
 mod doctor;
 mod gpu;
 mod guide_script;
+mod hostile_coordinator;
 mod miner_e2e;
 mod miner_faults;
 mod openapi;
