@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aitbc_coordinator::{Coordinator, CoordinatorConfig, Scope};
@@ -308,4 +308,31 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// A directory the daemon's user can write (the test is root, the daemon `RUN_AS`).
+pub fn daemon_dir(path: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(path).expect("create the daemon's directory");
+    if nix::unistd::geteuid().is_root() {
+        let user = nix::unistd::User::from_name(RUN_AS)
+            .expect("passwd readable")
+            .expect("the run-as user exists");
+        nix::unistd::chown(path, Some(user.uid), Some(user.gid)).expect("chown");
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    path.to_owned()
 }

@@ -40,7 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use crate::common::{reachable_tempdir, RUN_AS};
+use crate::common::{daemon_dir, reachable_tempdir, running, RUN_AS};
 
 /// The miner's VmHWM (peak resident set) must stay under this: 64 MiB.
 const MAX_HWM_KIB: u64 = 64 * 1024;
@@ -649,33 +649,6 @@ fn assert_real_proof(p: &Proof, job: &Job, sha: Option<&str>) {
 // ---------------------------------------------------------------------------------------------
 // The miner
 // ---------------------------------------------------------------------------------------------
-
-/// True while `pid` exists and is not a zombie.
-fn running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
-/// A directory the daemon's user can write (the test is root, the daemon `RUN_AS`).
-fn daemon_dir(path: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir(path).expect("create the daemon's directory");
-    if nix::unistd::geteuid().is_root() {
-        let user = nix::unistd::User::from_name(RUN_AS)
-            .expect("passwd readable")
-            .expect("the run-as user exists");
-        nix::unistd::chown(path, Some(user.uid), Some(user.gid)).expect("chown");
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    path.to_owned()
-}
 
 /// A running `aitbc-miner run` with its own temporary directory.
 pub struct Miner {

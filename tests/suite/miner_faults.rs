@@ -13,21 +13,8 @@ use aitbc_protocol::wire::{encode, FromWorker, Hello, WorkerKind, WIRE_VERSION};
 use aitbc_supervisor::{Event, WorkerCommand};
 use serde_json::json;
 
-use crate::common::{reachable_tempdir, test_config, wait_for, TestCoordinator, RUN_AS};
+use crate::common::{reachable_tempdir, running, test_config, wait_for, TestCoordinator, RUN_AS};
 use crate::miner_e2e::{counted_worker, miner_config, real_worker, settled, worker_pids, Miner};
-
-/// True while `pid` exists and is not a zombie.
-fn running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
 
 /// User + system CPU ticks a process has used.
 fn cpu_ticks(pid: i32) -> u64 {

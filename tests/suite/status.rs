@@ -25,28 +25,12 @@ use aitbc_supervisor::status::{self, Request, SlotState, Snapshot};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::common::{reachable_tempdir, test_config, wait_for, TestCoordinator, RUN_AS};
+use crate::common::{
+    daemon_dir, reachable_tempdir, test_config, wait_for, TestCoordinator, RUN_AS,
+};
 
 const WALLET: &str = "wallet_status";
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// A directory the daemon's user can write (the test is root, the daemon `nobody`), like
-/// systemd's `RuntimeDirectory=`.
-fn daemon_dir(path: &Path) -> PathBuf {
-    std::fs::create_dir(path).expect("create the daemon's directory");
-    if is_root() {
-        let nobody = nix::unistd::User::from_name(RUN_AS)
-            .expect("passwd readable")
-            .expect("nobody exists");
-        nix::unistd::chown(path, Some(nobody.uid), Some(nobody.gid)).expect("chown");
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    path.to_owned()
-}
 
 /// What arrives on the test's `NOTIFY_SOCKET`: (sender pid, message).
 struct Notifications {
