@@ -789,6 +789,7 @@ impl Miner {
 
     pub fn assert_memory_bounded(&self, during: &str) {
         let hwm = self.vm_hwm_kib();
+        eprintln!("VmHWM {} KiB {during}", hwm);
         assert!(
             hwm > 0 && hwm < MAX_HWM_KIB,
             "the miner's VmHWM is {} MiB {during} (limit {} MiB)\n{}",
