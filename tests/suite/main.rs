@@ -9,6 +9,7 @@ mod coordinator_api;
 mod coordinator_restart;
 mod deploy;
 mod doctor;
+mod exact_chain;
 mod gpu;
 mod guide_script;
 mod hostile_coordinator;

@@ -11,6 +11,8 @@ use serde_json::Value;
 
 use crate::api::{FailReason, JobLimits};
 
+pub mod torch_bench;
+
 /// Every workload name the API accepts (guide section 5).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]

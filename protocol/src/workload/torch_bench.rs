@@ -1,0 +1,312 @@
+//! torch_bench as an exact integer chain: the specification every implementation (the CPU
+//! kernels, the GPU kernels, a verifier recomputing a few rows) must reproduce bit for bit, and
+//! its plain reference.
+//!
+//! # The chain
+//!
+//! A job with params `(n, iters, seed)` computes, over `n x n` matrices of `i8` stored
+//! row-major,
+//!
+//! ```text
+//! A_0 = input(seed, 0)          B = input(seed, 1)
+//! C_k = A_k . B                 exact in i32 (sum over t of A_k[i][t] * B[t][j])
+//! A_{k+1}[i][j] = requant(C_k[i][j])          for k = 0 .. iters-1
+//! output = A_iters, n*n bytes (each i8 as its two's-complement byte), rows in order
+//! ```
+//!
+//! * **Inputs** ([`element`]): element `index = row * n + col` of matrix `m` is the top 8 bits of
+//!   `mix(key + (index + 1) * γ)` with `key = mix(seed ^ m * γ)`, as an `i8` (all 256 values,
+//!   uniform). `mix` is SplitMix64's finaliser, `γ = 0x9E37_79B9_7F4A_7C15`, all `u64`
+//!   arithmetic wrapping. Counter-based: any element can be made alone, in any order.
+//! * **Products** are exact: `|C| <= n * 128 * 128 <= 2^28` for `n <= MAX_N = 16384`, far
+//!   inside `i32`, so the order of the sum does not matter: any blocking, any thread count,
+//!   any SIMD width, the CPU and the GPU give the same `C`. (A kernel may compute with the
+//!   unsigned form `(a + 128) * b` and subtract `128 * sum(b)`; that too stays exact.)
+//! * **Requantization** ([`requant`]): `((c as u32 + 0x7F4A_7C15) * 0x9E37_79B1) >> 24` as an
+//!   `i8`, wrapping `u32` arithmetic: the top byte of an odd multiple, so every bit of `c`
+//!   reaches it. It is not a numerical rounding on purpose: the chain cannot settle into a fixed
+//!   point or a zero matrix, so no step can be skipped by guessing.
+//! * **Rows are independent**: row `i` of `A_{k+1}` depends only on row `i` of `A_k` and on `B`,
+//!   so a verifier recomputes one output row with `iters * n^2` multiply-adds ([`output_row`]).
+//!
+//! # The commitment
+//!
+//! The proof carries `output_sha = SHA-256(output)` and the [`crate::merkle`] root over the
+//! output rows (leaf `i` = the `n` bytes of row `i`), so an audit can ask for single rows and
+//! check each with its inclusion proof ([`commit`]).
+//!
+//! Known answers ([`KNOWN_ANSWERS`]) pin the recipe; `scripts/int8_chain.py` computes them
+//! independently in plain Python. Pure: no I/O, no floating point, nothing host-specific.
+
+use sha2::{Digest as _, Sha256};
+
+use super::TorchBenchParams;
+use crate::merkle::{self, Digest};
+
+/// SplitMix64's increment, the golden ratio in 64-bit fixed point.
+pub const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+/// Matrix number of `A_0` in [`element`].
+pub const MATRIX_A0: u32 = 0;
+/// Matrix number of `B` in [`element`].
+pub const MATRIX_B: u32 = 1;
+
+/// SplitMix64's output function (Steele, Lea & Flood 2014; the constants of Vigna's
+/// `splitmix64.c`).
+#[inline]
+pub const fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The SplitMix64 state that generates matrix `matrix` of a job with seed `seed`.
+#[inline]
+pub const fn stream_key(seed: u64, matrix: u32) -> u64 {
+    mix(seed ^ (matrix as u64).wrapping_mul(GAMMA))
+}
+
+/// Element `index` (row-major) of matrix `matrix` from its stream key ([`stream_key`]).
+#[inline]
+pub const fn element_of(key: u64, index: u64) -> i8 {
+    (mix(key.wrapping_add(index.wrapping_add(1).wrapping_mul(GAMMA))) >> 56) as u8 as i8
+}
+
+/// Element `index` (row-major) of matrix `matrix` of a job with seed `seed`.
+#[inline]
+pub const fn element(seed: u64, matrix: u32, index: u64) -> i8 {
+    element_of(stream_key(seed, matrix), index)
+}
+
+/// An exact product's value back to `i8` (see the module docs).
+#[inline]
+pub const fn requant(c: i32) -> i8 {
+    ((c as u32)
+        .wrapping_add(0x7F4A_7C15)
+        .wrapping_mul(0x9E37_79B1)
+        >> 24) as u8 as i8
+}
+
+/// Row `row` of input matrix `matrix` (`n` elements).
+pub fn input_row(seed: u64, matrix: u32, n: usize, row: usize) -> Vec<i8> {
+    let key = stream_key(seed, matrix);
+    let start = (row as u64) * (n as u64);
+    (0..n as u64).map(|c| element_of(key, start + c)).collect()
+}
+
+/// The whole input matrix `matrix` (`n * n` elements, row-major).
+pub fn input(seed: u64, matrix: u32, n: usize) -> Vec<i8> {
+    let key = stream_key(seed, matrix);
+    (0..(n as u64) * (n as u64))
+        .map(|i| element_of(key, i))
+        .collect()
+}
+
+/// One step of one row, in plain loops: `out[j] = requant(sum_t a[t] * b[t][j])`.
+/// `b` is `n x n` row-major, `a` and `out` have `n` elements.
+pub fn step_row(a: &[i8], b: &[i8], out: &mut [i8]) {
+    let n = a.len();
+    let mut acc = vec![0i32; n];
+    for (t, &x) in a.iter().enumerate() {
+        let x = i32::from(x);
+        for (s, &y) in acc.iter_mut().zip(&b[t * n..(t + 1) * n]) {
+            *s += x * i32::from(y);
+        }
+    }
+    for (o, s) in out.iter_mut().zip(acc) {
+        *o = requant(s);
+    }
+}
+
+/// Output row `row` of the chain, given `B` (`input(seed, MATRIX_B, n)`): what a verifier
+/// recomputes to check one opened row, with `iters * n^2` multiply-adds.
+pub fn output_row(p: &TorchBenchParams, b: &[i8], row: usize) -> Vec<i8> {
+    let n = p.n as usize;
+    let mut a = input_row(p.seed, MATRIX_A0, n, row);
+    let mut next = vec![0i8; n];
+    for _ in 0..p.iters {
+        step_row(&a, b, &mut next);
+        std::mem::swap(&mut a, &mut next);
+    }
+    a
+}
+
+/// The whole output, row by row in plain loops: the reference for small `n` (it costs
+/// `iters * n^3` multiply-adds, with no blocking or SIMD to get wrong).
+pub fn reference_output(p: &TorchBenchParams) -> Vec<i8> {
+    let n = p.n as usize;
+    let b = input(p.seed, MATRIX_B, n);
+    (0..n).flat_map(|row| output_row(p, &b, row)).collect()
+}
+
+/// A row's bytes: each `i8` as its two's-complement byte.
+pub fn row_bytes(row: &[i8]) -> Vec<u8> {
+    row.iter().map(|&x| x as u8).collect()
+}
+
+/// What a proof commits to: the SHA-256 of the whole output and the Merkle root over its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Commitment {
+    pub output_sha: Digest,
+    pub merkle_root: Digest,
+}
+
+/// The leaf hash of one output row (`n` elements).
+pub fn row_leaf(row: &[i8]) -> Digest {
+    merkle::leaf_hash(&row_bytes(row))
+}
+
+/// The commitment to an `n x n` output (`None` unless it has `n * n >= 1` elements).
+pub fn commit(output: &[i8], n: usize) -> Option<Commitment> {
+    if n == 0 || output.len() != n * n {
+        return None;
+    }
+    let mut sha = Sha256::new();
+    let mut leaves = Vec::with_capacity(n);
+    for row in output.chunks(n) {
+        let b = row_bytes(row);
+        sha.update(&b);
+        leaves.push(merkle::leaf_hash(&b));
+    }
+    Some(Commitment {
+        output_sha: sha.finalize().into(),
+        merkle_root: merkle::root(&leaves)?,
+    })
+}
+
+/// Published known answers: `(n, iters, seed, output_sha hex, merkle_root hex)`. Computed by
+/// [`reference_output`] and, independently, by `scripts/int8_chain.py`.
+pub const KNOWN_ANSWERS: &[(u32, u32, u64, &str, &str)] = &[
+    (
+        1,
+        100,
+        7,
+        "7ace431cb61584cb9b8dc7ec08cf38ac0a2d649660be86d349fb43108b542fa4",
+        "0d1abbe3b9da7a48d463edb0a844f3a102dcf7fdea35f9c771d885027b31b322",
+    ),
+    (
+        7,
+        3,
+        1,
+        "e818027674832b7d7a3814867f83fd0ab3d311350732693edd85453b470804fd",
+        "cfdf57f087e3d47806673aa7cbaceaa47a22454a0ee75443bb2bf4a565d68bb6",
+    ),
+    (
+        33,
+        5,
+        2026,
+        "df4129701f4afdfa30deb11404b117d6d26deca58a52052524dfc2be2e0102f3",
+        "497ba082d279e68121151d2c01c046d6b85782a0395d84b2b2964f98d0b87404",
+    ),
+    (
+        64,
+        2,
+        42,
+        "b2f6f1a4050fa22e0e87395405e55397fb7682daf205476b10f7c5618c9698e7",
+        "6efcfc150c90ffdf15bd2bad978b9de34a4c49fd1953d951dd6490c0d98178ef",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: u32, iters: u32, seed: u64) -> TorchBenchParams {
+        TorchBenchParams { n, iters, seed }
+    }
+
+    fn hex(d: &[u8]) -> String {
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn inputs_are_counter_based_and_cover_every_byte() {
+        let m = input(7, MATRIX_A0, 5);
+        for row in 0..5 {
+            assert_eq!(input_row(7, MATRIX_A0, 5, row), m[row * 5..(row + 1) * 5]);
+        }
+        assert_ne!(input(7, MATRIX_A0, 5), input(7, MATRIX_B, 5));
+        assert_ne!(input(7, MATRIX_A0, 5), input(8, MATRIX_A0, 5));
+        let mut seen = [false; 256];
+        for x in input(1, MATRIX_B, 64) {
+            seen[x as u8 as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "4096 draws miss a byte value");
+    }
+
+    #[test]
+    fn products_stay_exact_at_the_largest_n() {
+        let worst = i64::from(TorchBenchParams::MAX_N) * 128 * 128;
+        assert!(worst < i64::from(i32::MAX));
+        // The unsigned form a kernel may use: (a + 128) * b summed, then 128 * sum(b) removed.
+        let unsigned = i64::from(TorchBenchParams::MAX_N) * 255 * 128;
+        assert!(unsigned < i64::from(i32::MAX));
+    }
+
+    #[test]
+    fn requant_spreads_and_has_no_trivial_fixed_point() {
+        assert_ne!(requant(0), 0);
+        let mut seen = [0u32; 256];
+        for c in -20_000..20_000 {
+            seen[requant(c) as u8 as usize] += 1;
+        }
+        // 40000 values over 256 bytes: every byte about 156 times.
+        assert!(seen.iter().all(|&k| (100..220).contains(&k)), "{seen:?}");
+    }
+
+    #[test]
+    fn rows_are_independent_and_the_chain_does_not_collapse() {
+        let params = p(9, 5, 3);
+        let out = reference_output(&params);
+        let b = input(3, MATRIX_B, 9);
+        for row in 0..9 {
+            assert_eq!(output_row(&params, &b, row), out[row * 9..(row + 1) * 9]);
+        }
+        // Long chains keep their spread of values.
+        let long = reference_output(&p(16, 300, 11));
+        let distinct: std::collections::BTreeSet<i8> = long.iter().copied().collect();
+        assert!(distinct.len() > 100, "{}", distinct.len());
+        // Zero steps: the output is A_0.
+        assert_eq!(reference_output(&p(4, 0, 5)), input(5, MATRIX_A0, 4));
+    }
+
+    #[test]
+    fn the_commitment_opens_row_by_row() {
+        let params = p(6, 2, 9);
+        let out = reference_output(&params);
+        let c = commit(&out, 6).unwrap();
+        assert_eq!(hex(&c.output_sha), hex(&Sha256::digest(row_bytes(&out))));
+        let leaves: Vec<Digest> = out.chunks(6).map(row_leaf).collect();
+        for row in 0..6 {
+            let path = merkle::inclusion_proof(&leaves, row).unwrap();
+            assert!(merkle::verify(
+                &c.merkle_root,
+                6,
+                row as u64,
+                &row_leaf(&out[row * 6..(row + 1) * 6]),
+                &path
+            ));
+            let mut forged = out[row * 6..(row + 1) * 6].to_vec();
+            forged[0] = forged[0].wrapping_add(1);
+            assert!(!merkle::verify(
+                &c.merkle_root,
+                6,
+                row as u64,
+                &row_leaf(&forged),
+                &path
+            ));
+        }
+        assert_eq!(commit(&out, 5), None);
+        assert_eq!(commit(&[], 0), None);
+    }
+
+    #[test]
+    fn known_answers_hold() {
+        assert!(!KNOWN_ANSWERS.is_empty());
+        for &(n, iters, seed, sha, root) in KNOWN_ANSWERS {
+            let out = reference_output(&p(n, iters, seed));
+            let c = commit(&out, n as usize).unwrap();
+            assert_eq!(hex(&c.output_sha), sha, "n={n} iters={iters} seed={seed}");
+            assert_eq!(hex(&c.merkle_root), root, "n={n} iters={iters} seed={seed}");
+        }
+    }
+}
