@@ -333,10 +333,12 @@ impl Gpu {
         let len = (n as usize) * (n as usize);
         let len64 = len as u64;
         let mut budget = VramBudget::new(cap);
-        // SAFETY: X and W are written in full by aitbc_fill_input, and the product buffer by
-        // the first product, before anything reads them.
+        // SAFETY: X is written in full by aitbc_fill_input before anything reads it.
         let mut x = unsafe { budget.alloc::<f32>(s, len, "X") }?;
+        // SAFETY: the first product writes every element of the product buffer before anything
+        // reads it.
         let mut next = unsafe { budget.alloc::<f32>(s, len, "the product buffer") }?;
+        // SAFETY: W is written in full by aitbc_fill_input before anything reads it.
         let mut w = unsafe { budget.alloc::<f32>(s, len, "W") }?;
         let mut state = budget.alloc_zeros::<u32>(s, STATE_WORDS, "the chain state")?;
         let mut workspace = match blas {

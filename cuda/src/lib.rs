@@ -62,7 +62,8 @@ pub fn driver_present() -> bool {
 pub fn cublas_present() -> bool {
     static PRESENT: OnceLock<bool> = OnceLock::new();
     *PRESENT.get_or_init(|| {
-        // SAFETY: as in `driver_present`, a `dlopen` probe only.
+        // SAFETY: `is_culib_present` only tries `dlopen` on the candidate names and closes what
+        // it opened; it calls no cuBLAS function.
         std::panic::catch_unwind(|| unsafe { cudarc::cublas::sys::is_culib_present() })
             .unwrap_or(false)
     })

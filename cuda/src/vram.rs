@@ -100,7 +100,8 @@ impl VramBudget {
         what: &'static str,
     ) -> Result<CudaSlice<T>, CudaError> {
         self.reserve(what, bytes_of::<T>(len))?;
-        // SAFETY: forwarded to the caller (see above).
+        // SAFETY: the only requirement, writing every element before reading it, is this
+        // function's own `# Safety` contract, which the caller upholds.
         unsafe { stream.alloc::<T>(len) }.map_err(CudaError::driver(what))
     }
 

@@ -984,6 +984,9 @@ pub(crate) unsafe fn in_child(
         -1 => Err(std::io::Error::last_os_error()
             .raw_os_error()
             .unwrap_or(libc::EIO)),
+        // SAFETY: in the forked child: `groups` outlives setgroups and holds the 1 entry
+        // passed; setgroups/setresgid/setresuid/_exit are async-signal-safe and `child` is too
+        // by the caller's contract; both paths end in _exit, never back in the caller's code.
         0 => unsafe {
             let became = match run_as {
                 None => true,

@@ -448,7 +448,7 @@ async fn heartbeat_task(ctx: Arc<Ctx>, ok_tx: watch::Sender<bool>, nudge: Arc<No
                 let _ = ok_tx.send(true);
                 ctx.emit(Event::Heartbeat { ok: true });
                 ctx.status.heartbeat(Ok(()));
-                if accepted % BALANCE_EVERY_HEARTBEATS == 0 {
+                if accepted.is_multiple_of(BALANCE_EVERY_HEARTBEATS) {
                     ctx.balance_kick.notify_one();
                 }
                 accepted += 1;

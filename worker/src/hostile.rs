@@ -449,8 +449,10 @@ fn ptrace_parent(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerError
     let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, ppid, null, null) };
     if r == 0 {
         // Wait for the attach's SIGSTOP, then detach suppressing it, so the supervisor is not
-        // left stopped. SAFETY: plain system calls; `status` is ours to write.
+        // left stopped.
         let mut status = 0;
+        // SAFETY: plain system calls; waitpid writes only `status`, a local we own, and
+        // PTRACE_DETACH with data 0 ignores addr and delivers no signal.
         unsafe {
             libc::waitpid(ppid, &mut status, libc::__WALL);
             libc::ptrace(libc::PTRACE_DETACH, ppid, null, null);
@@ -728,7 +730,7 @@ fn file_too_big(job_dir: &Path, limit_mb: u64, t0: Instant) -> Result<ChainRun, 
 }
 
 fn fill_disk(job_dir: &Path, limit_mb: u64, t0: Instant) -> Result<ChainRun, WorkerError> {
-    // SAFETY: as in file_too_big.
+    // SAFETY: installs SIG_IGN for SIGXFSZ; no handler code runs.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let per_file = limit_mb.max(1);
     let goal = per_file.saturating_mul(FILL_FACTOR);

@@ -66,9 +66,10 @@ pub(crate) fn socket_from_fd(fd: RawFd) -> Result<UnixStream, WorkerError> {
     if fd < 0 {
         return Err(bad("a descriptor cannot be negative".into()));
     }
-    // SAFETY: fstat only writes into the zero-initialised `stat` we own; an invalid fd is
-    // reported through the return value.
+    // SAFETY: stat is plain C data (integers only), for which all-zero bytes are valid.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat only writes into `st`, which we own; an invalid fd is reported through the
+    // return value.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
         return Err(bad(format!(
             "{} (was the worker started by the supervisor?)",

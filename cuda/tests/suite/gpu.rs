@@ -60,7 +60,7 @@ fn run(g: &Gpu, path: GemmPath, n: u32, iters: u32, seed: u64) -> (Vec<f32>, Cha
     let mut chunks = 0;
     let stats = g
         .run_chain_with(path, n, iters, seed, u64::MAX, &mut |b: &[u8]| {
-            assert!(!b.is_empty() && b.len() <= STAGING_ELEMS * 4 && b.len() % 4 == 0);
+            assert!(!b.is_empty() && b.len() <= STAGING_ELEMS * 4 && b.len().is_multiple_of(4));
             chunks += 1;
             bytes.extend_from_slice(b);
         })

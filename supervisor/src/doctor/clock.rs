@@ -45,8 +45,10 @@ pub struct KernelClock {
 
 /// Reads the kernel's clock state; `Err(errno)` when the call fails.
 pub fn probe_kernel() -> Result<KernelClock, i32> {
-    // SAFETY: a zeroed timex with modes = 0 asks only to read; the kernel fills the struct.
+    // SAFETY: timex is plain C data (integers only), for which all-zero bytes are valid.
     let mut t: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: `t` is a live timex we own; with modes = 0 adjtimex only reads the clock state
+    // into it and changes nothing.
     let r = unsafe { libc::adjtimex(&mut t) };
     if r < 0 {
         return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));

@@ -269,8 +269,10 @@ fn make_target(at: &Path, dir: bool) -> Result<(), WorkerError> {
 /// The flags a remount must keep because the kernel locked them on the original mount.
 fn locked_flags(path: &str) -> Result<libc::c_ulong, WorkerError> {
     let c = CString::new(path).map_err(|_| refused(format!("{path:?} contains a NUL byte")))?;
-    // SAFETY: statvfs writes into the zeroed struct we own; `c` outlives the call.
+    // SAFETY: statvfs is plain C data (integers only), for which all-zero bytes are valid.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes only into `st`, which we own; `c` is NUL-terminated and outlives
+    // the call.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(os(format!("statvfs {path}"), io::Error::last_os_error()));
     }

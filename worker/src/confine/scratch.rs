@@ -51,7 +51,8 @@ pub fn mount_scratch(job_dir: &Path, size_mb: u64) -> Result<String, WorkerError
         reason: "tmpfs options hold a NUL byte".into(),
     })?;
     let tmpfs = c"tmpfs";
-    // SAFETY: as above.
+    // SAFETY: source, target, type and options are NUL-terminated strings that outlive the
+    // call; tmpfs reads `options` as a string.
     let rc = unsafe {
         libc::mount(
             tmpfs.as_ptr(),
