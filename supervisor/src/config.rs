@@ -1,17 +1,21 @@
 //! The miner's configuration: the environment-style file `/etc/aitbc/miner.conf` (guide
 //! section 3), environment overrides, defaults, and validation into one typed [`Config`].
 //!
+//! Every key is declared once, in the table [`DEFS`] (`config/keys.rs`): its name, what an
+//! unset key means and its documentation. [`KEYS`], the defaults and [`example`]
+//! (`aitbc-miner example-config`) come from it, and a test checks README's key table against it.
+//!
 //! Three steps, only the last touches the system:
 //! - [`parse`] turns the file's text into a [`RawConfig`] (key → value and line) plus
 //!   [`Warning`]s; it knows the shell-like syntax (quotes, comments, `export `) and nothing
 //!   about what a key means;
 //! - [`resolve`] applies environment overrides (a variable named like a key wins over the file),
-//!   fills defaults from [`HostFacts`] and checks every value;
+//!   fills defaults from [`DEFS`] and [`HostFacts`] and checks every value;
 //! - [`load`] reads the file, the process environment and the host, and calls the two.
 //!
 //! This module must never run a shell or any other command (`$(hostname)` is answered from
-//! `gethostname(2)`, every other command substitution is refused), and must never put the API
-//! key's value into an error, a warning or `Debug` output.
+//! `gethostname(2)`, every other command substitution is refused), and must never log or print
+//! the API key's value, nor put it into an error, a warning or `Debug` output.
 
 use crate::Error;
 use std::collections::BTreeMap;
@@ -20,45 +24,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod keys;
+pub use keys::{example, KeyDef, Unset, DEFS};
+
 /// Where the miner looks for its config file when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/aitbc/miner.conf";
 
-/// Every key the miner understands, in the order [`example`] lists them.
-pub const KEYS: &[&str] = &[
-    "COORD_URL",
-    "WALLET_ADDR",
-    "API_KEY",
-    "MINER_ID",
-    "WORK_DIR",
-    "STATE_DIR",
-    "HEARTBEAT_SECS",
-    "JOB_POLL_SECS",
-    "POLL_WAIT_SECS",
-    "MAX_CONCURRENCY",
-    "ACCEL_MODE",
-    "LOG_FILE",
-    "LOG_LEVEL",
-    "BACKOFF_MIN_SECS",
-    "BACKOFF_MAX_SECS",
-    "DRAIN_GRACE_SECS",
-    "MAX_JOB_RAM_MB",
-    "MAX_JOB_RUNTIME_SECS",
-    "MAX_JOB_CPU_SECS",
-    "MAX_JOB_VRAM_MB",
-    "MAX_JOB_DISK_MB",
-    "THREADS_PER_JOB",
-    "WORKER_EXE",
-    "RUN_AS_USER",
-    "SANDBOX_FS",
-    "GPU_POLL_MS",
-    "GPU_MAX_TEMP_C",
-    "STATUS_SOCKET",
-    "METRICS_FILE",
-    "METRICS_INTERVAL_SECS",
-];
-
-/// Keys without a default: the miner cannot start without them.
-pub const REQUIRED_KEYS: &[&str] = &["COORD_URL", "WALLET_ADDR", "API_KEY", "MINER_ID"];
+/// Every key the miner understands, in [`DEFS`]' order: the names [`parse`] knows and
+/// [`load`] reads from the environment.
+pub const KEYS: &[&str] = &keys::NAMES;
 
 /// The one secret key; its value is never shown.
 const SECRET_KEY: &str = "API_KEY";
@@ -801,7 +775,9 @@ struct Lookup<'a> {
 }
 
 impl Lookup<'_> {
+    /// The value set for `key`, a key of [`DEFS`] (else this panics).
     fn find(&self, key: &'static str) -> Result<Option<Found>, Error> {
+        keys::def(key);
         let secret = key == SECRET_KEY;
         let (value, location) = if let Some(text) = (self.env)(key) {
             let location = "environment".to_string();
@@ -828,22 +804,52 @@ impl Lookup<'_> {
         }
     }
 
-    fn required(&self, key: &'static str) -> Result<Found, Error> {
-        self.find(key)?.ok_or_else(|| Error::ConfigMissing {
-            location: self.raw.source_name.clone(),
-            key,
-        })
-    }
-
-    /// Applies `check` to the key's value, or returns `default` when it is not set.
+    /// Applies `check` to the key's value, or to its [`DEFS`] default when it is not set.
     fn get<T>(
         &self,
         key: &'static str,
-        default: T,
         check: impl Fn(&str) -> Result<T, String>,
     ) -> Result<T, Error> {
         match self.find(key)? {
-            None => Ok(default),
+            None => self.unset(key, &check),
+            Some(found) => checked(key, &found, &check),
+        }
+    }
+
+    /// What `key` is when it is not set, from [`DEFS`]: a missing required key is an error; a
+    /// default computed from the host is left to the caller (this panics).
+    fn unset<T>(
+        &self,
+        key: &'static str,
+        check: &dyn Fn(&str) -> Result<T, String>,
+    ) -> Result<T, Error> {
+        let text = match keys::def(key).unset {
+            Unset::Value(text) => text,
+            Unset::Empty(_) => "",
+            Unset::Required(_) => {
+                return Err(Error::ConfigMissing {
+                    location: self.raw.source_name.clone(),
+                    key,
+                })
+            }
+            Unset::Host { .. } => {
+                panic!("{key}'s default depends on the host; resolve computes it")
+            }
+        };
+        Ok(check(text).unwrap_or_else(|e| panic!("DEFS' default {key}={text:?} fails: {e}")))
+    }
+
+    /// Applies `check` to the key's value, or returns `computed`, the default from the host,
+    /// when it is not set.
+    fn get_or<T>(
+        &self,
+        key: &'static str,
+        computed: T,
+        check: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, Error> {
+        debug_assert!(matches!(keys::def(key).unset, Unset::Host { .. }), "{key}");
+        match self.find(key)? {
+            None => Ok(computed),
             Some(found) => checked(key, &found, &check),
         }
     }
@@ -1076,37 +1082,27 @@ pub fn resolve(
 ) -> Result<Config, Error> {
     let look = Lookup { raw, env, host };
 
-    let coord_url = checked("COORD_URL", &look.required("COORD_URL")?, &parse_coord_url)?;
-    let wallet_addr = checked("WALLET_ADDR", &look.required("WALLET_ADDR")?, &parse_wallet)?;
-    let api_key = ApiKey::new(checked(SECRET_KEY, &look.required(SECRET_KEY)?, &|t| {
+    let coord_url = look.get("COORD_URL", parse_coord_url)?;
+    let wallet_addr = look.get("WALLET_ADDR", parse_wallet)?;
+    let api_key = ApiKey::new(look.get(SECRET_KEY, |t| {
         parse_token(t, "the wallet-issued API key", 4096)
     })?);
-    let miner_id = checked("MINER_ID", &look.required("MINER_ID")?, &parse_miner_id)?;
+    let miner_id = look.get("MINER_ID", parse_miner_id)?;
 
-    let work_dir = look.get("WORK_DIR", PathBuf::from("/tmp/aitbc-work"), parse_abs_path)?;
-    let state_dir = look.get(
-        "STATE_DIR",
-        PathBuf::from("/var/lib/aitbc-miner"),
-        parse_abs_path,
-    )?;
-    let heartbeat = look.get("HEARTBEAT_SECS", Duration::from_secs(20), |t| {
-        parse_secs(t, false)
-    })?;
-    let job_poll = look.get("JOB_POLL_SECS", Duration::from_secs(3), |t| {
-        parse_secs(t, false)
-    })?;
-    let poll_wait = look.get("POLL_WAIT_SECS", Duration::from_secs(25), |t| {
-        parse_secs(t, true)
-    })?;
-    let max_concurrency = look.get("MAX_CONCURRENCY", 1, |t| parse_u32(t, 1, 64, "1"))?;
-    let accel_mode = look.get("ACCEL_MODE", AccelMode::Auto, parse_accel_mode)?;
-    let log_file = look.get("LOG_FILE", None, parse_optional_path)?;
-    let log_level = look.get("LOG_LEVEL", "info".to_string(), parse_log_level)?;
-    let backoff_min = look.get("BACKOFF_MIN_SECS", Duration::from_millis(500), |t| {
-        parse_secs(t, false)
-    })?;
+    let work_dir = look.get("WORK_DIR", parse_abs_path)?;
+    let state_dir = look.get("STATE_DIR", parse_abs_path)?;
+    let heartbeat = look.get("HEARTBEAT_SECS", |t| parse_secs(t, false))?;
+    let job_poll = look.get("JOB_POLL_SECS", |t| parse_secs(t, false))?;
+    let poll_wait = look.get("POLL_WAIT_SECS", |t| parse_secs(t, true))?;
+    let max_concurrency = look.get("MAX_CONCURRENCY", |t| parse_u32(t, 1, 64, "1"))?;
+    let accel_mode = look.get("ACCEL_MODE", parse_accel_mode)?;
+    let log_file = look.get("LOG_FILE", parse_optional_path)?;
+    let log_level = look.get("LOG_LEVEL", parse_log_level)?;
+    let backoff_min = look.get("BACKOFF_MIN_SECS", |t| parse_secs(t, false))?;
     let backoff_max = match look.find("BACKOFF_MAX_SECS")? {
-        None => Duration::from_secs(60).max(backoff_min),
+        None => look
+            .unset("BACKOFF_MAX_SECS", &|t| parse_secs(t, false))?
+            .max(backoff_min),
         Some(found) => checked("BACKOFF_MAX_SECS", &found, &|t| {
             let max = parse_secs(t, false)?;
             if max < backoff_min {
@@ -1118,9 +1114,7 @@ pub fn resolve(
             Ok(max)
         })?,
     };
-    let drain_grace = look.get("DRAIN_GRACE_SECS", Duration::from_secs(30), |t| {
-        parse_secs(t, true)
-    })?;
+    let drain_grace = look.get("DRAIN_GRACE_SECS", |t| parse_secs(t, true))?;
 
     let default_ram = host.ram_mb * 80 / 100 / u64::from(max_concurrency);
     let ram_mb = match look.find("MAX_JOB_RAM_MB")? {
@@ -1141,40 +1135,29 @@ pub fn resolve(
     let cores = host.cores.max(1);
     let job_limits_max = MaxLimits {
         ram_mb,
-        runtime_s: look.get("MAX_JOB_RUNTIME_SECS", 3600, |t| {
+        runtime_s: look.get("MAX_JOB_RUNTIME_SECS", |t| {
             parse_int(t, 1, MAX_SECS, "3600")
         })?,
-        cpu_time_s: look.get("MAX_JOB_CPU_SECS", 3600 * u64::from(cores), |t| {
+        cpu_time_s: look.get_or("MAX_JOB_CPU_SECS", 3600 * u64::from(cores), |t| {
             parse_int(t, 1, u64::MAX, "3600")
         })?,
-        vram_mb: look.get("MAX_JOB_VRAM_MB", 0, |t| parse_int(t, 0, u64::MAX, "8192"))?,
-        disk_mb: look.get("MAX_JOB_DISK_MB", 1024, |t| {
-            parse_int(t, 1, MAX_DISK_MB, "1024")
-        })?,
+        vram_mb: look.get("MAX_JOB_VRAM_MB", |t| parse_int(t, 0, u64::MAX, "8192"))?,
+        disk_mb: look.get("MAX_JOB_DISK_MB", |t| parse_int(t, 1, MAX_DISK_MB, "1024"))?,
     };
-    let threads_per_job = look.get("THREADS_PER_JOB", (cores / max_concurrency).max(1), |t| {
-        parse_u32(t, 1, 1024, "4")
-    })?;
-    let worker_exe = look.get("WORKER_EXE", None, parse_optional_path)?;
-    let run_as_user = look.get(
-        "RUN_AS_USER",
-        DEFAULT_RUN_AS_USER.to_string(),
-        parse_user_name,
-    )?;
-    let sandbox_fs = look.get("SANDBOX_FS", SandboxFs::Auto, parse_sandbox_fs)?;
-    let gpu_poll = look.get("GPU_POLL_MS", Duration::from_millis(500), |t| {
+    let threads_per_job =
+        look.get_or("THREADS_PER_JOB", (cores / max_concurrency).max(1), |t| {
+            parse_u32(t, 1, 1024, "4")
+        })?;
+    let worker_exe = look.get("WORKER_EXE", parse_optional_path)?;
+    let run_as_user = look.get("RUN_AS_USER", parse_user_name)?;
+    let sandbox_fs = look.get("SANDBOX_FS", parse_sandbox_fs)?;
+    let gpu_poll = look.get("GPU_POLL_MS", |t| {
         parse_int(t, 10, 60_000, "500").map(Duration::from_millis)
     })?;
-    let gpu_max_temp_c = look.get("GPU_MAX_TEMP_C", 90, |t| parse_u32(t, 1, 200, "90"))?;
-    let status_socket = look.get(
-        "STATUS_SOCKET",
-        Some(PathBuf::from(DEFAULT_STATUS_SOCKET)),
-        parse_status_socket,
-    )?;
-    let metrics_file = look.get("METRICS_FILE", None, parse_metrics_file)?;
-    let metrics_interval = look.get("METRICS_INTERVAL_SECS", Duration::from_secs(15), |t| {
-        parse_secs(t, false)
-    })?;
+    let gpu_max_temp_c = look.get("GPU_MAX_TEMP_C", |t| parse_u32(t, 1, 200, "90"))?;
+    let status_socket = look.get("STATUS_SOCKET", parse_status_socket)?;
+    let metrics_file = look.get("METRICS_FILE", parse_metrics_file)?;
+    let metrics_interval = look.get("METRICS_INTERVAL_SECS", |t| parse_secs(t, false))?;
 
     Ok(Config {
         source: raw.path.clone(),
@@ -1215,12 +1198,7 @@ pub fn status_socket(
     env: &dyn Fn(&str) -> Option<String>,
     host: &HostFacts,
 ) -> Result<Option<PathBuf>, Error> {
-    let look = Lookup { raw, env, host };
-    look.get(
-        "STATUS_SOCKET",
-        Some(PathBuf::from(DEFAULT_STATUS_SOCKET)),
-        parse_status_socket,
-    )
+    Lookup { raw, env, host }.get("STATUS_SOCKET", parse_status_socket)
 }
 
 /// The warning for a config file whose permission bits let group or others in, when it holds
@@ -1293,111 +1271,6 @@ pub fn load(path: Option<&Path>) -> Result<(Config, Vec<Warning>), Error> {
     let config = resolve(&raw, &|key| env.get(key).cloned(), &HostFacts::detect())?;
     Ok((config, warnings))
 }
-
-/// A complete, commented config file listing every key with its default; the required keys
-/// hold values for a local test Coordinator. It parses and resolves without warnings.
-pub fn example() -> &'static str {
-    EXAMPLE
-}
-
-const EXAMPLE: &str = r#"# /etc/aitbc/miner.conf — AITBC miner configuration.
-#
-# Format: KEY=value lines, environment-style. Values may be unquoted, "double-quoted" or
-# 'single-quoted'; '#' starts a comment outside quotes; an optional `export ` prefix is
-# allowed. "$(hostname)" and "$(hostname -s)" expand to this host's name; nothing else is
-# expanded and no shell is ever run ('$' elsewhere is kept literally).
-# An environment variable with the same name as a key overrides the value here.
-# This file holds the API key: keep it private with `chmod 600 /etc/aitbc/miner.conf`.
-
-# --- Required -----------------------------------------------------------------------------
-
-# Coordinator base URL, http:// or https://.
-COORD_URL="http://127.0.0.1:8080"
-# Your payout address; the Coordinator credits finished jobs to it.
-WALLET_ADDR="wallet_demo"
-# Wallet-issued key, sent as "Authorization: Bearer <API_KEY>". Never logged.
-API_KEY="CHANGE_ME"
-# A stable label for this node: 1-128 characters from A-Z a-z 0-9 . _ -
-MINER_ID="$(hostname)-cpu0"
-
-# --- Directories --------------------------------------------------------------------------
-
-# Per-job scratch directories (absolute path).
-WORK_DIR="/tmp/aitbc-work"
-# Durable state; proofs not yet accepted wait in STATE_DIR/spool (absolute path).
-STATE_DIR="/var/lib/aitbc-miner"
-
-# --- Timing (seconds; decimals allowed) ---------------------------------------------------
-
-# Health ping interval (> 0).
-HEARTBEAT_SECS=20
-# Least pause between two polls that found no job (> 0).
-JOB_POLL_SECS=3
-# Long-poll: how long the Coordinator may hold GET /v1/miner/next open (0 disables).
-POLL_WAIT_SECS=25
-# Retry pauses after Coordinator errors grow from BACKOFF_MIN_SECS to BACKOFF_MAX_SECS.
-BACKOFF_MIN_SECS=0.5
-BACKOFF_MAX_SECS=60
-# On SIGTERM, running jobs get this long to finish before they are stopped.
-DRAIN_GRACE_SECS=30
-
-# --- Work ---------------------------------------------------------------------------------
-
-# Inference job slots (1-64).
-MAX_CONCURRENCY=1
-# auto: the GPU when NVML sees one and libcuda.so.1 loads, else the CPU; gpu: the same, but
-# a fall-back to the CPU is a warning that says why; cpu: never touch the GPU.
-ACCEL_MODE="auto"
-# The most one job may use, whatever it asks for.
-# MAX_JOB_RAM_MB defaults to 80% of this host's RAM divided by MAX_CONCURRENCY.
-#MAX_JOB_RAM_MB=4096
-MAX_JOB_RUNTIME_SECS=3600
-# MAX_JOB_CPU_SECS defaults to 3600 × the usable CPU cores.
-#MAX_JOB_CPU_SECS=14400
-# The most device memory (MiB) one GPU job may ask for (its limits.vram_mb); 0: no GPU jobs.
-MAX_JOB_VRAM_MB=0
-# The largest file one job may write, in MiB (> 0).
-MAX_JOB_DISK_MB=1024
-# Compute threads per job; defaults to the usable cores divided by MAX_CONCURRENCY (at least 1).
-#THREADS_PER_JOB=4
-# The worker binary; empty: the miner runs its own binary as `aitbc-miner worker`.
-WORKER_EXE=""
-
-# --- Confinement --------------------------------------------------------------------------
-
-# Started as root, the miner does its root-only set-up (directories, cgroup subtree), then
-# drops to this user; workers run as it too. Create it with
-# `useradd --system --no-create-home aitbc-miner`. Ignored when not started as root.
-RUN_AS_USER="aitbc-miner"
-# How a worker confines its view of the filesystem: auto (Landlock when the kernel has it,
-# else a read-only mount-namespace view), landlock (required) or mount.
-SANDBOX_FS="auto"
-
-# --- GPU ----------------------------------------------------------------------------------
-
-# How often the VRAM watch asks NVML for a running GPU job's device memory, in milliseconds.
-GPU_POLL_MS=500
-# At or above this temperature (°C) the GPU is unhealthy and the miner takes no GPU jobs.
-GPU_MAX_TEMP_C=90
-
-# --- Status and metrics -------------------------------------------------------------------
-
-# The Unix socket `aitbc-miner status` asks (mode 0600, local only: no TCP port is opened);
-# empty: none. If its directory does not exist the miner warns once and runs without it.
-STATUS_SOCKET="/run/aitbc-miner/status.sock"
-# A Prometheus text file for node_exporter's textfile collector, rewritten atomically (e.g.
-# /var/lib/prometheus/node-exporter/aitbc_miner.prom); empty: none.
-METRICS_FILE=""
-# How often METRICS_FILE is rewritten (seconds, > 0).
-METRICS_INTERVAL_SECS=15
-
-# --- Logging ------------------------------------------------------------------------------
-
-# Log file, appended to (never truncated); empty: stderr only (journald under systemd).
-LOG_FILE=""
-# A tracing filter: error, warn, info, debug, trace, or per-module like "info,aitbc_supervisor=debug".
-LOG_LEVEL="info"
-"#;
 
 #[cfg(test)]
 mod tests {
@@ -2003,7 +1876,11 @@ ACCEL_MODE="auto"
 
     #[test]
     fn missing_required_keys_are_named() {
-        for key in REQUIRED_KEYS {
+        let required = DEFS
+            .iter()
+            .filter(|def| matches!(def.unset, Unset::Required(_)))
+            .map(|def| def.name);
+        for key in required {
             let text: String = MINIMAL
                 .lines()
                 .filter(|l| !l.starts_with(&format!("{key}=")))
@@ -2201,22 +2078,23 @@ ACCEL_MODE="auto"
 
     #[test]
     fn example_lists_every_key_and_states_the_true_defaults() {
-        let (raw, warnings) = parse(example(), "example").unwrap();
+        let example = example();
+        let (raw, warnings) = parse(&example, "example").unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         for key in KEYS {
             assert!(
-                example().contains(&format!("\n{key}="))
-                    || example().contains(&format!("\n#{key}=")),
+                example.contains(&format!("\n{key}=")) || example.contains(&format!("\n#{key}=")),
                 "example() does not list {key}"
             );
         }
         let from_example = resolve(&raw, &no_env, &host()).unwrap();
-        let required_only: String = example()
+        let required_only: String = example
             .lines()
             .filter(|l| {
-                REQUIRED_KEYS
-                    .iter()
-                    .any(|k| l.starts_with(&format!("{k}=")))
+                DEFS.iter().any(|def| {
+                    matches!(def.unset, Unset::Required(_))
+                        && l.starts_with(&format!("{}=", def.name))
+                })
             })
             .map(|l| format!("{l}\n"))
             .collect();
