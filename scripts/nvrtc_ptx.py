@@ -13,11 +13,10 @@ path only, and it checks that the result declares the expected `.version`.
 Why these options:
   --gpu-architecture=compute_70  Volta's virtual ISA: the oldest architecture that the CUDA 12
       drivers a miner runs (525 series on) still support alongside every newer one, and enough
-      for what the kernels use (warp shuffles with masks, atomicMax on u32). The driver JITs it
-      to the real GPU's SM (sm_75, sm_80, sm_89, sm_90, ...) when the module is loaded.
-  --fmad=true, --ftz=false, --prec-div=true, --prec-sqrt=true  NVRTC's defaults, spelled out:
-      subnormals are kept (the rescale rule relies on IEEE multiplication) and where exactness
-      matters the source uses __fmul_rn/__fsub_rn, which are never contracted.
+      for what the kernels use (__dp4a needs sm_61). The driver JITs it to the real GPU's SM
+      (sm_75, sm_80, sm_89, sm_90, ...) when the module is loaded.
+  --fmad=true, --ftz=false, --prec-div=true, --prec-sqrt=true  NVRTC's defaults, spelled out
+      (the int8 chain's kernels use no floating point; the options only pin the output).
   No -lineinfo and no -G: the output must not depend on file paths or debug settings, so that
       regenerating it on any machine gives the committed bytes.
 """

@@ -743,6 +743,17 @@ impl Store for SqliteStore {
                     requeued: false,
                 });
             }
+            if let Some(root) = p.merkle_root.as_deref().filter(|r| !is_sha256_hex(r)) {
+                return Ok(Outcome {
+                    answer: Refusal::invalid(
+                        "merkle_root",
+                        root,
+                        "expected 64 lower-case hex digits (a SHA-256 Merkle root)",
+                    )
+                    .answer(),
+                    requeued: false,
+                });
+            }
             let claim = Claim {
                 key_id,
                 miner_id: p.miner_id.as_deref(),
@@ -1022,6 +1033,7 @@ mod tests {
             attempt: None,
             mode: Mode::Cpu,
             output_sha: "ab".repeat(32),
+            merkle_root: None,
             output_len: None,
             metrics: Default::default(),
             started_at: None,

@@ -3,41 +3,46 @@
  * (NVRTC 12.0, compute_70, PTX ISA 8.0) into torch_bench.ptx beside this file, which the Rust
  * crate embeds. Edit this file, then run `bash scripts/gen-ptx.sh` and commit both.
  *
- * The chain these kernels compute is defined in worker/src/torch_bench/mod.rs and must be
- * followed exactly: X_0 and W from the counter-based generator of worker/src/torch_bench/input.rs
- * (reproduced here bit for bit), then `iters` times X_{k+1} = rescale(X_k . W), row-major f32,
- * where rescale multiplies by an exact power of two when the largest magnitude leaves
- * [2^-32, 2^33).
+ * The chain these kernels compute is specified in protocol/src/workload/torch_bench.rs and must
+ * be followed exactly: n x n int8 matrices, row-major,
+ *
+ *     A_0 = input(seed, 0), B = input(seed, 1)
+ *     C_k = A_k . B            exact in int32
+ *     A_{k+1} = requant(C_k)   element-wise, for k = 0 .. iters-1
+ *     output = A_iters
+ *
+ * with input(seed, m)[index] = top 8 bits of mix(key + (index + 1) * GAMMA), key =
+ * mix(seed ^ m * GAMMA) (SplitMix64), and requant(c) = (((u32)c + 0x7F4A7C15) * 0x9E3779B1) >> 24
+ * as an int8. The products are exact (|C| <= 128 * 128 * n < 2^31), so any order of summation
+ * gives the same bytes: on the CPU, here, and in cuBLAS.
+ *
+ * B is kept on the device TRANSPOSED (Bt[j][t] = B[t][j], aitbc_fill_input with transposed = 1):
+ * then row i of A and row j of Bt both hold their k values contiguously, which is what dp4a (four
+ * k values in one 32-bit word) and cuBLAS's int8 "TN" layout want.
  *
  * What this file must never do:
- *   - change the generator's arithmetic: every element must equal the CPU's bit for bit (the
- *     host check in cuda/tests/suite/host_check.rs compiles the AITBC_FN helpers below with the
- *     system C compiler and compares them with the pinned golden values);
- *   - let the compiler contract or reassociate where exactness is promised: the generator and
- *     the rescale use __fmul_rn/__fsub_rn, which are never fused;
- *   - use atomics or any order of accumulation that depends on scheduling in the products: each
- *     output element is one thread's fmaf chain over k = 0, 1, ..., n-1, so a result depends on
- *     (params, device) only;
+ *   - change the generator's or the requantization's arithmetic: every byte must equal the
+ *     protocol's (cuda/tests/suite/host_check.rs compiles the AITBC_FN helpers below with the
+ *     system C compiler and compares them with the protocol's functions; kernel_emulation.rs
+ *     runs the kernels themselves on the CPU against the protocol's reference chain);
+ *   - compute the product in anything but exact integer arithmetic (no float, no saturation);
  *   - expose C++ in the ABI: every kernel is extern "C" with plain pointer and integer arguments
  *     (the Rust side launches them by these names, listed in cuda/src/ptx.rs).
  *
  * The helpers marked AITBC_FN are plain C when this file is included by a host C compiler (no
- * __CUDACC__): that is how the generator and the rescale rule are checked on a machine with no
- * GPU. The kernels exist only for NVRTC.
+ * __CUDACC__): that is how the generator and the requantization are checked on a machine with
+ * no GPU. The kernels are compiled by NVRTC, and by cuda/tests/emulate/cuda_on_host.cpp (which
+ * defines __CUDACC__ and a small shim) to run them on the CPU.
  */
 
 #ifdef __CUDACC__
 #define AITBC_FN static __device__ __forceinline__
-#define AITBC_MUL(a, b) __fmul_rn((a), (b))
-#define AITBC_SUB(a, b) __fsub_rn((a), (b))
 #else
 #define AITBC_FN static inline
-#define AITBC_MUL(a, b) ((a) * (b))
-#define AITBC_SUB(a, b) ((a) - (b))
 #endif
 
 /* ---------------------------------------------------------------------------------------------
- * The input generator (worker/src/torch_bench/input.rs): SplitMix64 by element index.
+ * The input generator (protocol's `element`): SplitMix64 by element index.
  * ------------------------------------------------------------------------------------------- */
 
 /* SplitMix64's increment, the golden ratio in 64-bit fixed point. */
@@ -51,239 +56,214 @@ AITBC_FN unsigned long long aitbc_mix(unsigned long long z)
     return z ^ (z >> 31);
 }
 
-/* The SplitMix64 state that generates matrix `matrix` (0: X_0, 1: W) of a job seeded `seed`. */
+/* The SplitMix64 state that generates matrix `matrix` (0: A_0, 1: B) of a job seeded `seed`. */
 AITBC_FN unsigned long long aitbc_stream_key(unsigned long long seed, unsigned int matrix)
 {
     return aitbc_mix(seed ^ ((unsigned long long)matrix * AITBC_GAMMA));
 }
 
-/* The top 24 bits of `bits` as a uniform f32 on [-1, 1 - 2^-23]: every step is exact. */
-AITBC_FN float aitbc_unit_f32(unsigned long long bits)
+/* Element `index` (row-major) of the matrix whose stream key is `key`: the top 8 bits, as the
+ * byte of an int8. */
+AITBC_FN unsigned char aitbc_element(unsigned long long key, unsigned long long index)
 {
-    const float inv_2_23 = 1.0f / 8388608.0f; /* 2^-23, exact */
-    const float u = (float)(unsigned int)(bits >> 40); /* < 2^24: exact */
-    return AITBC_SUB(AITBC_MUL(u, inv_2_23), 1.0f);
-}
-
-/* Element `index` (row-major) of the matrix whose stream key is `key`, before scaling. */
-AITBC_FN float aitbc_input_keyed(unsigned long long key, unsigned long long index)
-{
-    return aitbc_unit_f32(aitbc_mix(key + (index + 1ULL) * AITBC_GAMMA));
+    return (unsigned char)(aitbc_mix(key + (index + 1ULL) * AITBC_GAMMA) >> 56);
 }
 
 /* ---------------------------------------------------------------------------------------------
- * The rescale rule (worker/src/torch_bench/mod.rs, rescale_exponent).
+ * The requantization (protocol's `requant`): an exact product back to int8.
  * ------------------------------------------------------------------------------------------- */
 
-/* Largest unbiased exponent left alone; the smallest left alone is its negation. */
-#define AITBC_RESCALE_LIMIT_LOG2 32
-
-/* First value of `max_abs_bits` that is not finite (infinity; NaNs are above it). */
-#define AITBC_NON_FINITE 0x7F800000u
-
-/*
- * The rule, for a finite matrix whose largest `bits & 0x7FFFFFFF` is `max_abs_bits`: returns 0
- * when nothing is to be done (all zeros, or unbiased exponent e in [-32, 32]); otherwise returns
- * 1 and sets *k = clamp(-e, -126, 126), the power of two to multiply every element by.
- */
-AITBC_FN int aitbc_rescale_exponent(unsigned int max_abs_bits, int *k)
+/* The byte of requant(c): the top byte of ((u32)c + 0x7F4A7C15) * 0x9E3779B1, wrapping. */
+AITBC_FN unsigned char aitbc_requant(int c)
 {
-    int e;
-    int s;
-    if (max_abs_bits == 0u) {
-        return 0;
-    }
-    e = (int)(max_abs_bits >> 23) - 127;
-    if (e >= -AITBC_RESCALE_LIMIT_LOG2 && e <= AITBC_RESCALE_LIMIT_LOG2) {
-        return 0;
-    }
-    s = -e;
-    if (s < -126) {
-        s = -126;
-    }
-    if (s > 126) {
-        s = 126;
-    }
-    *k = s;
-    return 1;
-}
-
-/* 2^k as an f32, for k in -126..=127 (a normal number, so multiplying by it is exact). */
-AITBC_FN float aitbc_pow2(int k)
-{
-    union {
-        unsigned int u;
-        float f;
-    } v;
-    v.u = (unsigned int)(127 + k) << 23;
-    return v.f;
+    return (unsigned char)((((unsigned int)c + 0x7F4A7C15u) * 0x9E3779B1u) >> 24);
 }
 
 #ifdef __CUDACC__
 
 /*
- * The chain's small device state, one array of AITBC_STATE_WORDS u32 per job:
- *   [0], [1]  the largest |x| bits of the product just computed, alternating by iteration
- *             (iteration k uses slot k % 2; the rescale of iteration k zeroes slot (k+1) % 2);
- *   [2]       how many products were followed by a rescale;
- *   [3]       the first non-finite max bits seen (0 while the chain is finite).
+ * The chain's small device state, AITBC_STATE_WORDS u32 per job (zeroed before the chain):
+ *   [0]        how many requantizations ran (the host checks it equals `iters`);
+ *   [1] .. [3] reserved, stay zero.
  */
-#define AITBC_STATE_RESCALES 2
-#define AITBC_STATE_NON_FINITE 3
+#define AITBC_STATE_PRODUCTS 0
 
-/* Reduces `m` to its maximum over the warp (all 32 lanes must be active). */
-static __device__ __forceinline__ unsigned int aitbc_warp_max(unsigned int m)
+/*
+ * out[p] for p < n*n: element(seed, matrix, p) (row-major), or with transposed != 0 the
+ * transpose, out[j*n + t] = element(seed, matrix, t*n + j). n <= 65536, so p < 2^32 and the
+ * transposed index is found with 32-bit division. Any 1-D launch; grid-stride loop.
+ */
+extern "C" __global__ void __launch_bounds__(256)
+aitbc_fill_input(unsigned char *__restrict__ out, unsigned int n, unsigned long long seed,
+                 unsigned int matrix, int transposed)
 {
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, offset));
+    const unsigned long long key = aitbc_stream_key(seed, matrix);
+    const unsigned long long n64 = n;
+    const unsigned long long len = n64 * n64;
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long p = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; p < len;
+         p += stride) {
+        const unsigned int q = (unsigned int)p;
+        const unsigned long long index =
+            transposed ? (unsigned long long)(q % n) * n64 + q / n : p;
+        out[p] = aitbc_element(key, index);
     }
-    return m;
-}
-
-/* `x`'s magnitude bits: for finite values they order like |x|; NaN and infinity sort above. */
-static __device__ __forceinline__ unsigned int aitbc_abs_bits(float x)
-{
-    return __float_as_uint(x) & 0x7FFFFFFFu;
 }
 
 /*
- * out[i] = input(seed, matrix, i) * scale for i < len (scale rounded once; pass 1.0 for X_0,
- * sqrt(3/n) computed in f64 and rounded to f32 for W). Any 1-D launch; grid-stride loop.
+ * a[i] = requant(c[i]) for i < len; block 0's first thread also counts the step in
+ * state[AITBC_STATE_PRODUCTS]. Block 256, any grid; grid-stride loop.
  */
 extern "C" __global__ void __launch_bounds__(256)
-aitbc_fill_input(float *__restrict__ out, unsigned long long len, unsigned long long seed,
-                 unsigned int matrix, float scale)
+aitbc_requant(const int *__restrict__ c, unsigned char *__restrict__ a, unsigned long long len,
+              unsigned int *__restrict__ state)
 {
-    const unsigned long long key = aitbc_stream_key(seed, matrix);
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        state[AITBC_STATE_PRODUCTS] += 1u;
+    }
     const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
          i += stride) {
-        out[i] = AITBC_MUL(aitbc_input_keyed(key, i), scale);
+        a[i] = aitbc_requant(c[i]);
     }
 }
 
 /* ---------------------------------------------------------------------------------------------
- * SGEMM: c = a . b for row-major n x n matrices.
+ * IGEMM: c = a . b for n x n int8 matrices, a row-major, b given transposed (bt[j][t] = b[t][j]),
+ * c row-major int32, exact.
  *
- * Each 256-thread block computes a 128 x 128 tile of c, walking k in steps of 8 through shared
- * memory (a's tile stored transposed, two buffers so that the next step's global loads overlap
- * this step's arithmetic). Each thread holds an 8 x 8 block of accumulators: rows
- * {ty*4 + i, 64 + ty*4 + i} and columns {tx*4 + j, 64 + tx*4 + j} (i, j < 4), which keeps its
- * float4 shared-memory reads free of bank conflicts. Any n >= 1: out-of-range elements load as
- * zero and are never stored; when n % 4 == 0 the global loads and stores are float4.
- *
- * The epilogue also folds the largest |c| bits of the block into state[slot] (one atomicMax per
- * warp), which is the max-reduction the rescale needs, without a second pass over c.
+ * Each 256-thread block computes a 128 x 128 tile of c, walking k in steps of 32 (8 words of
+ * four int8) through shared memory, where both tiles are stored word-transposed
+ * (s[k word][row]) so that a thread reads its rows' and columns' words as int4; two buffers let
+ * the next step's global loads overlap this step's arithmetic. Each thread holds an 8 x 8 block
+ * of int32 accumulators: rows {ty*4 + i, 64 + ty*4 + i} and columns {tx*4 + j, 64 + tx*4 + j}
+ * (i, j < 4), each updated with __dp4a (four int8 products and their sum, sm_61+). Any n >= 1:
+ * out-of-range k values load as zero (adding nothing) and out-of-range elements are never
+ * stored; when n % 16 == 0 the global loads are int4, when n % 4 == 0 the stores are int4.
  * Launch: grid (ceil(n/128), ceil(n/128)), block 256, no dynamic shared memory.
  * ------------------------------------------------------------------------------------------- */
 
-#define TB_BM 128
-#define TB_BN 128
-#define TB_BK 8
-#define TB_THREADS 256
-#define TB_APAD 4 /* keeps the transposed stores of a's tile off one bank; 16-byte aligned */
+#define IG_BM 128     /* the tile edge */
+#define IG_BKW 8      /* k words (4 int8 each) per step */
+#define IG_THREADS 256
+#define IG_PAD 4 /* keeps the word-transposed stores off one bank; rows stay 16-byte aligned */
 
-extern "C" __global__ void __launch_bounds__(TB_THREADS)
-aitbc_sgemm_nn(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ c,
-               int n, unsigned int *__restrict__ state, int slot)
+/* The four bytes m[r][k .. k+3] (zero where r or k+q is outside the n x n matrix) as one word,
+ * byte q in bits 8q .. 8q+7: the packing a little-endian 32-bit load gives. */
+static __device__ __forceinline__ int aitbc_load4(const unsigned char *__restrict__ m, int r,
+                                                  int k, int n)
 {
-    __shared__ __align__(16) float as[2][TB_BK][TB_BM + TB_APAD];
-    __shared__ __align__(16) float bs[2][TB_BK][TB_BN];
+    unsigned int w = 0u;
+    if (r < n) {
+        const unsigned char *row = m + (size_t)r * (size_t)n;
+        for (int q = 0; q < 4; ++q) {
+            if (k + q < n) {
+                w |= (unsigned int)row[k + q] << (8 * q);
+            }
+        }
+    }
+    return (int)w;
+}
+
+extern "C" __global__ void __launch_bounds__(IG_THREADS)
+aitbc_igemm_tn(const unsigned char *__restrict__ a, const unsigned char *__restrict__ bt,
+               int *__restrict__ c, int n)
+{
+    __shared__ __align__(16) int as[2][IG_BKW][IG_BM + IG_PAD];
+    __shared__ __align__(16) int bs[2][IG_BKW][IG_BM + IG_PAD];
 
     const int tid = threadIdx.x;
     const int tx = tid & 15;
     const int ty = tid >> 4;
-    const int row0 = blockIdx.y * TB_BM;
-    const int col0 = blockIdx.x * TB_BN;
-    const bool vec = (n & 3) == 0;
+    const int row0 = blockIdx.y * IG_BM;
+    const int col0 = blockIdx.x * IG_BM;
+    const bool vec = (n & 15) == 0;
     const size_t ld = (size_t)n;
 
-    /* What this thread loads: a[row0 + ar][k0 + ak .. +3] and b[k0 + bk][col0 + bc .. +3]. */
-    const int ar = tid >> 1;
-    const int ak = (tid & 1) << 2;
-    const int bk = tid >> 5;
-    const int bc = (tid & 31) << 2;
+    /* What this thread loads per step: words lw .. lw+3 (k0 + 4*lw .. +15) of row row0 + lr of
+     * a and of row col0 + lr of bt. */
+    const int lr = tid >> 1;
+    const int lw = (tid & 1) << 2;
 
-    float ra[4];
-    float rb[4];
-    float acc[8][8];
+    int ra[4];
+    int rb[4];
+    int acc[8][8];
     for (int i = 0; i < 8; ++i) {
         for (int j = 0; j < 8; ++j) {
-            acc[i][j] = 0.0f;
+            acc[i][j] = 0;
         }
     }
 
     /* Global -> registers for the k-step starting at k0 (zeros outside the matrices). */
-#define TB_LOAD(k0)                                                                                \
+#define IG_LOAD(k0)                                                                                \
     do {                                                                                           \
-        const int gr = row0 + ar;                                                                  \
-        const int gk = (k0) + ak;                                                                  \
-        const int hk = (k0) + bk;                                                                  \
-        const int hc = col0 + bc;                                                                  \
+        const int gr = row0 + lr;                                                                  \
+        const int gc = col0 + lr;                                                                  \
+        const int gk = (k0) + lw * 4;                                                              \
         if (vec) {                                                                                 \
-            float4 va = make_float4(0.0f, 0.0f, 0.0f, 0.0f);                                       \
-            float4 vb = make_float4(0.0f, 0.0f, 0.0f, 0.0f);                                       \
+            int4 va = make_int4(0, 0, 0, 0);                                                       \
+            int4 vb = make_int4(0, 0, 0, 0);                                                       \
             if (gr < n && gk < n) {                                                                \
-                va = *(const float4 *)(a + (size_t)gr * ld + gk);                                  \
+                va = *(const int4 *)(a + (size_t)gr * ld + gk);                                    \
             }                                                                                      \
-            if (hk < n && hc < n) {                                                                \
-                vb = *(const float4 *)(b + (size_t)hk * ld + hc);                                  \
+            if (gc < n && gk < n) {                                                                \
+                vb = *(const int4 *)(bt + (size_t)gc * ld + gk);                                   \
             }                                                                                      \
             ra[0] = va.x; ra[1] = va.y; ra[2] = va.z; ra[3] = va.w;                                \
             rb[0] = vb.x; rb[1] = vb.y; rb[2] = vb.z; rb[3] = vb.w;                                \
         } else {                                                                                   \
             for (int q = 0; q < 4; ++q) {                                                          \
-                ra[q] = (gr < n && gk + q < n) ? a[(size_t)gr * ld + gk + q] : 0.0f;               \
-                rb[q] = (hk < n && hc + q < n) ? b[(size_t)hk * ld + hc + q] : 0.0f;               \
+                ra[q] = aitbc_load4(a, gr, gk + 4 * q, n);                                         \
+                rb[q] = aitbc_load4(bt, gc, gk + 4 * q, n);                                        \
             }                                                                                      \
         }                                                                                          \
     } while (0)
 
-    /* Registers -> shared buffer `buf`. */
-#define TB_STORE(buf)                                                                              \
+    /* Registers -> shared buffer `buf`, word-transposed. */
+#define IG_STORE(buf)                                                                              \
     do {                                                                                           \
         for (int q = 0; q < 4; ++q) {                                                              \
-            as[(buf)][ak + q][ar] = ra[q];                                                         \
+            as[(buf)][lw + q][lr] = ra[q];                                                         \
+            bs[(buf)][lw + q][lr] = rb[q];                                                         \
         }                                                                                          \
-        *(float4 *)&bs[(buf)][bk][bc] = make_float4(rb[0], rb[1], rb[2], rb[3]);                   \
     } while (0)
 
-    TB_LOAD(0);
-    TB_STORE(0);
+    IG_LOAD(0);
+    IG_STORE(0);
     __syncthreads();
 
     int buf = 0;
-    for (int k0 = 0; k0 < n; k0 += TB_BK) {
-        const bool more = k0 + TB_BK < n;
+    for (int k0 = 0; k0 < n; k0 += IG_BKW * 4) {
+        const bool more = k0 + IG_BKW * 4 < n;
         if (more) {
-            TB_LOAD(k0 + TB_BK);
+            IG_LOAD(k0 + IG_BKW * 4);
         }
 #pragma unroll
-        for (int kk = 0; kk < TB_BK; ++kk) {
-            const float4 a0 = *(const float4 *)&as[buf][kk][ty * 4];
-            const float4 a1 = *(const float4 *)&as[buf][kk][64 + ty * 4];
-            const float4 b0 = *(const float4 *)&bs[buf][kk][tx * 4];
-            const float4 b1 = *(const float4 *)&bs[buf][kk][64 + tx * 4];
-            const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-            const float bv[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+        for (int kw = 0; kw < IG_BKW; ++kw) {
+            const int4 a0 = *(const int4 *)&as[buf][kw][ty * 4];
+            const int4 a1 = *(const int4 *)&as[buf][kw][64 + ty * 4];
+            const int4 b0 = *(const int4 *)&bs[buf][kw][tx * 4];
+            const int4 b1 = *(const int4 *)&bs[buf][kw][64 + tx * 4];
+            const int av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            const int bv[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
 #pragma unroll
                 for (int j = 0; j < 8; ++j) {
-                    acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+                    acc[i][j] = __dp4a(av[i], bv[j], acc[i][j]);
                 }
             }
         }
         if (more) {
-            TB_STORE(buf ^ 1);
+            IG_STORE(buf ^ 1);
         }
         __syncthreads();
         buf ^= 1;
     }
-#undef TB_LOAD
-#undef TB_STORE
+#undef IG_LOAD
+#undef IG_STORE
 
-    unsigned int m = 0u;
+    const bool vec_out = (n & 3) == 0;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         const int row = row0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + (i - 4));
@@ -293,91 +273,18 @@ aitbc_sgemm_nn(const float *__restrict__ a, const float *__restrict__ b, float *
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int col = col0 + h * 64 + tx * 4;
-            float *dst = c + (size_t)row * ld + col;
-            const float *v = &acc[i][h * 4];
-            if (vec && col < n) {
-                *(float4 *)dst = make_float4(v[0], v[1], v[2], v[3]);
-                for (int q = 0; q < 4; ++q) {
-                    m = max(m, aitbc_abs_bits(v[q]));
-                }
+            int *dst = c + (size_t)row * ld + col;
+            const int *v = &acc[i][h * 4];
+            if (vec_out && col < n) {
+                *(int4 *)dst = make_int4(v[0], v[1], v[2], v[3]);
             } else {
                 for (int q = 0; q < 4; ++q) {
                     if (col + q < n) {
                         dst[q] = v[q];
-                        m = max(m, aitbc_abs_bits(v[q]));
                     }
                 }
             }
         }
-    }
-    m = aitbc_warp_max(m);
-    if ((tid & 31) == 0 && m != 0u) {
-        atomicMax(&state[slot], m);
-    }
-}
-
-/*
- * state[slot] = max(state[slot], largest |x[i]| bits): the max-reduction for products that did
- * not come from aitbc_sgemm_nn (cuBLAS). Launch: block 256, any grid; grid-stride loop.
- */
-extern "C" __global__ void __launch_bounds__(256)
-aitbc_max_abs_bits(const float *__restrict__ x, unsigned long long len,
-                   unsigned int *__restrict__ state, int slot)
-{
-    __shared__ unsigned int warp_max[8];
-    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-    unsigned int m = 0u;
-    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
-         i += stride) {
-        m = max(m, aitbc_abs_bits(x[i]));
-    }
-    m = aitbc_warp_max(m);
-    if ((threadIdx.x & 31) == 0) {
-        warp_max[threadIdx.x >> 5] = m;
-    }
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        m = threadIdx.x < 8 ? warp_max[threadIdx.x] : 0u;
-        m = aitbc_warp_max(m);
-        if (threadIdx.x == 0 && m != 0u) {
-            atomicMax(&state[slot], m);
-        }
-    }
-}
-
-/*
- * Applies the rescale rule to x (len elements) from the max in state[slot]: multiplies every
- * element by 2^k when the rule says so (exact, no flush-to-zero), else leaves x alone. Block 0's
- * first thread also zeroes state[slot ^ 1] for the next product, counts the rescale, and records
- * the first non-finite max in state[3] (then nothing is scaled; the host reports the error).
- * Launch: block 256, any grid; grid-stride loop; every block reads the same state[slot].
- */
-extern "C" __global__ void __launch_bounds__(256)
-aitbc_rescale(float *__restrict__ x, unsigned long long len, unsigned int *__restrict__ state,
-              int slot)
-{
-    const unsigned int m = state[slot];
-    int k = 0;
-    const int finite = m < AITBC_NON_FINITE;
-    const int scale = finite && aitbc_rescale_exponent(m, &k);
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-        state[slot ^ 1] = 0u;
-        if (!finite) {
-            if (state[AITBC_STATE_NON_FINITE] == 0u) {
-                state[AITBC_STATE_NON_FINITE] = m;
-            }
-        } else if (scale) {
-            state[AITBC_STATE_RESCALES] += 1u;
-        }
-    }
-    if (!scale) {
-        return;
-    }
-    const float s = aitbc_pow2(k);
-    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < len;
-         i += stride) {
-        x[i] = AITBC_MUL(x[i], s);
     }
 }
 

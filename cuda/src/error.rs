@@ -74,12 +74,17 @@ pub enum CudaError {
         reason: String,
     },
 
-    /// The chain produced an infinity or NaN, which the rescale rule exists to prevent: a bug
-    /// (or a faulty GPU), not bad input.
-    #[error("the chain produced a non-finite value (max |x| bits 0x{bits:08x})")]
-    NonFinite {
-        /// The first non-finite `bits & 0x7FFF_FFFF` maximum seen.
-        bits: u32,
+    /// The device's result disagrees with what it must be (the kernels counted another number
+    /// of steps than `iters`, a warm-up chain's bytes are not the protocol's reference, the
+    /// streamed rows do not add up): a bug or a faulty GPU, not bad input.
+    #[error("the GPU chain is inconsistent: {what} is {got}, expected {expected}")]
+    Inconsistent {
+        /// What was checked, e.g. "the device's count of requantizations".
+        what: &'static str,
+        /// What the device gave.
+        got: String,
+        /// What it should have been.
+        expected: String,
     },
 
     /// cudarc panicked (e.g. a symbol missing from an old driver); caught and turned into a value.

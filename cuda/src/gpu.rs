@@ -1,4 +1,5 @@
-//! [`Gpu`]: one CUDA device opened for torch_bench, and [`Gpu::run_chain`], the chain on it.
+//! [`Gpu`]: one CUDA device opened for torch_bench, and [`Gpu::run_chain`], the exact int8
+//! chain of `aitbc_protocol::workload::torch_bench` on it.
 //!
 //! [`Gpu::open`] does everything that needs more than device memory and launches: it creates
 //! the context and two streams (compute, copy), loads the embedded PTX (the driver JITs it for
@@ -9,82 +10,108 @@
 //! measured: that needs a GPU host.
 //!
 //! [`Gpu::run_chain`] allocates through a [`VramBudget`] (refusing a job whose
-//! [`crate::vram::vram_planned`] is over its cap before allocating anything), generates `X_0`
-//! and `W` on the device, runs `iters` products each followed by the rescale rule, and then
-//! streams `X_iters` to the caller's sink: chunk `k + 1` is copied device-to-host on the copy
-//! stream into one pinned buffer while the caller hashes chunk `k` from the other.
+//! [`crate::vram::vram_planned`] is over its cap before allocating anything): `A` and `B` as
+//! int8 (`B` stored transposed, see `kernels/torch_bench.cu`), the int32 product `C`, four state
+//! words and, on the cuBLAS path, cuBLAS's workspace. It generates `A_0` and `B` on the device,
+//! runs `iters` times `C = A · B` (cuBLAS `cublasGemmEx`, int8 in, int32 out, `CUBLAS_COMPUTE_32I`,
+//! when cuBLAS loads and `n % 4 == 0`; the own dp4a kernel otherwise) followed by the
+//! requantization `C → A`, and then streams `A_iters` back in chunks of whole rows: chunk `k + 1`
+//! is copied device-to-host on the copy stream into one pinned buffer while chunk `k` is fed to
+//! the protocol's `Committer` (SHA-256 and the rows' Merkle leaves) and to the caller's sink.
+//! Every step is exact integer arithmetic, so the bytes are the protocol's `reference_output`.
 //!
 //! This module must never: call into cudarc before [`crate::driver_present`] says the driver
 //! loads; let a cudarc panic escape (each entry point catches it into [`CudaError::Panicked`]);
-//! allocate device memory other than through the job's [`VramBudget`]; or leave cuBLAS holding
-//! a pointer to a workspace that has been freed.
+//! allocate device memory other than through the job's [`VramBudget`]; leave cuBLAS holding a
+//! pointer to a workspace that has been freed; or report a commitment over other bytes than
+//! the ones it streamed.
 
-use std::borrow::Cow;
 use std::ffi::c_void;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t};
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use aitbc_protocol::workload::torch_bench::{
+    commit, reference_output, Commitment, Committer, MATRIX_A0, MATRIX_B,
+};
+use aitbc_protocol::workload::TorchBenchParams;
+use cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasOperation_t, cublasPointerMode_t,
+    cudaDataType,
+};
+use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtrMut,
-    LaunchConfig, PinnedHostSlice, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DevicePtrMut, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::ptx::{self, FILL_INPUT, MAX_ABS_BITS, RESCALE, SGEMM_NN};
+use crate::ptx::{self, FILL_INPUT, IGEMM_TN, REQUANT};
 use crate::vram::{vram_planned, VramBudget, CUBLAS_WORKSPACE_BYTES, STATE_WORDS};
 use crate::{cublas_present, driver_present, CudaError};
 
-/// Largest `n` this crate accepts. The protocol's own limit is lower (16384); this bound only
-/// keeps every size and index this crate computes far from overflow.
+/// Largest `n` this crate accepts. The protocol's own limit is lower (16384); this bound keeps
+/// every size and index this crate computes far from overflow (the kernels index with `int`
+/// rows and columns), and a staging buffer always holds at least one row.
 pub const MAX_N: u32 = 1 << 16;
 
-/// `f32` elements per staging buffer (1 MiB): the unit of the device-to-host copy and of the
-/// slices handed to the sink.
-pub const STAGING_ELEMS: usize = 1 << 18;
+/// Bytes per staging buffer (1 MiB): the most one device-to-host copy, and one slice handed to
+/// the sink, holds. A chunk is [`rows_per_chunk`] whole rows.
+pub const STAGING_BYTES: usize = 1 << 20;
 
-/// Threads per block of the element-wise kernels (fill, max-reduction, rescale).
+/// Threads per block of the element-wise kernels (fill, requantization).
 const BLOCK_1D: u32 = 256;
 /// Blocks per SM the element-wise kernels are launched with at most (grid-stride loops).
 const BLOCKS_PER_SM: u32 = 32;
-/// The tile edge and block size of `aitbc_sgemm_nn` (see `kernels/torch_bench.cu`).
-const SGEMM_TILE: u32 = 128;
-const SGEMM_THREADS: u32 = 256;
+/// The tile edge and block size of `aitbc_igemm_tn` (see `kernels/torch_bench.cu`).
+const IGEMM_TILE: u32 = 128;
+const IGEMM_THREADS: u32 = 256;
 
-/// Which SGEMM computes the products.
+/// Which int8 GEMM computes the products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmPath {
-    /// cuBLAS `cublasSgemm` (default math mode: plain FP32, no TF32).
+    /// cuBLAS `cublasGemmEx` (`CUDA_R_8I` inputs, `CUDA_R_32I` output, `CUBLAS_COMPUTE_32I`).
     Cublas,
-    /// The crate's own tiled kernel, `aitbc_sgemm_nn`.
+    /// The crate's own dp4a kernel, `aitbc_igemm_tn`.
     OwnKernel,
 }
 
-/// What a finished chain reports besides its output bytes.
+/// Whether cuBLAS's int8 GEMM may take a product of size `n`: its int8 kernels need the
+/// leading dimensions (here all `n`) to be multiples of 4. Other sizes use the own kernel,
+/// which takes any `n` and gives the same bytes.
+pub fn cublas_fits(n: u32) -> bool {
+    n.is_multiple_of(4)
+}
+
+/// Rows in one staging chunk for matrices of size `n` (at least one: `n <= MAX_N`).
+pub fn rows_per_chunk(n: u32) -> usize {
+    (STAGING_BYTES / (n.max(1) as usize)).max(1)
+}
+
+/// What a finished chain reports besides the bytes handed to the sink.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChainStats {
-    /// Which SGEMM ran the products.
+    /// Which GEMM ran the products.
     pub gemm: GemmPath,
-    /// `n * n * 4`: the bytes handed to the sink.
+    /// The protocol's commitment (`output_sha`, `merkle_root`) over the streamed rows.
+    pub commitment: Commitment,
+    /// `n * n`: the bytes handed to the sink (one per int8).
     pub output_len: u64,
-    /// `2 n^3 iters`.
+    /// `2 n^3 iters` (int8 multiplies and adds).
     pub flops: u64,
-    /// How many products were followed by a rescale.
-    pub rescales: u32,
-    /// Device time of the products and rescales, from two CUDA events with timing on.
+    /// Device time of the products and requantizations, from two CUDA events with timing on.
     pub products_ms: f32,
-    /// Wall time of the whole call: allocation, inputs, products, copy-back and the sink.
+    /// Wall time of the whole call: allocation, inputs, products, copy-back and hashing.
     pub elapsed: Duration,
     /// Device memory the job allocated through its [`VramBudget`], in bytes.
     pub vram_allocated: u64,
 }
 
 impl ChainStats {
-    /// The products' throughput in TFLOP/s, from [`ChainStats::products_ms`].
-    pub fn tflops(&self) -> f64 {
+    /// The products' throughput in tera-operations (int8) per second, from
+    /// [`ChainStats::products_ms`].
+    pub fn tops(&self) -> f64 {
         if self.products_ms <= 0.0 {
             return 0.0;
         }
@@ -95,16 +122,15 @@ impl ChainStats {
 /// The kernels of the embedded PTX module.
 struct Kernels {
     fill: CudaFunction,
-    sgemm: CudaFunction,
-    max_abs: CudaFunction,
-    rescale: CudaFunction,
+    igemm: CudaFunction,
+    requant: CudaFunction,
     /// Keeps the module loaded as long as the functions (they hold it too; explicit here).
     _module: Arc<CudaModule>,
 }
 
 /// Two pinned host buffers and the events that say when a copy into each has landed.
 struct Staging {
-    bufs: [PinnedHostSlice<f32>; 2],
+    bufs: [PinnedHostSlice<u8>; 2],
     landed: [CudaEvent; 2],
 }
 
@@ -114,7 +140,7 @@ pub struct Gpu {
     compute: Arc<CudaStream>,
     copy: Arc<CudaStream>,
     kernels: Kernels,
-    /// cuBLAS on the compute stream, or why it is not loaded.
+    /// cuBLAS on the compute stream, or why it is not used.
     blas: Result<CudaBlas, String>,
     staging: Mutex<Staging>,
     sms: u32,
@@ -141,10 +167,15 @@ fn catching<T>(
         .unwrap_or_else(|payload| Err(CudaError::panicked(during, payload)))
 }
 
+/// The sizes the warm-up checks against the protocol's reference: `n = 8` (every path; cuBLAS
+/// needs `n % 4 == 0`) and `n = 7` (the own kernel's byte-wise loads and stores).
+const WARM_UP: [(u32, u32, u64); 2] = [(8, 2, 1), (7, 2, 1)];
+
 impl Gpu {
-    /// Opens device `ordinal`: context, streams, module, kernels, cuBLAS (when present) and the
-    /// staging buffers. Returns [`CudaError::NoDriver`] without touching cudarc when the driver
-    /// library is absent, and an error value (never a panic) for every other failure.
+    /// Opens device `ordinal`: context, streams, module, kernels, cuBLAS (when present, and
+    /// only if its int8 GEMM gives the protocol's bytes on a tiny chain) and the staging
+    /// buffers. Returns [`CudaError::NoDriver`] without touching cudarc when the driver library
+    /// is absent, and an error value (never a panic) for every other failure.
     pub fn open(ordinal: usize) -> Result<Gpu, CudaError> {
         if !driver_present() {
             return Err(CudaError::NoDriver);
@@ -172,9 +203,8 @@ impl Gpu {
         };
         let kernels = Kernels {
             fill: function(FILL_INPUT)?,
-            sgemm: function(SGEMM_NN)?,
-            max_abs: function(MAX_ABS_BITS)?,
-            rescale: function(RESCALE)?,
+            igemm: function(IGEMM_TN)?,
+            requant: function(REQUANT)?,
             _module: module.clone(),
         };
         let sms = ctx
@@ -188,7 +218,7 @@ impl Gpu {
             landed: [staging_event(&ctx)?, staging_event(&ctx)?],
         };
         let blas = open_cublas(&compute);
-        Ok(Gpu {
+        let mut gpu = Gpu {
             ctx,
             compute,
             copy,
@@ -197,21 +227,56 @@ impl Gpu {
             staging: Mutex::new(staging),
             sms: sms.max(1) as u32,
             name,
-        })
+        };
+        // cuBLAS is used only once its int8 GEMM has given the protocol's bytes here: a
+        // library or GPU whose int8 path is unsupported or wrong leaves the own kernel to run
+        // the products (the reason is kept for `cublas_unavailable`).
+        if gpu.blas.is_ok() {
+            let (n, iters, seed) = WARM_UP[0];
+            if let Err(e) = gpu.checked_chain(GemmPath::Cublas, n, iters, seed) {
+                gpu.blas = Err(format!(
+                    "cuBLAS's int8 GEMM (cublasGemmEx, CUDA_R_8I -> CUDA_R_32I) failed its check \
+                     at n = {n}: {e}; the own kernel runs the products"
+                ));
+            }
+        }
+        Ok(gpu)
     }
 
-    /// Runs a tiny chain (n = 8, one product) on every SGEMM path this handle has, so that
-    /// whatever cuBLAS and the driver do lazily on first use (loading cuBLAS's kernels, the
-    /// first launch of each of ours) happens now. The worker calls it after [`Gpu::open`] and
-    /// before its sandbox locks down, as the CPU path calls its own `warm_up`. Allocates at
-    /// most [`crate::vram_needed`]`(8)` bytes, through a budget, and frees them.
+    /// Runs tiny chains on every GEMM path this handle has and checks their commitments
+    /// against the protocol's plain reference, so that whatever cuBLAS and the driver do
+    /// lazily on first use happens now and a wrong path is caught before any job. The worker
+    /// calls it after [`Gpu::open`] and before its sandbox locks down, as the CPU path calls
+    /// its own `warm_up`. Allocates at most [`crate::vram_needed`]`(8)` bytes per chain,
+    /// through a budget, and frees them.
     pub fn warm_up(&self) -> Result<(), CudaError> {
-        let mut paths = vec![GemmPath::OwnKernel];
-        if self.blas.is_ok() {
-            paths.push(GemmPath::Cublas);
+        for (n, iters, seed) in WARM_UP {
+            self.checked_chain(GemmPath::OwnKernel, n, iters, seed)?;
+            if self.blas.is_ok() && cublas_fits(n) {
+                self.checked_chain(GemmPath::Cublas, n, iters, seed)?;
+            }
         }
-        for path in paths {
-            self.run_chain_with(path, 8, 1, 0, crate::vram_needed(8), &mut |_| {})?;
+        Ok(())
+    }
+
+    /// One tiny chain on `path`, compared with the protocol's reference.
+    fn checked_chain(
+        &self,
+        path: GemmPath,
+        n: u32,
+        iters: u32,
+        seed: u64,
+    ) -> Result<(), CudaError> {
+        let stats =
+            self.run_chain_with(path, n, iters, seed, crate::vram_needed(n), &mut |_| {})?;
+        let params = TorchBenchParams { n, iters, seed };
+        let want = commit(&reference_output(&params), n as usize);
+        if want != Some(stats.commitment) {
+            return Err(CudaError::Inconsistent {
+                what: "a warm-up chain's output_sha against the protocol's reference",
+                got: hex(&stats.commitment.output_sha),
+                expected: want.map_or_else(|| "(none)".into(), |c| hex(&c.output_sha)),
+            });
         }
         Ok(())
     }
@@ -226,10 +291,21 @@ impl Gpu {
         self.ctx.ordinal()
     }
 
-    /// The SGEMM [`Gpu::run_chain`] uses: cuBLAS when it loaded, the own kernel otherwise.
+    /// The GEMM this handle uses where cuBLAS's int8 GEMM fits (`n % 4 == 0`): cuBLAS when it
+    /// loaded and passed its check at [`Gpu::open`], the own kernel otherwise.
     pub fn default_gemm(&self) -> GemmPath {
         if self.blas.is_ok() {
             GemmPath::Cublas
+        } else {
+            GemmPath::OwnKernel
+        }
+    }
+
+    /// The GEMM [`Gpu::run_chain`] uses for size `n`: [`Gpu::default_gemm`] when
+    /// [`cublas_fits`]`(n)`, the own kernel otherwise.
+    pub fn gemm_for(&self, n: u32) -> GemmPath {
+        if cublas_fits(n) {
+            self.default_gemm()
         } else {
             GemmPath::OwnKernel
         }
@@ -240,10 +316,11 @@ impl Gpu {
         self.blas.as_ref().err().map(String::as_str)
     }
 
-    /// Runs the torch_bench chain `(n, iters, seed)` with [`Gpu::default_gemm`] and hands
-    /// `X_iters`, as little-endian `f32` bytes, to `sink` in order and in chunks of at most
-    /// [`STAGING_ELEMS`]` * 4` bytes. Device memory is capped at `vram_cap_bytes`: a job that
-    /// would need more is refused before anything is allocated.
+    /// Runs the torch_bench chain `(n, iters, seed)` with [`Gpu::gemm_for`]`(n)`, hands
+    /// `A_iters` (each int8 as its byte) to `sink` in order, in chunks of whole rows of at most
+    /// [`STAGING_BYTES`], and returns the protocol's commitment over them. Device memory is
+    /// capped at `vram_cap_bytes`: a job that would need more is refused before anything is
+    /// allocated.
     pub fn run_chain(
         &self,
         n: u32,
@@ -252,11 +329,12 @@ impl Gpu {
         vram_cap_bytes: u64,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<ChainStats, CudaError> {
-        self.run_chain_with(self.default_gemm(), n, iters, seed, vram_cap_bytes, sink)
+        self.run_chain_with(self.gemm_for(n), n, iters, seed, vram_cap_bytes, sink)
     }
 
-    /// [`Gpu::run_chain`] with an explicit SGEMM (tests and benchmarks compare the two).
-    /// Asking for [`GemmPath::Cublas`] when it is not loaded is [`CudaError::CublasUnavailable`].
+    /// [`Gpu::run_chain`] with an explicit GEMM (tests and benchmarks compare the two). Asking
+    /// for [`GemmPath::Cublas`] when it is not loaded, or for an `n` it does not fit, is
+    /// [`CudaError::CublasUnavailable`].
     pub fn run_chain_with(
         &self,
         gemm: GemmPath,
@@ -269,13 +347,20 @@ impl Gpu {
         check_params(n, iters)?;
         let blas = match gemm {
             GemmPath::Cublas => {
-                Some(
-                    self.blas
-                        .as_ref()
-                        .map_err(|reason| CudaError::CublasUnavailable {
-                            reason: reason.clone(),
-                        })?,
-                )
+                let b = self
+                    .blas
+                    .as_ref()
+                    .map_err(|reason| CudaError::CublasUnavailable {
+                        reason: reason.clone(),
+                    })?;
+                if !cublas_fits(n) {
+                    return Err(CudaError::CublasUnavailable {
+                        reason: format!(
+                            "n = {n} is not a multiple of 4, which cuBLAS's int8 GEMM needs"
+                        ),
+                    });
+                }
+                Some(b)
             }
             GemmPath::OwnKernel => None,
         };
@@ -293,22 +378,24 @@ impl Gpu {
         })
     }
 
-    /// Generates `len` elements of input matrix `matrix` (0: `X_0`, 1: `W` before scaling) for
-    /// `seed` on the device, each multiplied by `scale`, and copies them back. For tests that
-    /// check the device generator bit for bit against the CPU's; allocates through a budget of
-    /// `len * 4` bytes.
+    /// Generates input matrix `matrix` (0: `A_0`, 1: `B`) of size `n` for `seed` on the device
+    /// (transposed when `transposed`, as the chain keeps `B`) and copies it back, each int8 as
+    /// its byte. For tests that check the device generator against the protocol's; allocates
+    /// through a budget of `n * n` bytes.
     pub fn generate(
         &self,
-        len: usize,
+        n: u32,
         seed: u64,
         matrix: u32,
-        scale: f32,
-    ) -> Result<Vec<f32>, CudaError> {
+        transposed: bool,
+    ) -> Result<Vec<u8>, CudaError> {
+        check_params(n, 1)?;
         catching("generating inputs", || {
-            let mut budget = VramBudget::new(len as u64 * 4);
-            // SAFETY: aitbc_fill_input writes every one of the `len` elements before the copy.
-            let mut out = unsafe { budget.alloc::<f32>(&self.compute, len, "the input buffer") }?;
-            self.fill(&mut out, seed, matrix, scale)?;
+            let len = (n as usize) * (n as usize);
+            let mut budget = VramBudget::new(len as u64);
+            // SAFETY: aitbc_fill_input writes every one of the `len` bytes before the copy.
+            let mut out = unsafe { budget.alloc::<u8>(&self.compute, len, "the input buffer") }?;
+            self.fill(&mut out, n, seed, matrix, transposed)?;
             self.compute
                 .clone_dtoh(&out)
                 .map_err(CudaError::driver("copying the inputs back"))
@@ -333,13 +420,12 @@ impl Gpu {
         let len = (n as usize) * (n as usize);
         let len64 = len as u64;
         let mut budget = VramBudget::new(cap);
-        // SAFETY: X is written in full by aitbc_fill_input before anything reads it.
-        let mut x = unsafe { budget.alloc::<f32>(s, len, "X") }?;
-        // SAFETY: the first product writes every element of the product buffer before anything
-        // reads it.
-        let mut next = unsafe { budget.alloc::<f32>(s, len, "the product buffer") }?;
-        // SAFETY: W is written in full by aitbc_fill_input before anything reads it.
-        let mut w = unsafe { budget.alloc::<f32>(s, len, "W") }?;
+        // SAFETY: A is written in full by aitbc_fill_input before anything reads it.
+        let mut a = unsafe { budget.alloc::<u8>(s, len, "A") }?;
+        // SAFETY: B is written in full by aitbc_fill_input before anything reads it.
+        let mut bt = unsafe { budget.alloc::<u8>(s, len, "B") }?;
+        // SAFETY: every product writes every element of C before the requantization reads it.
+        let mut c = unsafe { budget.alloc::<i32>(s, len, "the int32 product C") }?;
         let mut state = budget.alloc_zeros::<u32>(s, STATE_WORDS, "the chain state")?;
         let mut workspace = match blas {
             // SAFETY: cuBLAS's scratch space; nothing reads it before cuBLAS writes it.
@@ -354,8 +440,8 @@ impl Gpu {
             _ => None,
         };
 
-        self.fill(&mut x, seed, 0, 1.0)?;
-        self.fill(&mut w, seed, 1, w_scale(n))?;
+        self.fill(&mut a, n, seed, MATRIX_A0, false)?;
+        self.fill(&mut bt, n, seed, MATRIX_B, true)?;
 
         let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
         let products_start = s
@@ -363,68 +449,35 @@ impl Gpu {
             .map_err(CudaError::driver("recording the start event"))?;
         let grid = grid_1d(len64, self.sms);
         let n_i32 = n as i32; // n <= MAX_N = 2^16
-        for k in 0..iters {
-            let slot = (k % 2) as i32;
+        for _ in 0..iters {
             match blas {
-                Some(b) => {
-                    // Row-major next = X · W is column-major nextᵀ = Wᵀ · Xᵀ: cuBLAS's A is
-                    // our W and its B our X, both untransposed.
-                    let cfg = GemmConfig {
-                        transa: cublasOperation_t::CUBLAS_OP_N,
-                        transb: cublasOperation_t::CUBLAS_OP_N,
-                        m: n_i32,
-                        n: n_i32,
-                        k: n_i32,
-                        alpha: 1.0f32,
-                        lda: n_i32,
-                        ldb: n_i32,
-                        beta: 0.0f32,
-                        ldc: n_i32,
-                    };
-                    // SAFETY: all three buffers hold n*n elements, the leading dimensions are
-                    // n, and `next` is distinct from `w` and `x`.
-                    unsafe { b.gemm(cfg, &w, &x, &mut next) }
-                        .map_err(CudaError::cublas("running cublasSgemm"))?;
-                    // SAFETY: aitbc_max_abs_bits(const float*, u64, u32*, int): reads `len`
-                    // elements of `next`, writes state[slot].
-                    unsafe {
-                        s.launch_builder(&self.kernels.max_abs)
-                            .arg(&next)
-                            .arg(&len64)
-                            .arg(&mut state)
-                            .arg(&slot)
-                            .launch(elementwise(grid))
-                    }
-                    .map_err(CudaError::driver("launching aitbc_max_abs_bits"))?;
-                }
+                Some(b) => cublas_igemm(b, s, &a, &bt, &mut c, n_i32)?,
                 None => {
-                    // SAFETY: aitbc_sgemm_nn(const float*, const float*, float*, int, u32*,
-                    // int) on n x n buffers, launched with the geometry it documents.
+                    // SAFETY: aitbc_igemm_tn(const u8*, const u8*, int*, int) reads n*n bytes
+                    // of `a` and `bt` and writes n*n int32 of `c` (all three hold exactly that),
+                    // launched with the geometry it documents.
                     unsafe {
-                        s.launch_builder(&self.kernels.sgemm)
-                            .arg(&x)
-                            .arg(&w)
-                            .arg(&mut next)
+                        s.launch_builder(&self.kernels.igemm)
+                            .arg(&a)
+                            .arg(&bt)
+                            .arg(&mut c)
                             .arg(&n_i32)
-                            .arg(&mut state)
-                            .arg(&slot)
-                            .launch(sgemm_config(n))
+                            .launch(igemm_config(n))
                     }
-                    .map_err(CudaError::driver("launching aitbc_sgemm_nn"))?;
+                    .map_err(CudaError::driver("launching aitbc_igemm_tn"))?;
                 }
             }
-            // SAFETY: aitbc_rescale(float*, u64, u32*, int): `len` elements of `next`, the
-            // state words.
+            // SAFETY: aitbc_requant(const int*, u8*, u64, u32*): reads `len` int32 of `c`,
+            // writes `len` bytes of `a` and state[0] (of STATE_WORDS).
             unsafe {
-                s.launch_builder(&self.kernels.rescale)
-                    .arg(&mut next)
+                s.launch_builder(&self.kernels.requant)
+                    .arg(&c)
+                    .arg(&mut a)
                     .arg(&len64)
                     .arg(&mut state)
-                    .arg(&slot)
                     .launch(elementwise(grid))
             }
-            .map_err(CudaError::driver("launching aitbc_rescale"))?;
-            std::mem::swap(&mut x, &mut next);
+            .map_err(CudaError::driver("launching aitbc_requant"))?;
         }
         let products_end = s
             .record_event(timing)
@@ -433,8 +486,13 @@ impl Gpu {
         let words = s
             .clone_dtoh(&state)
             .map_err(CudaError::driver("reading the chain state"))?;
-        if words[3] != 0 {
-            return Err(CudaError::NonFinite { bits: words[3] });
+        let steps = words.first().copied().unwrap_or(0);
+        if steps != iters || words.iter().skip(1).any(|&w| w != 0) {
+            return Err(CudaError::Inconsistent {
+                what: "the device's count of requantizations (and reserved words)",
+                got: format!("{words:?}"),
+                expected: format!("[{iters}, 0, 0, 0]"),
+            });
         }
         let products_ms = products_start
             .elapsed_ms(&products_end)
@@ -443,7 +501,7 @@ impl Gpu {
         self.copy
             .wait(&products_end)
             .map_err(CudaError::driver("ordering the copy after the products"))?;
-        self.stream_out(&x, len, sink)?;
+        let commitment = self.stream_out(&a, n, sink)?;
 
         let n64 = u64::from(n);
         Ok(ChainStats {
@@ -452,63 +510,75 @@ impl Gpu {
             } else {
                 GemmPath::OwnKernel
             },
-            output_len: len64 * 4,
+            commitment,
+            output_len: len64,
             flops: 2 * n64 * n64 * n64 * u64::from(iters),
-            rescales: words[2],
             products_ms,
             elapsed: start.elapsed(),
             vram_allocated: budget.used(),
         })
     }
 
-    /// Launches aitbc_fill_input over all of `out`.
+    /// Launches aitbc_fill_input over all of `out` (`n * n` bytes).
     fn fill(
         &self,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<u8>,
+        n: u32,
         seed: u64,
         matrix: u32,
-        scale: f32,
+        transposed: bool,
     ) -> Result<(), CudaError> {
-        let len = out.len() as u64;
-        if len == 0 {
-            return Ok(());
+        let len = u64::from(n) * u64::from(n);
+        if out.len() as u64 != len {
+            return Err(CudaError::Inconsistent {
+                what: "an input buffer's length",
+                got: out.len().to_string(),
+                expected: len.to_string(),
+            });
         }
-        // SAFETY: aitbc_fill_input(float*, u64, u64, u32, float) writes out[0..len].
+        let transposed = i32::from(transposed);
+        // SAFETY: aitbc_fill_input(u8*, u32, u64, u32, int) writes out[0 .. n*n], and `out`
+        // holds exactly n*n bytes (checked above).
         unsafe {
             self.compute
                 .launch_builder(&self.kernels.fill)
                 .arg(out)
-                .arg(&len)
+                .arg(&n)
                 .arg(&seed)
                 .arg(&matrix)
-                .arg(&scale)
+                .arg(&transposed)
                 .launch(elementwise(grid_1d(len, self.sms)))
         }
         .map_err(CudaError::driver("launching aitbc_fill_input"))?;
         Ok(())
     }
 
-    /// Copies `x[..len]` to the host through the two staging buffers and hands it to `sink`:
-    /// chunk `c + 1` (and `c + 2` once buffer `c % 2` is free) is in flight on the copy stream
-    /// while the sink works on chunk `c`.
+    /// Copies `a` (`n` rows of `n` bytes) to the host through the two staging buffers, feeds
+    /// each chunk of whole rows to the protocol's `Committer` and to `sink`, and returns the
+    /// commitment: chunk `c + 1` (and `c + 2` once buffer `c % 2` is free) is in flight on the
+    /// copy stream while chunk `c` is hashed.
     fn stream_out(
         &self,
-        x: &CudaSlice<f32>,
-        len: usize,
+        a: &CudaSlice<u8>,
+        n: u32,
         sink: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), CudaError> {
+    ) -> Result<Commitment, CudaError> {
         let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
-        let chunks = len.div_ceil(STAGING_ELEMS);
-        let range = |c: usize| c * STAGING_ELEMS..((c + 1) * STAGING_ELEMS).min(len);
+        let row = n as usize;
+        let len = row * row;
+        let chunk = rows_per_chunk(n) * row;
+        let chunks = len.div_ceil(chunk);
+        let range = |c: usize| c * chunk..((c + 1) * chunk).min(len);
         let issue = |staging: &mut Staging, c: usize| -> Result<(), CudaError> {
             let b = c % 2;
             self.copy
-                .memcpy_dtoh(&x.slice(range(c)), &mut staging.bufs[b])
+                .memcpy_dtoh(&a.slice(range(c)), &mut staging.bufs[b])
                 .map_err(CudaError::driver("copying the output to the host"))?;
             staging.landed[b]
                 .record(&self.copy)
                 .map_err(CudaError::driver("recording a copy event"))
         };
+        let mut committer = Committer::new(row);
         for c in 0..chunks.min(2) {
             issue(&mut staging, c)?;
         }
@@ -520,13 +590,81 @@ impl Gpu {
             let data = staging.bufs[b]
                 .as_slice()
                 .map_err(CudaError::driver("reading a staging buffer"))?;
-            sink(&le_bytes(&data[..range(c).len()]));
+            let rows = &data[..range(c).len()];
+            committer
+                .push_row_bytes(rows)
+                .ok_or_else(|| CudaError::Inconsistent {
+                    what: "the bytes of a streamed chunk (whole rows of n)",
+                    got: rows.len().to_string(),
+                    expected: format!("a multiple of {row}"),
+                })?;
+            sink(rows);
             if c + 2 < chunks {
                 issue(&mut staging, c + 2)?;
             }
         }
-        Ok(())
+        committer.finish().ok_or(CudaError::Inconsistent {
+            what: "the rows streamed",
+            got: String::from("fewer"),
+            expected: n.to_string(),
+        })
     }
+}
+
+/// `C = A · B` by cuBLAS, exact: `cublasGemmEx` with `CUDA_R_8I` inputs, a `CUDA_R_32I` output
+/// and `CUBLAS_COMPUTE_32I`, `alpha = 1`, `beta = 0` (host pointers).
+///
+/// cuBLAS is column-major. Our row-major `C` is, to cuBLAS, the column-major matrix `Cᵀ`, and
+/// `Cᵀ = Bᵀ · Aᵀ`. The buffer `bt` (row-major `Bᵀ`, i.e. row `j` holds column `j` of `B`) is,
+/// column-major, `B` itself, so cuBLAS's first operand is `bt` with `CUBLAS_OP_T` (giving `Bᵀ`),
+/// and the buffer `a` (row-major `A`) is, column-major, `Aᵀ`: the second operand with
+/// `CUBLAS_OP_N`. This "TN" form is the one cuBLAS's int8 tensor-core kernels take natively.
+/// All dimensions and leading dimensions are `n`, a multiple of 4 ([`cublas_fits`]).
+fn cublas_igemm(
+    blas: &CudaBlas,
+    stream: &Arc<CudaStream>,
+    a: &CudaSlice<u8>,
+    bt: &CudaSlice<u8>,
+    c: &mut CudaSlice<i32>,
+    n: i32,
+) -> Result<(), CudaError> {
+    let alpha: i32 = 1;
+    let beta: i32 = 0;
+    let (bt_ptr, _bt_record) = bt.device_ptr(stream);
+    let (a_ptr, _a_record) = a.device_ptr(stream);
+    let (c_ptr, _c_record) = c.device_ptr_mut(stream);
+    // SAFETY: `bt` and `a` hold n*n int8 and `c` n*n int32, all live device allocations of
+    // this context; with m = n = k = lda = ldb = ldc = n every access stays inside them; `c`
+    // is distinct from both inputs; alpha and beta are int32 on the host (the handle's pointer
+    // mode is HOST, set in `open_cublas`) and outlive the call, which is asynchronous on the
+    // handle's stream, `stream`, the one the buffers' records are for.
+    unsafe {
+        cudarc::cublas::sys::cublasGemmEx(
+            *blas.handle(),
+            cublasOperation_t::CUBLAS_OP_T,
+            cublasOperation_t::CUBLAS_OP_N,
+            n,
+            n,
+            n,
+            (&alpha as *const i32).cast::<c_void>(),
+            bt_ptr as *const c_void,
+            cudaDataType::CUDA_R_8I,
+            n,
+            a_ptr as *const c_void,
+            cudaDataType::CUDA_R_8I,
+            n,
+            (&beta as *const i32).cast::<c_void>(),
+            c_ptr as *mut c_void,
+            cudaDataType::CUDA_R_32I,
+            n,
+            cublasComputeType_t::CUBLAS_COMPUTE_32I,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .result()
+    .map_err(CudaError::cublas(
+        "running cublasGemmEx (int8, CUBLAS_COMPUTE_32I)",
+    ))
 }
 
 /// Hands cuBLAS a workspace from the job's budget for as long as it lives, then takes it back
@@ -567,12 +705,13 @@ impl Drop for WorkspaceGuard<'_> {
     }
 }
 
-/// cuBLAS on `stream` in default (FP32, no TF32) math mode, or why not.
+/// cuBLAS on `stream` in default math mode with host scalars, or why not. (Integer products
+/// are exact in every math mode; tensor cores are welcome.)
 fn open_cublas(stream: &Arc<CudaStream>) -> Result<CudaBlas, String> {
     if !cublas_present() {
         return Err(
             "libcublas.so.12 (or an older name cudarc accepts) could not be loaded; \
-                    the own SGEMM kernel runs the products"
+                    the own int8 kernel runs the products"
                 .into(),
         );
     }
@@ -588,15 +727,24 @@ fn open_cublas(stream: &Arc<CudaStream>) -> Result<CudaBlas, String> {
         }
         .result()
         .map_err(|e| format!("cublasSetMathMode failed: {e}"))?;
+        // SAFETY: a live handle and a valid enum value; `cublas_igemm` passes host scalars.
+        unsafe {
+            cudarc::cublas::sys::cublasSetPointerMode_v2(
+                *blas.handle(),
+                cublasPointerMode_t::CUBLAS_POINTER_MODE_HOST,
+            )
+        }
+        .result()
+        .map_err(|e| format!("cublasSetPointerMode failed: {e}"))?;
         Ok(blas)
     }));
     opened.unwrap_or_else(|payload| Err(CudaError::panicked("loading cuBLAS", payload).to_string()))
 }
 
 /// A pinned, host-cached staging buffer (not write-combined: the host reads it).
-fn pinned(ctx: &Arc<CudaContext>) -> Result<PinnedHostSlice<f32>, CudaError> {
+fn pinned(ctx: &Arc<CudaContext>) -> Result<PinnedHostSlice<u8>, CudaError> {
     // SAFETY: the buffer is only read after a copy into it has landed (see `stream_out`).
-    unsafe { ctx.alloc_pinned_with_flags::<f32>(STAGING_ELEMS, 0) }
+    unsafe { ctx.alloc_pinned_with_flags::<u8>(STAGING_BYTES, 0) }
         .map_err(CudaError::driver("allocating a pinned staging buffer"))
 }
 
@@ -605,15 +753,8 @@ fn staging_event(ctx: &Arc<CudaContext>) -> Result<CudaEvent, CudaError> {
         .map_err(CudaError::driver("creating a copy event"))
 }
 
-/// `x` as little-endian bytes: borrowed on little-endian hosts (every CUDA host), copied elsewhere.
-fn le_bytes(x: &[f32]) -> Cow<'_, [u8]> {
-    if cfg!(target_endian = "little") {
-        // SAFETY: f32 has no padding and no invalid bit patterns as bytes; u8 has alignment 1;
-        // the length covers exactly the same memory.
-        Cow::Borrowed(unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), x.len() * 4) })
-    } else {
-        Cow::Owned(x.iter().flat_map(|v| v.to_le_bytes()).collect())
-    }
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The chain parameters this crate can run (the worker checks the protocol's tighter limits).
@@ -635,11 +776,6 @@ pub fn check_params(n: u32, iters: u32) -> Result<(), CudaError> {
     Ok(())
 }
 
-/// `W`'s scale: `sqrt(3 / n)` computed in `f64`, rounded to `f32` (as the CPU's `w_scale`).
-pub fn w_scale(n: u32) -> f32 {
-    (3.0f64 / f64::from(n)).sqrt() as f32
-}
-
 /// Blocks for an element-wise kernel over `len` elements: enough to cover them, at most
 /// `BLOCKS_PER_SM` per SM (the kernels loop), at least one.
 pub fn grid_1d(len: u64, sms: u32) -> u32 {
@@ -656,12 +792,12 @@ fn elementwise(grid: u32) -> LaunchConfig {
     }
 }
 
-/// The launch geometry `aitbc_sgemm_nn` documents: one 256-thread block per 128 x 128 tile.
-pub fn sgemm_config(n: u32) -> LaunchConfig {
-    let tiles = n.div_ceil(SGEMM_TILE);
+/// The launch geometry `aitbc_igemm_tn` documents: one 256-thread block per 128 x 128 tile.
+pub fn igemm_config(n: u32) -> LaunchConfig {
+    let tiles = n.div_ceil(IGEMM_TILE);
     LaunchConfig {
         grid_dim: (tiles, tiles, 1),
-        block_dim: (SGEMM_THREADS, 1, 1),
+        block_dim: (IGEMM_THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
 }
@@ -688,10 +824,18 @@ mod tests {
     }
 
     #[test]
-    fn w_scale_matches_the_cpu_recipe() {
-        assert_eq!(w_scale(3), 1.0);
-        // worker/src/torch_bench/input.rs pins sqrt(3/1024) as 0x3d5db3d7.
-        assert_eq!(w_scale(1024).to_bits(), 0x3d5d_b3d7);
+    fn cublas_takes_multiples_of_4_and_chunks_are_whole_rows() {
+        assert!(cublas_fits(4) && cublas_fits(1024) && cublas_fits(16384));
+        assert!(!cublas_fits(1) && !cublas_fits(7) && !cublas_fits(1026));
+        assert_eq!(rows_per_chunk(1), STAGING_BYTES);
+        assert_eq!(rows_per_chunk(1024), 1024);
+        assert_eq!(rows_per_chunk(1000), 1048);
+        assert_eq!(rows_per_chunk(MAX_N), 16);
+        for n in [1u32, 7, 33, 1000, 1024, 16384, MAX_N] {
+            let chunk = rows_per_chunk(n) * n as usize;
+            assert!(chunk <= STAGING_BYTES && chunk >= n as usize, "n={n}");
+        }
+        assert_eq!(rows_per_chunk(0), STAGING_BYTES, "no division by zero");
     }
 
     #[test]
@@ -702,40 +846,46 @@ mod tests {
         assert_eq!(grid_1d(257, 132), 2);
         assert_eq!(grid_1d(1 << 30, 132), 132 * 32);
         assert_eq!(grid_1d(1 << 20, 0), 32);
-        let c = sgemm_config(1);
+        let c = igemm_config(1);
         assert_eq!((c.grid_dim, c.block_dim), ((1, 1, 1), (256, 1, 1)));
-        assert_eq!(sgemm_config(128).grid_dim, (1, 1, 1));
-        assert_eq!(sgemm_config(129).grid_dim, (2, 2, 1));
-        assert_eq!(sgemm_config(8192).grid_dim, (64, 64, 1));
-        assert_eq!(sgemm_config(MAX_N).grid_dim, (512, 512, 1));
+        assert_eq!(igemm_config(128).grid_dim, (1, 1, 1));
+        assert_eq!(igemm_config(129).grid_dim, (2, 2, 1));
+        assert_eq!(igemm_config(8192).grid_dim, (64, 64, 1));
+        assert_eq!(igemm_config(MAX_N).grid_dim, (512, 512, 1));
     }
 
     #[test]
-    fn le_bytes_are_the_little_endian_encoding() {
-        let x = [1.0f32, -2.5, f32::MIN_POSITIVE];
-        let want: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(&*le_bytes(&x), &want[..]);
+    fn the_warm_up_covers_both_load_paths_within_a_tiny_budget() {
+        assert!(WARM_UP.iter().any(|&(n, ..)| cublas_fits(n)));
+        assert!(WARM_UP.iter().any(|&(n, ..)| !cublas_fits(n)));
+        assert!(WARM_UP
+            .iter()
+            .all(|&(n, ..)| crate::vram_needed(n) < 33 << 20));
     }
 
     #[test]
-    fn stats_report_tflops_from_device_time() {
+    fn stats_report_tops_from_device_time() {
         let s = ChainStats {
             gemm: GemmPath::OwnKernel,
-            output_len: 4,
+            commitment: Commitment {
+                output_sha: [0; 32],
+                merkle_root: [0; 32],
+            },
+            output_len: 1,
             flops: 2_000_000_000_000,
-            rescales: 0,
             products_ms: 100.0,
             elapsed: Duration::from_millis(120),
             vram_allocated: 0,
         };
-        assert!((s.tflops() - 20.0).abs() < 1e-9);
+        assert!((s.tops() - 20.0).abs() < 1e-9);
         assert_eq!(
             ChainStats {
                 products_ms: 0.0,
                 ..s
             }
-            .tflops(),
+            .tops(),
             0.0
         );
+        assert_eq!(hex(&[0, 0xab, 7]), "00ab07");
     }
 }

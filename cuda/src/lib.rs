@@ -1,16 +1,18 @@
 //! `aitbc-cuda`: the torch_bench chain on an NVIDIA GPU.
 //!
-//! The chain is the one `worker/src/torch_bench/mod.rs` defines (inputs from the counter-based
-//! generator, `X_{k+1} = rescale(X_k · W)` in `f32`, output `X_iters` as little-endian `f32`
-//! bytes). Here it runs on the device: the inputs are generated there bit for bit as on the CPU,
-//! the products are cuBLAS `sgemm` when `libcublas` loads and the crate's own tiled kernel
-//! otherwise, the rescale rule runs as a max-reduction plus an exact power-of-two scale, and the
-//! result streams back to the caller in chunks (the copy of one chunk overlapping the caller's
-//! hashing of the previous one).
+//! The chain is the exact int8 one that `aitbc_protocol::workload::torch_bench` specifies
+//! (counter-based int8 inputs, `C = A · B` exact in int32, `A' = requant(C)`, output `A_iters`
+//! committed to by SHA-256 and a Merkle root over its rows). Here it runs on the device: the
+//! inputs are generated there with the same recipe, the products are cuBLAS `cublasGemmEx`
+//! (int8 in, int32 out, `CUBLAS_COMPUTE_32I`) when `libcublas` loads and `n % 4 == 0`, and the
+//! crate's own dp4a kernel otherwise, the requantization is a kernel of its own, and the result
+//! streams back in chunks of whole rows into the protocol's `Committer` (the copy of one chunk
+//! overlapping the hashing of the previous one). Every step is exact, so the bytes are the
+//! CPU's, bit for bit.
 //!
 //! The GPU worker (`aitbc-miner worker --kind gpu`) uses it: at its confinement step 6 it
 //! checks [`driver_present`], opens [`Gpu`] and warms it up, and its `Backend::Gpu` runs
-//! [`Gpu::run_chain`] with the job's `vram_mb` as the cap, hashing the chunks it is handed.
+//! [`Gpu::run_chain`] with the job's `vram_mb` as the cap and reports its commitment.
 //!
 //! # Modules
 //!
@@ -28,8 +30,9 @@
 //!   unless [`driver_present`] said the library loads: cudarc panics when it is missing.
 //! - No public function panics on a missing or broken driver: failures are [`CudaError`] values
 //!   (a panic inside cudarc is caught and returned as [`CudaError::Panicked`]).
-//! - Of this workspace's crates it depends on `aitbc-protocol` only (for the one VRAM formula,
-//!   `TorchBenchParams::vram_bytes`).
+//! - Of this workspace's crates it depends on `aitbc-protocol` only: for the one VRAM formula
+//!   (`TorchBenchParams::vram_bytes`), the commitment (`Committer`) and the plain reference the
+//!   warm-up checks every GEMM path against.
 
 pub mod error;
 pub mod gpu;
@@ -37,7 +40,7 @@ pub mod ptx;
 pub mod vram;
 
 pub use error::CudaError;
-pub use gpu::{ChainStats, GemmPath, Gpu, MAX_N};
+pub use gpu::{cublas_fits, ChainStats, GemmPath, Gpu, MAX_N};
 pub use vram::{vram_needed, VramBudget, CUBLAS_WORKSPACE_BYTES};
 
 use std::sync::OnceLock;
@@ -58,7 +61,7 @@ pub fn driver_present() -> bool {
 
 /// Whether cuBLAS (`libcublas.so.12` or an older name cudarc accepts) can be loaded. Like
 /// [`driver_present`]: cached, never panics, initialises nothing. With `false` the chain uses
-/// the crate's own SGEMM kernel.
+/// the crate's own int8 kernel.
 pub fn cublas_present() -> bool {
     static PRESENT: OnceLock<bool> = OnceLock::new();
     *PRESENT.get_or_init(|| {

@@ -16,17 +16,16 @@ pub const TORCH_BENCH_PTX: &str = include_str!("../kernels/torch_bench.ptx");
 /// The PTX ISA version the embedded text must declare (`.version 8.0`).
 pub const ISA_VERSION: (u32, u32) = (8, 0);
 
-/// Generates `X_0` or `W` (see `kernels/torch_bench.cu`).
+/// Generates `A_0`, or `B` transposed (see `kernels/torch_bench.cu`).
 pub const FILL_INPUT: &str = "aitbc_fill_input";
-/// The crate's own SGEMM, with the max-reduction folded into its epilogue.
-pub const SGEMM_NN: &str = "aitbc_sgemm_nn";
-/// The max-reduction for products computed by cuBLAS.
-pub const MAX_ABS_BITS: &str = "aitbc_max_abs_bits";
-/// The exact power-of-two rescale.
-pub const RESCALE: &str = "aitbc_rescale";
+/// The crate's own exact int8 GEMM (dp4a, int32 accumulation), `A` row-major times `B` given
+/// transposed.
+pub const IGEMM_TN: &str = "aitbc_igemm_tn";
+/// The requantization of an int32 product back to the int8 `A` of the next step.
+pub const REQUANT: &str = "aitbc_requant";
 
 /// Every kernel [`crate::Gpu`] launches, by entry name.
-pub const KERNELS: [&str; 4] = [FILL_INPUT, SGEMM_NN, MAX_ABS_BITS, RESCALE];
+pub const KERNELS: [&str; 3] = [FILL_INPUT, IGEMM_TN, REQUANT];
 
 /// The `(major, minor)` of the first `.version` directive of `ptx`, if any.
 pub fn isa_version(ptx: &str) -> Option<(u32, u32)> {

@@ -25,18 +25,19 @@ use crate::CudaError;
 /// Hopper; older GPUs need 4 MiB), so that cuBLAS allocates nothing of its own during a job.
 pub const CUBLAS_WORKSPACE_BYTES: u64 = TorchBenchParams::GPU_CUBLAS_WORKSPACE_BYTES;
 
-/// The chain's device state: four `u32` (two max slots, the rescale count, the non-finite flag).
+/// The chain's device state: four `u32` (the count of requantizations the kernels ran, three
+/// reserved words).
 pub const STATE_WORDS: usize = 4;
 const _: () = assert!((STATE_WORDS * 4) as u64 == TorchBenchParams::GPU_STATE_BYTES);
 
-/// Bytes of one `n x n` `f32` matrix (saturating, so absurd `n` cannot wrap).
+/// Bytes of one `n x n` int8 matrix (`A`, `B`); the int32 product `C` takes four times as many.
 pub fn matrix_bytes(n: u32) -> u64 {
-    u64::from(n).pow(2).saturating_mul(4)
+    u64::from(n).pow(2)
 }
 
 /// What a torch_bench job of size `n` allocates on the device, whichever product path it takes
-/// (the cuBLAS path needs the most): `X`, the product buffer and `W` (`3 · 4n²` bytes), the
-/// chain's state words and the cuBLAS workspace: `TorchBenchParams::vram_bytes`. The
+/// (the cuBLAS path needs the most): `A` and `B` as int8 and the int32 product `C` (`6n²`
+/// bytes), the chain's state words and the cuBLAS workspace: `TorchBenchParams::vram_bytes`. The
 /// own-kernel path allocates [`CUBLAS_WORKSPACE_BYTES`] less. A job whose cap is below this is
 /// refused before it starts.
 pub fn vram_needed(n: u32) -> u64 {
@@ -128,18 +129,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vram_needed_is_three_matrices_state_and_workspace() {
-        assert_eq!(matrix_bytes(1024), 4 << 20);
-        assert_eq!(vram_needed(1), 12 + 16 + CUBLAS_WORKSPACE_BYTES);
-        assert_eq!(vram_needed(1024), (12 << 20) + 16 + (32 << 20));
-        assert_eq!(vram_needed(8192), (768 << 20) + 16 + (32 << 20));
-        assert_eq!(vram_planned(1024, false), (12 << 20) + 16);
+    fn vram_needed_is_two_int8_matrices_an_int32_product_state_and_workspace() {
+        assert_eq!(matrix_bytes(1024), 1 << 20);
+        assert_eq!(vram_needed(1), 6 + 16 + CUBLAS_WORKSPACE_BYTES);
+        assert_eq!(vram_needed(1024), (6 << 20) + 16 + (32 << 20));
+        assert_eq!(vram_needed(8192), (384 << 20) + 16 + (32 << 20));
+        assert_eq!(vram_planned(1024, false), (6 << 20) + 16);
         assert_eq!(
             vram_planned(16384, true) - vram_planned(16384, false),
             CUBLAS_WORKSPACE_BYTES
         );
         // The protocol's largest n (16384) fits in u64 with room to spare; nothing wraps.
-        assert_eq!(vram_needed(16384), 3 * (1 << 30) + 16 + (32 << 20));
+        assert_eq!(vram_needed(16384), 3 * (1 << 29) + 16 + (32 << 20));
         assert_eq!(vram_needed(u32::MAX), u64::MAX);
         // The protocol's figure for a job's params is this one.
         let p = TorchBenchParams {
@@ -193,9 +194,9 @@ mod tests {
         for cublas in [false, true] {
             let n = 300;
             let plan = [
-                ("X", matrix_bytes(n)),
-                ("next", matrix_bytes(n)),
-                ("W", matrix_bytes(n)),
+                ("A", matrix_bytes(n)),
+                ("B", matrix_bytes(n)),
+                ("C", 4 * matrix_bytes(n)),
                 ("state", (STATE_WORDS * 4) as u64),
                 ("workspace", if cublas { CUBLAS_WORKSPACE_BYTES } else { 0 }),
             ];

@@ -329,6 +329,10 @@ pub struct Proof {
     pub mode: Mode,
     /// Lower-case hex SHA-256 of the job's output, 64 characters.
     pub output_sha: String,
+    /// Lower-case hex RFC 9162 Merkle root over the output's rows (`crate::merkle`), 64
+    /// characters: what an audit checks opened rows against. torch_bench proofs carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merkle_root: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_len: Option<u64>,
     #[serde(default)]

@@ -24,7 +24,7 @@ use crate::workload::WorkloadSpec;
 /// Bumped whenever a message changes shape. Both ends must agree exactly.
 /// Version 2: `Hello.sandbox` and [`WorkerFailReason::SandboxViolation`].
 /// Version 3: `JobSpec.vram_mb`; `JobOutput.compute_us` is the device time on GPU workers.
-pub const WIRE_VERSION: u32 = 3;
+pub const WIRE_VERSION: u32 = 4;
 /// Largest payload either side accepts, in bytes.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Bytes of the length prefix.
@@ -98,6 +98,8 @@ pub struct Hello {
 #[derive(Encode, Decode, Clone, Debug, PartialEq)]
 pub struct JobOutput {
     pub output_sha: [u8; 32],
+    /// The RFC 9162 Merkle root over the output's rows (`protocol::merkle`), for audits.
+    pub merkle_root: [u8; 32],
     pub output_len: u64,
     pub flops: u64,
     /// The compute time TFLOP/s is figured from, measured inside the worker. CPU workers: wall

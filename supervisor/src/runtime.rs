@@ -900,6 +900,7 @@ async fn run_job(
                     Mode::Cpu
                 },
                 output_sha: hex(&out.output_sha),
+                merkle_root: Some(hex(&out.merkle_root)),
                 output_len: Some(out.output_len),
                 metrics: Metrics {
                     wall_ms: Some(wall_ms),

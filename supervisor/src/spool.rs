@@ -183,6 +183,7 @@ mod tests {
             attempt: Some(attempt),
             mode: Mode::Cpu,
             output_sha: "ab".repeat(32),
+            merkle_root: None,
             output_len: Some(16),
             metrics: Metrics::default(),
             started_at: None,

@@ -94,19 +94,16 @@ fn bench_runs_one_job_through_the_worker_and_reports_json() {
     let m = json_line(&out);
     assert!(m["gflops"].as_f64().is_some_and(|g| g > 0.0), "{m}");
     assert!(m["wall_ms"].as_u64().is_some(), "{m}");
-    assert_eq!(m["output_len"], 7 * 7 * 4);
-    // Same params, same machine: the same hash as the worker library computes directly.
+    assert_eq!(m["output_len"], 7 * 7);
+    // The chain is exact: the same hash as protocol's plain reference computes.
     let p = aitbc_protocol::workload::TorchBenchParams {
         n: 7,
         iters: 3,
         seed: 42,
     };
-    let direct = aitbc_worker::torch_bench::run_cpu(&p, 1).expect("direct run");
-    let hex: String = direct
-        .output_sha
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let reference = aitbc_protocol::workload::torch_bench::reference_output(&p);
+    let c = aitbc_protocol::workload::torch_bench::commit(&reference, 7).expect("7 x 7");
+    let hex: String = c.output_sha.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(m["output_sha"], Value::String(hex));
 }
 

@@ -196,6 +196,22 @@ async fn proofs_are_fenced_and_credited_exactly_once() {
         )
         .await;
     assert_eq!((r.status, r.code()), (422, ErrorCode::ValidationFailed));
+    for root in ["ABC", "AB".repeat(32).as_str(), "ab".repeat(33).as_str()] {
+        let r = c
+            .post(
+                "/v1/miner/proof",
+                Some(&other_key),
+                &json!({"id": job.id, "mode": "cpu", "output_sha": sha_of("y"),
+                "merkle_root": root}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (422, ErrorCode::ValidationFailed),
+            "{root}"
+        );
+        assert!(r.message().contains("merkle_root"), "{}", r.message());
+    }
     assert_eq!(c.prove(&other_key, &job).await.status, 200);
     let r = c
         .post(

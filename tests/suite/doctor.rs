@@ -135,7 +135,7 @@ fn doctor_reports_every_mechanism_on_this_host_and_its_exit_status_matches() {
     if confinable {
         assert!(
             self_test.starts_with(&format!(
-                "ok    self-test: a confined CPU worker ran torch_bench n=1 iters=100 seed=7; \
+                "ok    self-test: a confined CPU worker ran torch_bench n=64 iters=2 seed=42; \
                  its hash matches the known answer {}…",
                 &KNOWN_SHA[..16]
             )),
@@ -297,31 +297,21 @@ async fn against_a_real_coordinator_the_key_is_accepted_or_refused_with_the_reas
     coord.stop().await;
 }
 
-/// The known answer is what the CPU chain computes with any thread count, and what a plain
-/// scalar loop over the same recipe computes (one rounded `f32` product and the exact
-/// power-of-two rescale per step): nothing in it depends on summation order, SIMD or threads.
+/// The known answer is what the CPU chain computes with any thread count, and what protocol's
+/// plain-loops reference computes: exact integers, nothing depends on SIMD or threads.
 #[test]
 fn the_known_answer_is_what_any_thread_count_and_a_scalar_loop_compute() {
-    use aitbc_worker::torch_bench::{self, input};
-    use sha2::{Digest, Sha256};
+    use aitbc_protocol::workload::torch_bench::{commit, reference_output};
+    use aitbc_worker::torch_bench;
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     for threads in 1..=4 {
         let run = torch_bench::run_cpu(&KNOWN_PARAMS, threads).expect("the CPU chain runs");
         assert_eq!(hex(&run.output_sha), KNOWN_SHA, "{threads} thread(s)");
-        assert_eq!(run.output_len, 4);
+        assert_eq!(run.output_len, u64::from(KNOWN_PARAMS.n).pow(2));
     }
-    let seed = KNOWN_PARAMS.seed;
-    let w = input(seed, 1, 0) * torch_bench::input::w_scale(1);
-    let mut x = [input(seed, 0, 0)];
-    let mut rescales = 0;
-    for _ in 0..KNOWN_PARAMS.iters {
-        x[0] *= w;
-        if torch_bench::rescale(&mut x).expect("finite") {
-            rescales += 1;
-        }
-    }
-    assert_eq!(hex(&Sha256::digest(x[0].to_le_bytes())), KNOWN_SHA);
-    assert_eq!(rescales, 14, "the known answer exercises the rescale rule");
+    let n = KNOWN_PARAMS.n as usize;
+    let c = commit(&reference_output(&KNOWN_PARAMS), n).expect("a whole matrix");
+    assert_eq!(hex(&c.output_sha), KNOWN_SHA);
 }
 
 #[test]

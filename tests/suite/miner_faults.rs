@@ -557,6 +557,7 @@ async fn proofs_left_in_the_spool_by_a_previous_run_are_delivered_at_start_and_c
             attempt: Some(job.attempt),
             mode: Mode::Cpu,
             output_sha: run.output_sha.iter().map(|b| format!("{b:02x}")).collect(),
+            merkle_root: None,
             output_len: Some(run.output_len),
             metrics: Metrics::default(),
             started_at: None,

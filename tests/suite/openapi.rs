@@ -170,6 +170,7 @@ fn full_proof() -> Proof {
         attempt: Some(2),
         mode: Mode::Gpu,
         output_sha: "ab".repeat(32),
+        merkle_root: Some("cd".repeat(32)),
         output_len: Some(4_194_304),
         metrics: Metrics {
             wall_ms: Some(1500),
@@ -223,6 +224,7 @@ fn minimal_proof() -> Proof {
         attempt: None,
         mode: Mode::Cpu,
         output_sha: "0f".repeat(32),
+        merkle_root: None,
         output_len: None,
         metrics: Metrics::default(),
         started_at: None,

@@ -57,7 +57,7 @@ pub enum WorkerError {
     #[error("the sandbox refused {what}: {source}")]
     SandboxDenied { what: String, source: io::Error },
     /// The GPU path failed during a job (over the job's VRAM cap, the device out of memory, a
-    /// driver or cuBLAS error, a non-finite chain).
+    /// driver or cuBLAS error, an inconsistent result).
     #[error("GPU: {0}")]
     Gpu(#[from] aitbc_cuda::CudaError),
     /// A bug: the computation panicked or produced what it must not (reported to the
@@ -163,7 +163,11 @@ mod tests {
             reason: "x".into(),
         });
         assert_eq!(bad.fail_reason(), WorkerFailReason::BadParams);
-        let bug = WorkerError::from(CudaError::NonFinite { bits: 0x7f80_0000 });
+        let bug = WorkerError::from(CudaError::Inconsistent {
+            what: "the device's count of requantizations",
+            got: "[2, 0, 0, 0]".into(),
+            expected: "[3, 0, 0, 0]".into(),
+        });
         assert_eq!(bug.fail_reason(), WorkerFailReason::Internal);
     }
 }

@@ -235,6 +235,7 @@ pub fn answer(outcome: Result<ChainRun, WorkerError>) -> FromWorker {
     match outcome {
         Ok(run) => FromWorker::Done(JobOutput {
             output_sha: run.output_sha,
+            merkle_root: run.merkle_root,
             output_len: run.output_len,
             flops: run.flops,
             compute_us: u64::try_from(run.compute_time().as_micros()).unwrap_or(u64::MAX),
@@ -316,7 +317,8 @@ mod tests {
             panic!("expected Done, got {reply:?}");
         };
         assert_eq!(out.output_sha, want.output_sha);
-        assert_eq!(out.output_len, 48 * 48 * 4);
+        assert_eq!(out.merkle_root, want.merkle_root);
+        assert_eq!(out.output_len, 48 * 48);
         assert_eq!(out.flops, 2 * 48u64.pow(3) * 5);
         assert_eq!(out.kind, WorkerKind::Cpu);
         assert!(out.compute_us > 0);
@@ -328,7 +330,7 @@ mod tests {
             (job(0, 1, 1, 64), "params.n = 0"),
             (job(8, 0, 1, 64), "params.iters = 0"),
             (job(8, 1, 0, 64), "threads = 0"),
-            (job(8192, 1, 1, 512), "ram_mb = 512: the job needs 800 MiB"),
+            (job(8192, 1, 1, 400), "ram_mb = 400: the job needs 480 MiB"),
         ];
         for (j, want) in cases {
             match run(j) {
@@ -347,27 +349,29 @@ mod tests {
             vram_mb,
             ..job(n, 10, 1, 0)
         };
-        // n = 1024 needs 3 x 4 MiB, 16 bytes of state and cuBLAS's 32 MiB: 45 MiB rounded up.
-        let (backend, p) = check_job(&gpu_job(1024, 45), WorkerKind::Gpu).unwrap();
+        // n = 1024 needs 6 x 1 MiB (A, B, the i32 product), 16 bytes of state and cuBLAS's
+        // 32 MiB: 39 MiB rounded up.
+        let (backend, p) = check_job(&gpu_job(1024, 39), WorkerKind::Gpu).unwrap();
         assert_eq!(
             backend,
             Backend::Gpu {
-                vram_cap_bytes: 45 << 20
+                vram_cap_bytes: 39 << 20
             }
         );
         assert_eq!(p.n, 1024);
         assert_eq!(backend.kind(), WorkerKind::Gpu);
-        let e = check_job(&gpu_job(1024, 44), WorkerKind::Gpu).unwrap_err();
+        let e = check_job(&gpu_job(1024, 38), WorkerKind::Gpu).unwrap_err();
         assert_eq!(e.fail_reason(), WorkerFailReason::BadParams);
         assert_eq!(
             e.to_string(),
-            "vram_mb = 44: the job needs 45 MiB of GPU memory (n = 1024)"
+            "vram_mb = 38: the job needs 39 MiB of GPU memory (n = 1024)"
         );
         let e = check_job(&gpu_job(8, 0), WorkerKind::Gpu).unwrap_err();
         assert!(e.to_string().starts_with("vram_mb = 0: "), "{e}");
         // ram_mb is the CPU's cap: a GPU job is not refused for it, a CPU job is.
-        assert!(check_job(&gpu_job(8192, 801), WorkerKind::Gpu).is_ok());
-        assert!(check_job(&gpu_job(8192, 801), WorkerKind::Cpu).is_err());
+        // (n = 8192: 480 MiB of host memory, 417 MiB of GPU memory.)
+        assert!(check_job(&gpu_job(8192, 479), WorkerKind::Gpu).is_ok());
+        assert!(check_job(&gpu_job(8192, 479), WorkerKind::Cpu).is_err());
         // Parameters and threads are checked on both kinds, before the cap.
         let e = check_job(&job(0, 1, 1, 64), WorkerKind::Gpu).unwrap_err();
         assert!(e.to_string().starts_with("params.n = 0"), "{e}");
@@ -400,6 +404,7 @@ mod tests {
     fn the_compute_time_reported_is_the_device_time_when_there_is_one() {
         let run = ChainRun {
             output_sha: [7; 32],
+            merkle_root: [8; 32],
             output_len: 4,
             flops: 2,
             elapsed: std::time::Duration::from_millis(30),
@@ -410,6 +415,7 @@ mod tests {
             panic!("expected Done");
         };
         assert_eq!((out.compute_us, out.kind), (1234, WorkerKind::Gpu));
+        assert_eq!((out.output_sha, out.merkle_root), ([7; 32], [8; 32]));
         let cpu = ChainRun {
             device_time: None,
             kind: WorkerKind::Cpu,

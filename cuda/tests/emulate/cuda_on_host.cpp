@@ -1,19 +1,19 @@
 // Runs the kernels of cuda/kernels/torch_bench.cu on the CPU, for checking their indexing and
 // synchronisation on a machine without a GPU (cuda/tests/suite/kernel_emulation.rs builds and
 // drives it). Each block runs as blockDim.x host threads: __syncthreads is a barrier over the
-// block, warp shuffles a barrier over the warp, shared memory a static array (one block runs at
-// a time), atomics std::atomic_ref. It checks what the kernels compute, not how fast, and says
-// nothing about the GPU's own arithmetic (fmaf here is the C library's, also correctly rounded).
+// block, shared memory a static array (one block runs at a time), __dp4a the plain sum of four
+// int8 products. It checks what the kernels compute, not how fast; the arithmetic is exact
+// integer arithmetic, so a GPU must give the same bytes (checked by cuda/tests/suite/gpu.rs).
 //
 // stdin: one command, stdout: the answer.
-//   chain N ITERS SEED MODE   MODE 0: aitbc_sgemm_nn; MODE 1: a host product + aitbc_max_abs_bits.
-//                             Prints the rescale count, then X_iters as hex bits, one a line.
-//   rescale LEN BITS...       Puts the floats in x, runs aitbc_max_abs_bits and aitbc_rescale on
-//                             slot 0; prints the state words, then x as hex bits.
+//   chain N ITERS SEED MODE   MODE 0: aitbc_igemm_tn; MODE 1: a host product (plain loops, the
+//                             stand-in for cuBLAS) -- each followed by aitbc_requant. Prints the
+//                             step count the kernels recorded, then A_iters as hex, one row a line.
+//   fill N SEED MATRIX T      aitbc_fill_input (T: transposed); the bytes as hex, one row a line.
+//   gemm N SEED WORST         One aitbc_igemm_tn on the generated A_0 and B (WORST 1: every
+//                             element -128 instead, the largest magnitudes); C, one row a line.
 
-#include <atomic>
 #include <barrier>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -25,44 +25,26 @@
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
-struct float4 {
-    float x, y, z, w;
+struct int4 {
+    int x, y, z, w;
 };
-static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+static inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
 
 thread_local dim3 threadIdx, blockIdx;
 static dim3 blockDim, gridDim;
 static std::barrier<> *block_barrier;
-static std::barrier<> *warp_barrier[32];
-static unsigned warp_scratch[32][32];
 
 static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
-static inline unsigned __shfl_xor_sync(unsigned, unsigned v, int offset)
+// CUDA's __dp4a(int, int, int): c + the sum over bytes q of (int8)a.q * (int8)b.q.
+static inline int __dp4a(int a, int b, int c)
 {
-    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    warp_scratch[warp][lane] = v;
-    warp_barrier[warp]->arrive_and_wait();
-    const unsigned r = warp_scratch[warp][lane ^ offset];
-    warp_barrier[warp]->arrive_and_wait();
-    return r;
-}
-static inline unsigned atomicMax(unsigned *p, unsigned v)
-{
-    std::atomic_ref<unsigned> a(*p);
-    unsigned old = a.load();
-    while (old < v && !a.compare_exchange_weak(old, v)) {
+    for (int q = 0; q < 4; ++q) {
+        const signed char x = (signed char)(((unsigned)a >> (8 * q)) & 0xFFu);
+        const signed char y = (signed char)(((unsigned)b >> (8 * q)) & 0xFFu);
+        c += (int)x * (int)y;
     }
-    return old;
+    return c;
 }
-static inline unsigned __float_as_uint(float f)
-{
-    unsigned u;
-    std::memcpy(&u, &f, 4);
-    return u;
-}
-static inline float __fmul_rn(float a, float b) { return a * b; }
-static inline float __fsub_rn(float a, float b) { return a - b; }
-static inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 
 #define __CUDACC__ 1
 #define __global__
@@ -83,9 +65,6 @@ static void launch(dim3 grid, dim3 block, const std::function<void()> &kernel)
         for (unsigned bx = 0; bx < grid.x; ++bx) {
             std::barrier<> bar(threads);
             block_barrier = &bar;
-            for (unsigned w = 0; w < (threads + 31) / 32; ++w) {
-                warp_barrier[w] = new std::barrier<>(32);
-            }
             std::vector<std::thread> pool;
             for (unsigned t = 0; t < threads; ++t) {
                 pool.emplace_back([&, t, bx, by] {
@@ -96,9 +75,6 @@ static void launch(dim3 grid, dim3 block, const std::function<void()> &kernel)
             }
             for (auto &th : pool) {
                 th.join();
-            }
-            for (unsigned w = 0; w < (threads + 31) / 32; ++w) {
-                delete warp_barrier[w];
             }
         }
     }
@@ -112,10 +88,19 @@ static dim3 grid1d(unsigned long long len)
     return dim3{g < 1 ? 1 : (g > 4 ? 4 : g), 1, 1};
 }
 
-static void print_bits(const std::vector<float> &x)
+static dim3 igemm_grid(unsigned n)
 {
-    for (float v : x) {
-        std::printf("%08x\n", __float_as_uint(v));
+    const unsigned tiles = (n + 127) / 128;
+    return dim3{tiles, tiles, 1};
+}
+
+static void print_rows(const std::vector<unsigned char> &x, unsigned n)
+{
+    for (unsigned r = 0; r < n; ++r) {
+        for (unsigned c = 0; c < n; ++c) {
+            std::printf("%02x", x[(size_t)r * n + c]);
+        }
+        std::printf("\n");
     }
 }
 
@@ -128,53 +113,63 @@ int main()
         unsigned long long seed;
         std::cin >> n >> iters >> seed >> mode;
         const unsigned long long len = (unsigned long long)n * n;
-        std::vector<float> x(len), next(len), w(len);
+        std::vector<unsigned char> a(len), bt(len);
+        std::vector<int> c(len);
         std::vector<unsigned> state(4, 0);
-        const float scale = (float)std::sqrt(3.0 / (double)n);
-        launch(grid1d(len), B256, [&] { aitbc_fill_input(x.data(), len, seed, 0, 1.0f); });
-        launch(grid1d(len), B256, [&] { aitbc_fill_input(w.data(), len, seed, 1, scale); });
+        launch(grid1d(len), B256, [&] { aitbc_fill_input(a.data(), n, seed, 0, 0); });
+        launch(grid1d(len), B256, [&] { aitbc_fill_input(bt.data(), n, seed, 1, 1); });
         for (unsigned k = 0; k < iters; ++k) {
-            const int slot = (int)(k % 2);
             if (mode == 0) {
-                const unsigned tiles = (n + 127) / 128;
-                launch(dim3{tiles, tiles, 1}, B256, [&] {
-                    aitbc_sgemm_nn(x.data(), w.data(), next.data(), (int)n, state.data(), slot);
-                });
+                launch(igemm_grid(n), B256,
+                       [&] { aitbc_igemm_tn(a.data(), bt.data(), c.data(), (int)n); });
             } else {
-                for (unsigned r = 0; r < n; ++r) {
-                    for (unsigned c = 0; c < n; ++c) {
-                        float acc = 0.0f;
-                        for (unsigned q = 0; q < n; ++q) {
-                            acc = std::fmaf(x[(size_t)r * n + q], w[(size_t)q * n + c], acc);
+                for (unsigned i = 0; i < n; ++i) {
+                    for (unsigned j = 0; j < n; ++j) {
+                        int acc = 0;
+                        for (unsigned t = 0; t < n; ++t) {
+                            acc += (int)(signed char)a[(size_t)i * n + t] *
+                                   (int)(signed char)bt[(size_t)j * n + t];
                         }
-                        next[(size_t)r * n + c] = acc;
+                        c[(size_t)i * n + j] = acc;
                     }
                 }
-                launch(grid1d(len), B256,
-                       [&] { aitbc_max_abs_bits(next.data(), len, state.data(), slot); });
             }
-            launch(grid1d(len), B256, [&] { aitbc_rescale(next.data(), len, state.data(), slot); });
-            std::swap(x, next);
+            launch(grid1d(len), B256,
+                   [&] { aitbc_requant(c.data(), a.data(), len, state.data()); });
         }
-        std::printf("%u\n", state[2]);
-        print_bits(x);
+        std::printf("%u %u %u %u\n", state[0], state[1], state[2], state[3]);
+        print_rows(a, n);
         return 0;
     }
-    if (cmd == "rescale") {
-        unsigned long long len;
-        std::cin >> len;
-        std::vector<float> x(len);
-        for (auto &v : x) {
-            unsigned bits;
-            std::cin >> std::hex >> bits >> std::dec;
-            std::memcpy(&v, &bits, 4);
+    if (cmd == "fill") {
+        unsigned n, matrix;
+        int transposed;
+        unsigned long long seed;
+        std::cin >> n >> seed >> matrix >> transposed;
+        std::vector<unsigned char> x((size_t)n * n);
+        launch(grid1d(x.size()), B256,
+               [&] { aitbc_fill_input(x.data(), n, seed, matrix, transposed); });
+        print_rows(x, n);
+        return 0;
+    }
+    if (cmd == "gemm") {
+        unsigned n, worst;
+        unsigned long long seed;
+        std::cin >> n >> seed >> worst;
+        const size_t len = (size_t)n * n;
+        std::vector<unsigned char> a(len, 0x80), bt(len, 0x80);
+        std::vector<int> c(len, 0x5A5A5A5A);
+        if (worst == 0) {
+            launch(grid1d(len), B256, [&] { aitbc_fill_input(a.data(), n, seed, 0, 0); });
+            launch(grid1d(len), B256, [&] { aitbc_fill_input(bt.data(), n, seed, 1, 1); });
         }
-        std::vector<unsigned> state(4, 0);
-        state[1] = 12345; // slot 1 must be zeroed by the rescale of slot 0
-        launch(grid1d(len), B256, [&] { aitbc_max_abs_bits(x.data(), len, state.data(), 0); });
-        launch(grid1d(len), B256, [&] { aitbc_rescale(x.data(), len, state.data(), 0); });
-        std::printf("%08x %08x %08x %08x\n", state[0], state[1], state[2], state[3]);
-        print_bits(x);
+        launch(igemm_grid(n), B256, [&] { aitbc_igemm_tn(a.data(), bt.data(), c.data(), (int)n); });
+        for (unsigned r = 0; r < n; ++r) {
+            for (unsigned j = 0; j < n; ++j) {
+                std::printf(j == 0 ? "%d" : " %d", c[(size_t)r * n + j]);
+            }
+            std::printf("\n");
+        }
         return 0;
     }
     return 2;

@@ -1,14 +1,14 @@
-//! The CUDA C generator and rescale rule, checked without a GPU: `kernels/torch_bench.cu`'s
+//! The CUDA C generator and requantization, checked without a GPU: `kernels/torch_bench.cu`'s
 //! `AITBC_FN` helpers are plain C outside NVRTC, so the host C compiler builds them into a small
-//! program that answers queries on stdin, and its answers are compared bit for bit with the
-//! golden values and with the test reference. The kernels themselves are not compiled here; the
-//! device arithmetic (`__fmul_rn`, `__fsub_rn`) is checked on a GPU by `gpu.rs`.
+//! program that answers queries on stdin, and its answers are compared byte for byte with the
+//! protocol's `element` and `requant`. The kernels themselves are run on the CPU by
+//! `kernel_emulation.rs`, and on a GPU by `gpu.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::ask;
-use crate::reference::{input, pow2, rescale_exponent, w_scale, GOLDEN};
+use crate::reference::{element, requant};
 
 const DRIVER: &str = r#"
 #include <stdio.h>
@@ -21,25 +21,12 @@ int main(void)
         if (op == 'i') {
             unsigned long long seed, index;
             unsigned int matrix;
-            float scale;
-            unsigned int scale_bits;
-            union { unsigned int u; float f; } in, out;
-            if (scanf("%llu %u %llu %x", &seed, &matrix, &index, &scale_bits) != 4) return 2;
-            in.u = scale_bits;
-            scale = in.f;
-            out.f = AITBC_MUL(aitbc_input_keyed(aitbc_stream_key(seed, matrix), index), scale);
-            printf("%08x\n", out.u);
-        } else if (op == 'r') {
-            unsigned int bits;
-            int k = 0;
-            if (scanf("%x", &bits) != 1) return 2;
-            if (aitbc_rescale_exponent(bits, &k)) printf("%d\n", k); else printf("none\n");
-        } else if (op == 'p') {
-            int k;
-            union { unsigned int u; float f; } v;
-            if (scanf("%d", &k) != 1) return 2;
-            v.f = aitbc_pow2(k);
-            printf("%08x\n", v.u);
+            if (scanf("%llu %u %llu", &seed, &matrix, &index) != 3) return 2;
+            printf("%02x\n", aitbc_element(aitbc_stream_key(seed, matrix), index));
+        } else if (op == 'q') {
+            int c;
+            if (scanf("%d", &c) != 1) return 2;
+            printf("%02x\n", aitbc_requant(c));
         } else {
             return 2;
         }
@@ -61,14 +48,7 @@ fn build_driver() -> Option<PathBuf> {
     let exe = dir.join("aitbc-cuda-host-check");
     let define = format!("-DKERNEL_SOURCE=\"{}\"", kernel_source().display());
     let out = match Command::new(&cc)
-        .args([
-            "-std=c99",
-            "-O2",
-            "-ffp-contract=off",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-        ])
+        .args(["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"])
         .arg(define)
         .arg("-o")
         .arg(&exe)
@@ -90,53 +70,57 @@ fn build_driver() -> Option<PathBuf> {
 }
 
 #[test]
-fn cuda_c_generator_and_rescale_rule_match_the_recipe() {
+fn cuda_c_generator_and_requantization_match_the_protocol() {
     let Some(exe) = build_driver() else { return };
 
-    // The generator: golden values, then a sweep of seeds, matrices, indices and W scales.
-    let mut cases: Vec<(u64, u32, u64, f32)> =
-        GOLDEN.iter().map(|&(s, m, i, _)| (s, m, i, 1.0)).collect();
+    // The generator: edge seeds and indices, then a sweep.
+    let mut cases: Vec<(u64, u32, u64)> = vec![
+        (0, 0, 0),
+        (0, 1, 1),
+        (42, 0, 0),
+        (42, 1, 1_048_575),
+        (u64::MAX, 0, 123_456_789),
+        (7, 1, u64::MAX),
+        (u64::MAX, 1, u64::MAX - 1),
+    ];
     let mut z = 1u64;
     for _ in 0..5000 {
-        z = crate::reference::mix(z.wrapping_add(crate::reference::GAMMA));
-        let n = (z % 16384) as u32 + 1;
-        let scale = if z & 1 == 0 { 1.0 } else { w_scale(n) };
-        cases.push((z.rotate_left(17), (z >> 7) as u32 & 1, z >> 20, scale));
+        z = aitbc_protocol::workload::torch_bench::mix(z.wrapping_add(0x9E37_79B9_7F4A_7C15));
+        cases.push((z.rotate_left(17), (z >> 7) as u32 & 1, z >> 20));
     }
     let queries: String = cases
         .iter()
-        .map(|(s, m, i, f)| format!("i {s} {m} {i} {:x}\n", f.to_bits()))
+        .map(|(s, m, i)| format!("i {s} {m} {i}\n"))
         .collect();
     let answers = ask(&exe, &queries);
     assert_eq!(answers.len(), cases.len());
-    for ((s, m, i, f), got) in cases.iter().zip(&answers) {
-        let want = input(*s, *m, *i) * f;
-        assert_eq!(
-            got,
-            &format!("{:08x}", want.to_bits()),
-            "input({s}, {m}, {i}) * {f}"
-        );
-    }
-    for ((s, m, i, want), got) in GOLDEN.iter().zip(&answers) {
-        assert_eq!(got, &format!("{want:08x}"), "golden input({s}, {m}, {i})");
+    for ((s, m, i), got) in cases.iter().zip(&answers) {
+        let want = element(*s, *m, *i) as u8;
+        assert_eq!(got, &format!("{want:02x}"), "element({s}, {m}, {i})");
     }
 
-    // The rescale rule: every exponent, with a few mantissas, including subnormals and zero.
-    let mut bits = vec![0u32, 1, 0x7F_FFFF];
-    for e in 1..255u32 {
-        for mantissa in [0u32, 1, 0x40_0000, 0x7F_FFFF] {
-            bits.push((e << 23) | mantissa);
-        }
+    // The requantization: the ends of i32, zero, every value a product can take near zero and
+    // a sweep of large ones.
+    let mut cs: Vec<i32> = vec![
+        i32::MIN,
+        i32::MIN + 1,
+        -1,
+        0,
+        1,
+        i32::MAX,
+        1 << 28,
+        -(1 << 28),
+    ];
+    cs.extend(-5000..5000);
+    let mut z = 7u64;
+    for _ in 0..5000 {
+        z = aitbc_protocol::workload::torch_bench::mix(z.wrapping_add(1));
+        cs.push(z as i32);
     }
-    let queries: String = bits.iter().map(|b| format!("r {b:x}\n")).collect();
-    for (b, got) in bits.iter().zip(ask(&exe, &queries)) {
-        let want = rescale_exponent(*b).map_or("none".to_string(), |k| k.to_string());
-        assert_eq!(got, want, "rescale_exponent(0x{b:08x})");
-    }
-
-    let ks: Vec<i32> = (-126..=127).collect();
-    let queries: String = ks.iter().map(|k| format!("p {k}\n")).collect();
-    for (k, got) in ks.iter().zip(ask(&exe, &queries)) {
-        assert_eq!(got, format!("{:08x}", pow2(*k).to_bits()), "pow2({k})");
+    let queries: String = cs.iter().map(|c| format!("q {c}\n")).collect();
+    let answers = ask(&exe, &queries);
+    assert_eq!(answers.len(), cs.len());
+    for (c, got) in cs.iter().zip(answers) {
+        assert_eq!(got, format!("{:02x}", requant(*c) as u8), "requant({c})");
     }
 }

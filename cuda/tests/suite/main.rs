@@ -1,7 +1,7 @@
 //! The integration tests of aitbc-cuda, one binary: what can be checked without a GPU (the PTX,
-//! the absent driver, the CUDA C generator and rescale rule compiled for the host, the test
-//! reference itself) and the GPU tests, which print `SKIP: no CUDA driver` and pass when there
-//! is no driver to run them on.
+//! the absent driver, the CUDA C generator and requantization compiled for the host, the
+//! kernels run on the CPU against the protocol's reference) and the GPU tests, which print
+//! `SKIP: no NVIDIA GPU: no CUDA driver` and pass when there is no driver to run them on.
 
 mod gpu;
 mod host_check;

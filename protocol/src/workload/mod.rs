@@ -38,13 +38,10 @@ impl Workload {
     }
 }
 
-/// `torch_bench`: a chain of `iters` n x n single-precision matrix products,
-/// `X_{k+1} = X_k · W`, with `X_0` and `W` drawn from a generator seeded by `seed` and `W`
-/// scaled by `sqrt(3/n)` so that each product keeps the expected squared norm. Because a fixed
-/// `W`'s spectral radius is only close to 1, a product whose largest magnitude leaves
-/// `[2^-32, 2^32]` is multiplied by an exact power of two that brings it back (the worker's
-/// `rescale_exponent`), so long chains stay finite; default-sized jobs never trigger it.
-/// The output is `X_iters`, row-major little-endian f32.
+/// `torch_bench`: a chain of `iters` exact n x n int8 matrix products with int32 accumulation
+/// and an integer requantization between them, from inputs drawn from `seed`
+/// ([`torch_bench`] specifies it). The output is the final n x n int8 matrix, the same bytes on
+/// every machine.
 #[derive(Serialize, Deserialize, Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TorchBenchParams {
@@ -67,8 +64,7 @@ impl TorchBenchParams {
     /// The workspace the GPU chain hands cuBLAS (`cublasSetWorkspace`, NVIDIA's recommendation
     /// for Hopper), so that cuBLAS allocates nothing of its own during a job.
     pub const GPU_CUBLAS_WORKSPACE_BYTES: u64 = 32 << 20;
-    /// The GPU chain's device state: four `u32` (two max slots, the rescale count, the
-    /// non-finite flag).
+    /// The GPU chain's device state besides its matrices (reserved for flags and counters).
     pub const GPU_STATE_BYTES: u64 = 16;
 
     fn default_n() -> u32 {
@@ -78,15 +74,16 @@ impl TorchBenchParams {
         Self::DEFAULT_ITERS
     }
 
-    /// Bytes of one n x n f32 matrix.
+    /// Bytes of one n x n int8 matrix.
     pub fn matrix_bytes(&self) -> u64 {
-        u64::from(self.n) * u64::from(self.n) * 4
+        u64::from(self.n) * u64::from(self.n)
     }
 
-    /// Memory the job needs on the host (CPU path) or device (GPU path): three matrices
-    /// (`X`, `W` and the product) plus overhead, in MiB rounded up.
+    /// Memory the job needs on the host (CPU path), in MiB rounded up: `A`, the next `A` and
+    /// `B` as int8, room for one n x n int32 buffer (a packed copy of `B` or the products), plus
+    /// overhead. The CPU kernels must stay within it.
     pub fn memory_mb(&self) -> u64 {
-        (3 * self.matrix_bytes()).div_ceil(1 << 20) + Self::OVERHEAD_MB
+        (7 * self.matrix_bytes()).div_ceil(1 << 20) + Self::OVERHEAD_MB
     }
 
     /// Device memory the GPU chain allocates (`aitbc-cuda`'s `Gpu::run_chain`), in bytes: the
@@ -102,31 +99,31 @@ impl TorchBenchParams {
         self.vram_bytes().div_ceil(1 << 20)
     }
 
-    /// What the GPU chain of size `n` allocates on the device, exactly: `X`, the product buffer
-    /// and `W` (`3 · 4n²` bytes), the chain's [`TorchBenchParams::GPU_STATE_BYTES`] and, when
+    /// What the GPU chain of size `n` allocates on the device, exactly: `A` and `B` as int8 and
+    /// the int32 product buffer (`6n²` bytes), the chain's [`TorchBenchParams::GPU_STATE_BYTES`] and, when
     /// cuBLAS computes the products, its [`TorchBenchParams::GPU_CUBLAS_WORKSPACE_BYTES`] (the
     /// own-kernel path allocates that much less). Saturating: no `n` wraps. Not counted: the
     /// CUDA context itself (a driver-dependent few hundred MiB per process), which NVML's
     /// per-process figure includes.
     pub fn vram_bytes_for(n: u32, cublas: bool) -> u64 {
-        let matrix = u64::from(n).saturating_mul(u64::from(n)).saturating_mul(4);
+        let matrix = u64::from(n).saturating_mul(u64::from(n));
         let workspace = if cublas {
             Self::GPU_CUBLAS_WORKSPACE_BYTES
         } else {
             0
         };
         matrix
-            .saturating_mul(3)
+            .saturating_mul(6)
             .saturating_add(Self::GPU_STATE_BYTES)
             .saturating_add(workspace)
     }
 
-    /// Floating-point operations of the chain: `2 n^3` per product.
+    /// Operations of the chain (int8 multiplies and adds): `2 n^3` per product.
     pub fn flops(&self) -> u64 {
         2 * u64::from(self.n).pow(3) * u64::from(self.iters)
     }
 
-    /// Length of the hashed output in bytes.
+    /// Length of the hashed output in bytes: the final n x n int8 matrix.
     pub fn output_len(&self) -> u64 {
         self.matrix_bytes()
     }
@@ -346,32 +343,33 @@ mod tests {
         let WorkloadSpec::TorchBench(p) = spec;
         assert_eq!((p.n, p.iters, p.seed), (1024, 100, 0));
         assert_eq!(p.flops(), 2 * 1024u64.pow(3) * 100);
-        assert_eq!(p.memory_mb(), 12 + 32);
+        // A, the next A and B (1 MiB each) and one int32 buffer (4 MiB), plus overhead.
+        assert_eq!(p.memory_mb(), 7 + 32);
     }
 
     #[test]
-    fn vram_is_three_matrices_state_and_the_cublas_workspace() {
+    fn vram_is_two_int8_matrices_an_int32_product_state_and_the_cublas_workspace() {
         let p = |n| TorchBenchParams {
             n,
             iters: 1,
             seed: 0,
         };
         let ws = TorchBenchParams::GPU_CUBLAS_WORKSPACE_BYTES;
-        assert_eq!(p(1).vram_bytes(), 12 + 16 + ws);
-        assert_eq!(p(1024).vram_bytes(), (12 << 20) + 16 + (32 << 20));
-        assert_eq!(p(8192).vram_bytes(), (768 << 20) + 16 + (32 << 20));
+        assert_eq!(p(1).vram_bytes(), 6 + 16 + ws);
+        assert_eq!(p(1024).vram_bytes(), (6 << 20) + 16 + (32 << 20));
+        assert_eq!(p(8192).vram_bytes(), (384 << 20) + 16 + (32 << 20));
         assert_eq!(
             TorchBenchParams::vram_bytes_for(1024, false),
-            (12 << 20) + 16
+            (6 << 20) + 16
         );
         // The state words push every size just past a whole MiB: rounded up.
-        assert_eq!(p(1024).vram_mb(), 12 + 32 + 1);
-        assert_eq!(p(8192).vram_mb(), 768 + 32 + 1);
+        assert_eq!(p(1024).vram_mb(), 6 + 32 + 1);
+        assert_eq!(p(8192).vram_mb(), 384 + 32 + 1);
         assert_eq!(p(1).vram_mb(), 33);
-        assert_eq!(WorkloadSpec::TorchBench(p(1024)).vram_mb(), 45);
+        assert_eq!(WorkloadSpec::TorchBench(p(1024)).vram_mb(), 39);
         assert_eq!(
             p(TorchBenchParams::MAX_N).vram_bytes(),
-            3 * (1 << 30) + 16 + (32 << 20)
+            (3 << 29) + 16 + (32 << 20)
         );
         assert_eq!(TorchBenchParams::vram_bytes_for(u32::MAX, true), u64::MAX);
         // vram_mb always covers vram_bytes, by less than one MiB.
@@ -429,12 +427,12 @@ mod tests {
 
     #[test]
     fn memory_is_checked_against_ram_mb() {
-        let err = plan("torch_bench", &json!({"n": 8192}), &limits(512)).unwrap_err();
+        let err = plan("torch_bench", &json!({"n": 8192}), &limits(256)).unwrap_err();
         assert_eq!(
             err,
             PlanError::OverMemory {
-                needed_mb: 768 + 32,
-                limit_mb: 512
+                needed_mb: 448 + 32,
+                limit_mb: 256
             }
         );
     }

@@ -157,20 +157,61 @@ pub fn row_leaf(row: &[i8]) -> Digest {
 
 /// The commitment to an `n x n` output (`None` unless it has `n * n >= 1` elements).
 pub fn commit(output: &[i8], n: usize) -> Option<Commitment> {
-    if n == 0 || output.len() != n * n {
-        return None;
+    let mut c = Committer::new(n);
+    c.push_rows(output)?;
+    c.finish()
+}
+
+/// [`commit`] for an output that arrives in pieces of whole rows (a GPU's chunks, a CPU's
+/// row blocks), in order: the same commitment, without holding the whole output.
+#[derive(Clone, Debug)]
+pub struct Committer {
+    n: usize,
+    sha: Sha256,
+    leaves: Vec<Digest>,
+}
+
+impl Committer {
+    pub fn new(n: usize) -> Committer {
+        Committer {
+            n,
+            sha: Sha256::new(),
+            leaves: Vec::with_capacity(n),
+        }
     }
-    let mut sha = Sha256::new();
-    let mut leaves = Vec::with_capacity(n);
-    for row in output.chunks(n) {
-        let b = row_bytes(row);
-        sha.update(&b);
-        leaves.push(merkle::leaf_hash(&b));
+
+    /// Adds the next rows; `None` (and nothing added) unless `rows` is whole rows that fit.
+    pub fn push_rows(&mut self, rows: &[i8]) -> Option<()> {
+        if self.n == 0
+            || !rows.len().is_multiple_of(self.n)
+            || self.leaves.len() + rows.len() / self.n > self.n
+        {
+            return None;
+        }
+        for row in rows.chunks(self.n) {
+            let b = row_bytes(row);
+            self.sha.update(&b);
+            self.leaves.push(merkle::leaf_hash(&b));
+        }
+        Some(())
     }
-    Some(Commitment {
-        output_sha: sha.finalize().into(),
-        merkle_root: merkle::root(&leaves)?,
-    })
+
+    /// [`Committer::push_rows`] for rows given as their bytes (each `i8` as its byte).
+    pub fn push_row_bytes(&mut self, rows: &[u8]) -> Option<()> {
+        let rows: Vec<i8> = rows.iter().map(|&b| b as i8).collect();
+        self.push_rows(&rows)
+    }
+
+    /// The commitment, once all `n` rows are in (`None` before).
+    pub fn finish(self) -> Option<Commitment> {
+        if self.n == 0 || self.leaves.len() != self.n {
+            return None;
+        }
+        Some(Commitment {
+            output_sha: self.sha.finalize().into(),
+            merkle_root: merkle::root(&self.leaves)?,
+        })
+    }
 }
 
 /// Published known answers: `(n, iters, seed, output_sha hex, merkle_root hex)`. Computed by
@@ -296,6 +337,15 @@ mod tests {
             ));
         }
         assert_eq!(commit(&out, 5), None);
+        // Row by row, or in uneven pieces of whole rows: the same commitment.
+        let mut pieces = Committer::new(6);
+        pieces.push_rows(&out[..12]).unwrap();
+        assert_eq!(pieces.push_rows(&out[12..13]), None);
+        pieces.push_row_bytes(&row_bytes(&out[12..30])).unwrap();
+        assert!(pieces.clone().finish().is_none());
+        pieces.push_rows(&out[30..]).unwrap();
+        assert_eq!(pieces.push_rows(&out[..6]), None);
+        assert_eq!(pieces.finish(), Some(c));
         assert_eq!(commit(&[], 0), None);
     }
 

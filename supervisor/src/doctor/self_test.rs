@@ -6,23 +6,13 @@
 //!
 //! # The known answer
 //!
-//! [`KNOWN_PARAMS`] is `n = 1, iters = 100, seed = 7`: a chain of 1 x 1 products, so every
-//! step is one `f32` multiplication `x · w` (IEEE 754 rounds it exactly once, to nearest even)
-//! followed by the rescale rule (a multiplication by an exact power of two; seed 7's
-//! `|w| ≈ 0.033` makes it fire 14 times in 100 steps, so the rule is exercised too). There is
-//! no sum, so nothing depends on summation order, blocking, SIMD width, FMA contraction
-//! (`fma(x, w, 0)` rounds exactly like `x · w`) or thread count; the inputs come from the
-//! bit-exact integer generator and `w`'s scale is `sqrt(3)` rounded once. The hash is
-//! therefore the same on every correct machine, CPU or GPU (cuBLAS in its default FP32 math
-//! mode and the miner's own kernel both compute a 1-term dot product as one rounded product).
-//! A larger `n` would not do: its products sum `n` terms, and `gemm` picks the order from the
-//! CPU, so its hash is a function of the machine (see `worker/src/torch_bench/mod.rs`).
-//!
-//! [`KNOWN_SHA`] was computed once with the CPU path (`aitbc_worker::torch_bench::run_cpu`)
-//! and, independently, by a short scalar re-implementation of the recipe in Python (exact
-//! `f32` rounding through `struct.pack('<f', ...)`); both agree. `tests/suite/doctor.rs` keeps
-//! it true: the CPU chain with 1, 2, 3 and 4 threads and a plain scalar loop over the worker's
-//! `input`/`rescale` functions must all hash to it.
+//! [`KNOWN_PARAMS`] is `n = 64, iters = 2, seed = 42`, one of protocol's published known
+//! answers (`protocol::workload::torch_bench::KNOWN_ANSWERS`). torch_bench is an exact integer
+//! chain, so its hash is the same on every correct machine, at any thread count, with any of the
+//! CPU kernels and on a GPU; `n = 64` is large enough to run the real blocked kernels (and the
+//! threads' split of rows). The answer was computed by protocol's plain reference and,
+//! independently, by `scripts/int8_chain.py`; `tests/suite/exact_chain.rs` keeps the two in
+//! step.
 //!
 //! The self-test must never use the operator's `WORK_DIR` or leave anything behind: the job
 //! directory lives in a fresh temporary directory and the worker's cgroup is removed.
@@ -32,21 +22,25 @@ use std::time::{Duration, Instant};
 
 use protocol::api::JobLimits;
 use protocol::wire::{JobSpec, WorkerKind};
+use protocol::workload::torch_bench::KNOWN_ANSWERS;
 use protocol::workload::TorchBenchParams;
 
 use super::{Line, Status};
 use crate::config::Config;
 use crate::worker_proc::{Ending, WorkerCommand, WorkerProcess};
 
-/// The self-test's job (see the module docs for why `n = 1`).
+/// The self-test's known answer: `(n, iters, seed, output_sha, merkle_root)`.
+const KNOWN: (u32, u32, u64, &str, &str) = KNOWN_ANSWERS[3];
+
+/// The self-test's job (see the module docs).
 pub const KNOWN_PARAMS: TorchBenchParams = TorchBenchParams {
-    n: 1,
-    iters: 100,
-    seed: 7,
+    n: KNOWN.0,
+    iters: KNOWN.1,
+    seed: KNOWN.2,
 };
 
-/// SHA-256 of [`KNOWN_PARAMS`]' output (4 bytes: `X_100` as little-endian `f32`).
-pub const KNOWN_SHA: &str = "5170984709044269c141313a99750412c1bc34b9f62b697b97e0299d6fb34d3c";
+/// SHA-256 of [`KNOWN_PARAMS`]' output (`A_2`, 64 x 64 int8).
+pub const KNOWN_SHA: &str = KNOWN.3;
 
 /// Compute threads the self-test job asks for: more than one, so the worker's pool is used.
 pub const THREADS: u32 = 2;
@@ -291,7 +285,7 @@ mod tests {
         assert!(protocol::api::is_sha256_hex(KNOWN_SHA));
         let spec = protocol::workload::plan(
             "torch_bench",
-            &serde_json::json!({"n": 1, "iters": 100, "seed": 7}),
+            &serde_json::json!({"n": 64, "iters": 2, "seed": 42}),
             &JobLimits::default(),
         )
         .unwrap();
@@ -307,7 +301,7 @@ mod tests {
         assert_eq!(ok.status, Status::Ok);
         assert!(
             ok.finding.starts_with(
-                "a confined CPU worker ran torch_bench n=1 iters=100 seed=7; its hash matches the known answer 5170984709044269…"
+                "a confined CPU worker ran torch_bench n=64 iters=2 seed=42; its hash matches the known answer b2f6f1a4050fa22e…"
             ),
             "{ok}"
         );

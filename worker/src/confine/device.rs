@@ -40,15 +40,15 @@ pub fn open_gpu(ordinal: usize) -> Result<(Gpu, String), WorkerError> {
     Ok((gpu, summary))
 }
 
-/// `cuda gpu0 "NVIDIA H100 80GB HBM3" sgemm cublas` (or `sgemm own kernel (no cuBLAS)`).
+/// `cuda gpu0 "NVIDIA H100 80GB HBM3" igemm cublas` (or `igemm own kernel (no cuBLAS)`).
 /// The name comes from the driver: control characters are dropped and it is cut at 64
 /// characters, so the Hello line stays one short line.
 pub fn describe(ordinal: usize, name: &str, gemm: GemmPath, cublas_missing: bool) -> String {
     let name: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
     let gemm = match (gemm, cublas_missing) {
-        (GemmPath::Cublas, _) => "sgemm cublas",
-        (GemmPath::OwnKernel, true) => "sgemm own kernel (no cuBLAS)",
-        (GemmPath::OwnKernel, false) => "sgemm own kernel",
+        (GemmPath::Cublas, _) => "igemm cublas",
+        (GemmPath::OwnKernel, true) => "igemm own kernel (no cuBLAS)",
+        (GemmPath::OwnKernel, false) => "igemm own kernel",
     };
     format!("cuda gpu{ordinal} {name:?} {gemm}")
 }
@@ -92,16 +92,16 @@ mod tests {
     }
 
     #[test]
-    fn the_summary_names_the_device_and_the_sgemm() {
+    fn the_summary_names_the_device_and_the_igemm() {
         assert_eq!(
             describe(0, "NVIDIA H100 80GB HBM3", GemmPath::Cublas, false),
-            "cuda gpu0 \"NVIDIA H100 80GB HBM3\" sgemm cublas"
+            "cuda gpu0 \"NVIDIA H100 80GB HBM3\" igemm cublas"
         );
         assert_eq!(
             describe(1, "X\n;y", GemmPath::OwnKernel, true),
-            "cuda gpu1 \"X;y\" sgemm own kernel (no cuBLAS)"
+            "cuda gpu1 \"X;y\" igemm own kernel (no cuBLAS)"
         );
         let long = describe(0, &"A".repeat(300), GemmPath::OwnKernel, false);
-        assert_eq!(long.len(), "cuda gpu0 \"\" sgemm own kernel".len() + 64);
+        assert_eq!(long.len(), "cuda gpu0 \"\" igemm own kernel".len() + 64);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! (0. cgroup: joined by the supervisor before exec; the worker does not touch it)
-//!  0. prepare       close every descriptor above 3, check the job directory, warm up gemm
+//!  0. prepare       close every descriptor above 3, check the job directory, pick the int8 kernel
 //!  1. namespaces    unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS), setgroups deny,
 //!                   uid/gid map of the worker's own ids; the job dir becomes a private tmpfs
 //!                   of the job's disk budget; with the mount view: build it now

@@ -1,19 +1,20 @@
 //! The GPU chain: [`run_gpu`] runs a checked job on the GPU the worker opened during its
-//! confinement (`aitbc-cuda`'s `Gpu::run_chain`) and hashes `X_iters` with SHA-256 chunk by
-//! chunk as the device streams it back (the copy of the next chunk overlaps the hashing of
-//! this one), so the hash is over exactly the bytes [`super::hash_matrix`] hashes on the CPU.
+//! confinement (`aitbc-cuda`'s `Gpu::run_chain`, the exact int8 chain of
+//! `aitbc_protocol::workload::torch_bench`) and reports the commitment `run_chain` computed
+//! with the protocol's `Committer` over the rows the device streamed back in chunks of whole
+//! rows (the copy of the next chunk overlaps the hashing of this one). The arithmetic is exact,
+//! so the commitment is the CPU's, bit for bit.
 //!
 //! This module must never open a device (that is confinement step 6, before seccomp), never
 //! allocate device memory past the job's cap (every allocation goes through `aitbc-cuda`'s
-//! `VramBudget`), and never report a result whose length or FLOP count differ from the
-//! params'.
+//! `VramBudget`), and never report a result whose length, FLOP count or commitment differ from
+//! what the params say.
 
 use std::time::{Duration, Instant};
 
 use aitbc_cuda::Gpu;
 use aitbc_protocol::wire::WorkerKind;
 use aitbc_protocol::workload::TorchBenchParams;
-use sha2::{Digest, Sha256};
 
 use super::{check_params, ChainRun};
 use crate::WorkerError;
@@ -27,23 +28,28 @@ pub fn run_gpu(
 ) -> Result<ChainRun, WorkerError> {
     check_params(p)?;
     let start = Instant::now();
-    let mut hasher = Sha256::new();
-    let mut hashed = 0u64;
+    // aitbc-cuda feeds each chunk to the protocol's `Committer` before handing it here; the
+    // worker checks the chunking and the length (hashing the bytes a second time would double
+    // the host's share of the job for nothing).
+    let n = p.n as usize;
+    let mut whole_rows = true;
+    let mut streamed = 0u64;
     let stats = gpu.run_chain(p.n, p.iters, p.seed, vram_cap_bytes, &mut |chunk| {
-        hasher.update(chunk);
-        hashed += chunk.len() as u64;
+        whole_rows &= !chunk.is_empty() && chunk.len().is_multiple_of(n);
+        streamed += chunk.len() as u64;
     })?;
     let want = (p.output_len(), p.flops());
-    if (hashed, stats.flops) != want || stats.output_len != want.0 {
+    if !whole_rows || (streamed, stats.flops) != want || stats.output_len != want.0 {
         return Err(WorkerError::Internal(format!(
-            "the GPU chain returned {hashed} bytes (stated {}) and {} FLOPs; params n = {}, \
-             iters = {} make {} bytes and {} FLOPs",
+            "the GPU chain streamed {streamed} bytes (stated {}, in whole rows: {whole_rows}) \
+             and {} operations; params n = {}, iters = {} make {} bytes and {} operations",
             stats.output_len, stats.flops, p.n, p.iters, want.0, want.1
         )));
     }
     Ok(ChainRun {
-        output_sha: hasher.finalize().into(),
-        output_len: hashed,
+        output_sha: stats.commitment.output_sha,
+        merkle_root: stats.commitment.merkle_root,
+        output_len: streamed,
         flops: stats.flops,
         elapsed: start.elapsed(),
         device_time: device_time(stats.products_ms),
@@ -61,67 +67,64 @@ fn device_time(products_ms: f32) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aitbc_protocol::workload::torch_bench::{commit, reference_output, KNOWN_ANSWERS};
 
     /// A SKIP line on the real stderr (not captured by the test harness, so it shows).
     fn skip(line: &str) {
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "{line}");
     }
-    use crate::torch_bench::{chain_cpu, hash_matrix};
 
     /// The GPU, or `None` after a visible SKIP line on a host without one.
     fn gpu(test: &str) -> Option<Gpu> {
         if !aitbc_cuda::driver_present() {
-            skip(&format!("SKIP: no CUDA driver ({test})"));
+            skip(&format!("SKIP: no NVIDIA GPU: no CUDA driver ({test})"));
             return None;
         }
         match Gpu::open(0) {
             Ok(g) => Some(g),
             Err(e) => {
                 skip(&format!(
-                    "SKIP: libcuda loads but GPU 0 does not open: {e} ({test})"
+                    "SKIP: no NVIDIA GPU: libcuda loads but GPU 0 does not open: {e} ({test})"
                 ));
                 None
             }
         }
     }
 
-    /// Relative Frobenius error of `got` against `want`.
-    fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-        let (mut num, mut den) = (0f64, 0f64);
-        for (g, w) in got.iter().zip(want) {
-            num += (f64::from(*g) - f64::from(*w)).powi(2);
-            den += f64::from(*w).powi(2);
-        }
-        (num / den.max(f64::MIN_POSITIVE)).sqrt()
-    }
-
-    /// The same params give a result of the same shape and meaning on the CPU and the GPU:
-    /// the same length and FLOPs, and `X_iters` within the CPU chain's own tolerance
-    /// (`1e-5 · iters` relative Frobenius error) of the CPU's; the GPU's hash is that of the
-    /// bytes it streamed. Unverified here (no GPU).
+    /// The GPU gives the protocol's commitment: its known answers, and the plain reference at
+    /// sizes on both GEMM paths (n % 4 == 0 takes cuBLAS where it loaded). Unverified here (no
+    /// GPU).
     #[test]
-    fn gpu_and_cpu_agree_within_tolerance() {
-        let Some(g) = gpu("gpu_and_cpu_agree_within_tolerance") else {
+    fn gpu_commitment_is_the_protocols() {
+        let Some(g) = gpu("gpu_commitment_is_the_protocols") else {
             return;
         };
-        for (n, iters) in [(1, 3), (130, 7), (512, 20)] {
-            let p = TorchBenchParams { n, iters, seed: 5 };
-            let cpu = chain_cpu(&p, 2).unwrap();
-            let mut bytes = Vec::new();
-            g.run_chain(n, iters, 5, p.vram_bytes(), &mut |c| {
-                bytes.extend_from_slice(c)
-            })
-            .unwrap();
-            let x: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            assert_eq!(x.len(), cpu.len(), "n={n}");
-            let err = rel_err(&x, &cpu);
-            assert!(err <= 1e-5 * f64::from(iters), "n={n} iters={iters}: {err}");
+        let mut cases: Vec<TorchBenchParams> = KNOWN_ANSWERS
+            .iter()
+            .map(|&(n, iters, seed, ..)| TorchBenchParams { n, iters, seed })
+            .collect();
+        cases.push(TorchBenchParams {
+            n: 130,
+            iters: 7,
+            seed: 5,
+        });
+        cases.push(TorchBenchParams {
+            n: 256,
+            iters: 3,
+            seed: 5,
+        });
+        for p in cases {
+            let want = commit(&reference_output(&p), p.n as usize).unwrap();
             let run = run_gpu(&g, &p, p.vram_mb() << 20).unwrap();
-            assert_eq!(run.output_sha, hash_matrix(&x), "n={n}: deterministic");
+            assert_eq!(
+                (run.output_sha, run.merkle_root),
+                (want.output_sha, want.merkle_root),
+                "n={} iters={} seed={}",
+                p.n,
+                p.iters,
+                p.seed
+            );
             assert_eq!((run.output_len, run.flops), (p.output_len(), p.flops()));
             assert_eq!(run.kind, WorkerKind::Gpu);
             assert!(run.device_time.is_some());
