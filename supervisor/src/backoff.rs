@@ -45,6 +45,16 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     }
 }
 
+/// How long a loop waits after a call that failed (decided by `client::CallError::wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The next step of the backoff, at least `Retry-After` when the server sent one.
+    Backoff(Option<Duration>),
+    /// The longest pause: a refusal that only an operator can fix (a revoked key, a MINER_ID
+    /// owned by another key), retried slowly in case they do.
+    Longest,
+}
+
 /// A retry counter for one logical operation: `delay()` gives the next pause and counts it.
 #[derive(Debug)]
 pub struct Backoff {
@@ -78,6 +88,14 @@ impl Backoff {
     /// The longest pause (used for errors an operator must fix, such as a revoked key).
     pub fn max(&self) -> Duration {
         self.max
+    }
+
+    /// The pause a [`Wait`] asks for: the next backoff step, or the longest pause.
+    pub fn after(&mut self, wait: Wait) -> Duration {
+        match wait {
+            Wait::Backoff(retry_after) => self.delay(retry_after),
+            Wait::Longest => self.max,
+        }
     }
 
     /// Back to the shortest pause after a success.

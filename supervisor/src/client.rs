@@ -105,6 +105,21 @@ impl std::fmt::Display for CallError {
     }
 }
 
+impl CallError {
+    /// How long the heartbeat and fetch loops wait after this error (pure): a definitive
+    /// refusal the longest pause, anything else the next backoff step (at least `Retry-After`).
+    pub fn wait(&self) -> crate::backoff::Wait {
+        use crate::backoff::Wait;
+        match self {
+            CallError::Refused { .. } => Wait::Longest,
+            CallError::Retry { retry_after, .. } => Wait::Backoff(*retry_after),
+            CallError::Transport(_) | CallError::Unusable { .. } | CallError::BadJob { .. } => {
+                Wait::Backoff(None)
+            }
+        }
+    }
+}
+
 /// What an HTTP answer means to the miner.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Classified {
@@ -545,6 +560,42 @@ mod tests {
                 ),
                 "{status}"
             );
+        }
+    }
+
+    #[test]
+    fn each_error_says_how_long_to_wait() {
+        use crate::backoff::Wait;
+        let secs = Some(Duration::from_secs(2));
+        let cases = [
+            (CallError::Transport("reset".into()), Wait::Backoff(None)),
+            (
+                CallError::Retry {
+                    status: 429,
+                    code: "RATE_LIMITED".into(),
+                    message: String::new(),
+                    retry_after: secs,
+                },
+                Wait::Backoff(secs),
+            ),
+            (
+                CallError::Unusable {
+                    status: 200,
+                    why: "html".into(),
+                },
+                Wait::Backoff(None),
+            ),
+            (
+                CallError::Refused {
+                    status: 401,
+                    code: "UNAUTHORIZED".into(),
+                    message: String::new(),
+                },
+                Wait::Longest,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.wait(), want, "{e}");
         }
     }
 

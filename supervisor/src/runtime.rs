@@ -458,28 +458,13 @@ async fn heartbeat_task(ctx: Arc<Ctx>, ok_tx: watch::Sender<bool>, nudge: Arc<No
             Err(e) => {
                 ctx.emit(Event::Heartbeat { ok: false });
                 ctx.status.heartbeat(Err(e.to_string()));
-                match &e {
-                    CallError::Refused { status, .. } => {
-                        error!(
-                            status,
-                            "heartbeat refused: {e}; retrying every {:?}",
-                            backoff.max()
-                        );
-                        backoff.max()
-                    }
-                    CallError::Retry { retry_after, .. } => {
-                        let d = backoff.delay(*retry_after);
-                        warn!("heartbeat failed: {e}; retrying in {d:?}");
-                        d
-                    }
-                    CallError::Transport(_)
-                    | CallError::Unusable { .. }
-                    | CallError::BadJob { .. } => {
-                        let d = backoff.delay(None);
-                        warn!("heartbeat failed: {e}; retrying in {d:?}");
-                        d
-                    }
+                let d = backoff.after(e.wait());
+                if let CallError::Refused { .. } = e {
+                    error!("heartbeat refused: {e}; retrying in {d:?}");
+                } else {
+                    warn!("heartbeat failed: {e}; retrying in {d:?}");
                 }
+                d
             }
         };
         beat.promise(pause + LIVENESS_MARGIN);
@@ -623,24 +608,19 @@ async fn dispatcher_task(
                         backoff.delay(None)
                     }
                     CallError::Refused { .. } => {
-                        error!(
-                            "fetching jobs refused: {e}; retrying in {:?}",
-                            backoff.max()
-                        );
-                        backoff.max()
-                    }
-                    CallError::Retry { retry_after, .. } => {
-                        let d = backoff.delay(*retry_after);
-                        warn!("fetching jobs failed: {e}; retrying in {d:?}");
+                        let d = backoff.after(e.wait());
+                        error!("fetching jobs refused: {e}; retrying in {d:?}");
                         d
                     }
-                    CallError::Transport(_) | CallError::Unusable { .. } => {
-                        let d = backoff.delay(None);
+                    CallError::Retry { .. }
+                    | CallError::Transport(_)
+                    | CallError::Unusable { .. } => {
+                        let d = backoff.after(e.wait());
                         warn!("fetching jobs failed: {e}; retrying in {d:?}");
                         d
                     }
                     CallError::BadJob { id, attempt, why } => {
-                        let d = backoff.delay(None);
+                        let d = backoff.after(e.wait());
                         warn!(job = %id, "the Coordinator offered a job this miner cannot take: {why}; reporting it as BAD_PARAMS (next poll in {d:?})");
                         let report = FailReport {
                             id: id.clone(),
