@@ -1546,8 +1546,9 @@ async fn retry_after_on_next_is_bounded_by_backoff_max() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_job_attempt_handed_out_twice_runs_once() {
     let (fake, m) = setup("hc-dup", &[("MAX_CONCURRENCY", "2")], false).await;
-    // About a second of compute on one thread.
-    let x = job("hc-dup-x", json!({"n": 256, "iters": 500}));
+    // 134 Gop on one thread (about 0.5 s in a test build with the VNNI kernel): still running
+    // when the second copy is handed out.
+    let x = job("hc-dup-x", json!({"n": 512, "iters": 500}));
     let script = x.clone();
     let mut handed = 0;
     fake.on(Ep::Next, move |_| {

@@ -71,10 +71,10 @@ async fn a_worker_killed_mid_job_is_reported_crashed_and_the_slot_recovers() {
         1,
     );
     let mut miner = Miner::start(config, worker);
-    // About a second of compute on one thread: long enough to be killed mid-way, short enough
-    // to complete on the retry.
+    // 134 Gop on one thread (about 0.5 s in a test build with the VNNI kernel, a few seconds
+    // with AVX2): long enough to be killed mid-way, short enough to complete on the retry.
     let long = c
-        .submit(json!({"workload": "torch_bench", "reward": 5, "params": {"n": 256, "iters": 500}}))
+        .submit(json!({"workload": "torch_bench", "reward": 5, "params": {"n": 512, "iters": 500}}))
         .await;
     miner
         .wait_event(
@@ -174,7 +174,7 @@ async fn a_miner_killed_mid_job_loses_the_lease_and_another_miner_completes_it_o
     let mut a = spawn_miner(&conf, &log);
     let job = c
         .submit(json!({"workload": "torch_bench", "reward": 7,
-            "params": {"n": 256, "iters": 500}, "limits": {"max_runtime_s": 8}}))
+            "params": {"n": 512, "iters": 500}, "limits": {"max_runtime_s": 8}}))
         .await;
     let apid = i32::try_from(a.id()).unwrap();
     // Wait until miner A holds the job and its worker computes it, then kill A outright.
