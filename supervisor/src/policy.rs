@@ -10,14 +10,16 @@ use std::time::Duration;
 
 use protocol::api::{FailReason, Job, JobLimits, MinerLimits, Mode};
 use protocol::wire::{WorkerFailReason, WorkerFailure, WorkerKind, SECCOMP_REPORT_PREFIX};
-use protocol::workload::{plan, WorkloadSpec};
+use protocol::workload::{plan, validate_submission, Workload, WorkloadSpec};
 
 use crate::config::{AccelMode, MaxLimits};
 use crate::gpu::GpuReport;
 use crate::worker_proc::{Ending, Finished};
 
-/// Workloads this build runs (what the heartbeat declares).
-pub const WORKLOADS: &[&str] = &["torch_bench"];
+/// The workloads this build runs: the miner's capability, declared in the heartbeat and checked
+/// by [`admit`]. Names come from protocol's registry ([`Workload`]); which of them are valid is
+/// protocol's question alone.
+pub const RUNS: &[Workload] = &[Workload::TorchBench];
 
 /// A job the miner will not start, with the reason and message for the fail report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,14 +28,23 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// Turns a job into what a worker runs, or refuses it: the workload's own check
-/// ([`protocol::workload::plan`]: unknown workload, bad params, memory over `limits.ram_mb`)
-/// and then the operator's maxima (`CAPS_REFUSED`), all before any process is touched.
+/// Turns a job into what a worker runs, or refuses it, all before any process is touched:
+/// protocol's validity check (unknown workload, bad params, memory over `limits.ram_mb`), then
+/// this build's capability ([`RUNS`]; `UNKNOWN_WORKLOAD`), then the typed plan, then the
+/// operator's maxima (`CAPS_REFUSED`).
 pub fn admit(job: &Job, max: &MaxLimits) -> Result<WorkloadSpec, Refusal> {
-    let spec = plan(&job.workload, &job.params, &job.limits).map_err(|e| Refusal {
+    let refusal = |e: protocol::workload::PlanError| Refusal {
         reason: e.fail_reason(),
         message: e.to_string(),
-    })?;
+    };
+    let w = validate_submission(&job.workload, &job.params, &job.limits).map_err(refusal)?;
+    if !RUNS.contains(&w) {
+        return Err(Refusal {
+            reason: FailReason::UnknownWorkload,
+            message: format!("workload {:?} is not run by this miner", w.as_str()),
+        });
+    }
+    let spec = plan(&job.workload, &job.params, &job.limits).map_err(refusal)?;
     check_caps(&job.limits, max)?;
     Ok(spec)
 }
@@ -394,8 +405,14 @@ mod tests {
 
         let unknown = admit(&job("bitcoin", json!({}), JobLimits::default()), &max());
         assert_eq!(unknown.unwrap_err().reason, FailReason::UnknownWorkload);
-        let sd = admit(&job("sd_infer", json!({}), JobLimits::default()), &max());
-        assert_eq!(sd.unwrap_err().reason, FailReason::UnknownWorkload);
+        let sd = admit(&job("sd_infer", json!({}), JobLimits::default()), &max()).unwrap_err();
+        assert_eq!(sd.reason, FailReason::UnknownWorkload);
+        assert_eq!(sd.message, "workload \"sd_infer\" is not run by this miner");
+        // Every workload this build runs has a typed spec in protocol.
+        for w in RUNS {
+            let j = job(w.as_str(), json!({}), JobLimits::default());
+            assert_eq!(admit(&j, &max()).map(|s| s.workload()), Ok(*w));
+        }
         let bad = admit(
             &job("torch_bench", json!({"n": "x"}), JobLimits::default()),
             &max(),

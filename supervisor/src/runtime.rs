@@ -374,7 +374,7 @@ pub(crate) fn capabilities(
         mode,
         gpu: GpuFlag(mode == Mode::Gpu),
         concurrency: Some(config.max_concurrency),
-        workloads: policy::WORKLOADS.iter().map(|w| (*w).to_owned()).collect(),
+        workloads: policy::RUNS.iter().map(|w| w.as_str().to_owned()).collect(),
         limits: policy::miner_limits(&config.job_limits_max, mode),
         cores: Some(host.cores),
         ram_mb: (host.ram_mb > 0).then_some(host.ram_mb),

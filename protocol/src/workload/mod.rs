@@ -1,9 +1,12 @@
 //! The closed set of workloads and the one pure check that turns a job's `(workload, params,
 //! limits)` into a typed [`WorkloadSpec`] or a precise refusal.
 //!
-//! The Coordinator runs it when a client submits (422 on refusal), the supervisor runs it before
-//! any worker process is touched (a refusal becomes a fail report), and the worker runs it again
-//! on what it receives. It must stay free of I/O and of anything host-specific.
+//! [`Workload`] is the one registry of names. Two questions are kept apart: "are these params
+//! valid?" ([`validate_submission`], protocol's rules only, asked by the Coordinator when a
+//! client submits: 422 on refusal) and "does this build run it?" (the miner's own capability
+//! list, `aitbc_supervisor::policy::RUNS`, never consulted here). The supervisor runs [`plan`]
+//! before any worker process is touched (a refusal becomes a fail report), and the worker gets
+//! the typed result. It must stay free of I/O and of anything host-specific.
 
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -164,8 +167,10 @@ impl WorkloadSpec {
 pub enum PlanError {
     #[error("unknown workload {0:?}; known workloads: torch_bench, sd_infer, llm_gen")]
     UnknownWorkload(String),
-    #[error("workload {0:?} is not implemented by this miner")]
-    Unsupported(&'static str),
+    /// A valid job of a workload that protocol has no typed spec for yet, so no worker can be
+    /// asked to run it. A fact about this protocol version, not about any one miner.
+    #[error("workload {:?} has no typed spec in this protocol version", .0.as_str())]
+    NoSpec(Workload),
     #[error("{field} = {value}: {reason}")]
     BadParams {
         field: String,
@@ -180,9 +185,7 @@ impl PlanError {
     /// The fail reason a miner reports for this refusal.
     pub fn fail_reason(&self) -> FailReason {
         match self {
-            PlanError::UnknownWorkload(_) | PlanError::Unsupported(_) => {
-                FailReason::UnknownWorkload
-            }
+            PlanError::UnknownWorkload(_) | PlanError::NoSpec(_) => FailReason::UnknownWorkload,
             PlanError::BadParams { .. } | PlanError::OverMemory { .. } => FailReason::BadParams,
         }
     }
@@ -216,45 +219,44 @@ pub fn check_limits(limits: &JobLimits) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// Checks a known workload's limits ([`check_limits`]) and parameters against the job's
-/// limits. Names that the API accepts but this build cannot run give
-/// [`PlanError::Unsupported`].
-pub fn plan(workload: &str, params: &Value, limits: &JobLimits) -> Result<WorkloadSpec, PlanError> {
-    let w = Workload::parse(workload).ok_or_else(|| PlanError::UnknownWorkload(workload.into()))?;
-    check_limits(limits)?;
-    match w {
-        Workload::TorchBench => {
-            let p = torch_bench_params(params)?;
-            let needed_mb = p.memory_mb();
-            if needed_mb > limits.ram_mb {
-                return Err(PlanError::OverMemory {
-                    needed_mb,
-                    limit_mb: limits.ram_mb,
-                });
-            }
-            Ok(WorkloadSpec::TorchBench(p))
-        }
-        other => Err(PlanError::Unsupported(other.as_str())),
-    }
-}
-
-/// Validates a submission's params for any known workload, without the miner-side
-/// "can this build run it" question. Used by the Coordinator.
+/// "Are these params valid?": protocol's rules for every known workload, and nothing else.
+/// The Coordinator asks it of every submission; it never depends on which workloads any miner
+/// runs, so implementing a workload in a miner cannot make it stricter. `torch_bench`'s rules
+/// are its typed params and memory; a workload without a typed spec yet needs a JSON object.
 pub fn validate_submission(
     workload: &str,
     params: &Value,
     limits: &JobLimits,
 ) -> Result<Workload, PlanError> {
-    match plan(workload, params, limits) {
-        Ok(spec) => Ok(spec.workload()),
-        Err(PlanError::Unsupported(name)) => {
-            if !params.is_object() {
-                return Err(bad("params", params, "must be a JSON object"));
-            }
-            Workload::parse(name).ok_or_else(|| PlanError::UnknownWorkload(name.into()))
-        }
-        Err(e) => Err(e),
+    let w = Workload::parse(workload).ok_or_else(|| PlanError::UnknownWorkload(workload.into()))?;
+    check_limits(limits)?;
+    match w {
+        Workload::TorchBench => torch_bench_spec(params, limits).map(|_| w),
+        Workload::SdInfer | Workload::LlmGen if params.is_object() => Ok(w),
+        Workload::SdInfer | Workload::LlmGen => Err(bad("params", params, "must be a JSON object")),
     }
+}
+
+/// A valid job ([`validate_submission`]) as the typed [`WorkloadSpec`] a worker runs, or
+/// [`PlanError::NoSpec`] for a workload protocol has no spec for. Whether this miner runs the
+/// workload is the miner's question, asked before this one.
+pub fn plan(workload: &str, params: &Value, limits: &JobLimits) -> Result<WorkloadSpec, PlanError> {
+    match validate_submission(workload, params, limits)? {
+        Workload::TorchBench => torch_bench_spec(params, limits),
+        other => Err(PlanError::NoSpec(other)),
+    }
+}
+
+fn torch_bench_spec(params: &Value, limits: &JobLimits) -> Result<WorkloadSpec, PlanError> {
+    let p = torch_bench_params(params)?;
+    let needed_mb = p.memory_mb();
+    if needed_mb > limits.ram_mb {
+        return Err(PlanError::OverMemory {
+            needed_mb,
+            limit_mb: limits.ram_mb,
+        });
+    }
+    Ok(WorkloadSpec::TorchBench(p))
 }
 
 fn bad(field: &str, value: &Value, reason: &str) -> PlanError {
@@ -442,12 +444,20 @@ mod tests {
         let e = plan("bitcoin", &json!({}), &limits(1024)).unwrap_err();
         assert_eq!(e.fail_reason(), FailReason::UnknownWorkload);
         let e = plan("sd_infer", &json!({}), &limits(1024)).unwrap_err();
-        assert_eq!(e, PlanError::Unsupported("sd_infer"));
+        assert_eq!(e, PlanError::NoSpec(Workload::SdInfer));
+        assert_eq!(e.fail_reason(), FailReason::UnknownWorkload);
         assert_eq!(
             validate_submission("sd_infer", &json!({"prompt": "a cat"}), &limits(1024)),
             Ok(Workload::SdInfer)
         );
         assert!(validate_submission("sd_infer", &json!(3), &limits(1024)).is_err());
         assert!(validate_submission("bitcoin", &json!({}), &limits(1024)).is_err());
+        // Every name in the registry is a valid submission with empty params.
+        for w in Workload::ALL {
+            assert_eq!(
+                validate_submission(w.as_str(), &json!({}), &limits(1024)),
+                Ok(w)
+            );
+        }
     }
 }
