@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod doctor;
+pub mod ending;
 mod error;
 pub mod gpu;
 pub mod local;

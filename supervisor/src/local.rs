@@ -13,9 +13,10 @@ use protocol::api::{JobLimits, Metrics};
 use protocol::wire::{JobSpec, WorkerKind};
 use protocol::workload::plan;
 
-use crate::policy::{self, failure_of};
+use crate::ending::Ending;
+use crate::policy;
 use crate::runtime::WORKER_START_TIMEOUT;
-use crate::worker_proc::{Ending, WorkerCommand, WorkerProcess};
+use crate::worker_proc::{WorkerCommand, WorkerProcess};
 use crate::Error;
 
 /// The outcome of one local job.
@@ -89,7 +90,7 @@ pub async fn run_local(
             handoff_to_answer: f.handoff_to_answer,
         }),
         _ => {
-            let (reason, message) = failure_of(&f, &limits);
+            let (reason, message) = f.failure(&limits);
             Err(Error::Job { reason, message })
         }
     }

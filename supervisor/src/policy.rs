@@ -13,8 +13,8 @@ use protocol::wire::{WorkerFailReason, WorkerFailure, WorkerKind, SECCOMP_REPORT
 use protocol::workload::{plan, validate_submission, Workload, WorkloadSpec};
 
 use crate::config::{AccelMode, MaxLimits};
+use crate::ending::{Ending, ExitStatus};
 use crate::gpu::GpuReport;
-use crate::worker_proc::{Ending, Finished};
 
 /// The workloads this build runs: the miner's capability, declared in the heartbeat and checked
 /// by [`admit`]. Names come from protocol's registry ([`Workload`]); which of them are valid is
@@ -139,34 +139,6 @@ pub fn detect_mode(requested: AccelMode, report: &GpuReport) -> (Mode, Option<St
     }
 }
 
-/// How a worker process ended, as `waitpid` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    Exited(i32),
-    Signaled(i32),
-}
-
-impl ExitStatus {
-    /// Decodes a raw `wait` status word.
-    pub fn from_raw(status: i32) -> ExitStatus {
-        if libc::WIFSIGNALED(status) {
-            ExitStatus::Signaled(libc::WTERMSIG(status))
-        } else {
-            ExitStatus::Exited(libc::WEXITSTATUS(status))
-        }
-    }
-
-    pub fn describe(self) -> String {
-        match self {
-            ExitStatus::Exited(code) => format!("exit code {code}"),
-            ExitStatus::Signaled(sig) => match nix::sys::signal::Signal::try_from(sig) {
-                Ok(s) => format!("signal {}", s.as_str()),
-                Err(_) => format!("signal {sig}"),
-            },
-        }
-    }
-}
-
 /// A worker that ended (or closed its socket) without answering, by how it ended and whether
 /// the kernel's OOM killer struck in its cgroup:
 /// - SIGSYS (the seccomp filter) and SIGXFSZ (past RLIMIT_FSIZE): `SANDBOX_VIOLATION`;
@@ -235,13 +207,13 @@ pub fn slots_to_request(free: usize, stopping: bool) -> Option<u32> {
 /// The reason and message of the fail report for a job attempt that did not end in `Done`:
 /// how it ended, how the process exited, whether the OOM killer struck in its cgroup, and its
 /// last words on stderr, against the job's `limits`.
-pub fn failure_of(finished: &Finished, limits: &JobLimits) -> (FailReason, String) {
-    let (ending, exit, stderr) = (
-        &finished.ending,
-        finished.exit,
-        finished.stderr_tail.as_str(),
-    );
-    let oom_killed = finished.cgroup.is_some_and(|s| s.oom_killed);
+pub fn failure_of(
+    ending: &Ending,
+    exit: Option<ExitStatus>,
+    oom_killed: bool,
+    stderr: &str,
+    limits: &JobLimits,
+) -> (FailReason, String) {
     let exit_text = exit
         .map(|s| s.describe())
         .unwrap_or_else(|| "status unknown".into());
@@ -503,20 +475,6 @@ mod tests {
         );
     }
 
-    fn finished(ending: Ending, exit: Option<ExitStatus>, oom: bool, stderr: &str) -> Finished {
-        Finished {
-            ending,
-            handoff_to_answer: Duration::ZERO,
-            exit,
-            usage: Default::default(),
-            cgroup: Some(crate::cgroup::CgroupStats {
-                oom_killed: oom,
-                ..Default::default()
-            }),
-            stderr_tail: stderr.to_owned(),
-        }
-    }
-
     #[test]
     fn endings_become_fail_reports() {
         let limits = JobLimits {
@@ -525,9 +483,8 @@ mod tests {
             cpu_time_s: 10,
             max_runtime_s: 1,
         };
-        let fail = |ending, exit, oom, stderr: &str| {
-            failure_of(&finished(ending, exit, oom, stderr), &limits)
-        };
+        let fail =
+            |ending, exit, oom, stderr: &str| failure_of(&ending, exit, oom, stderr, &limits);
         let killed = Some(ExitStatus::Signaled(libc::SIGKILL));
         let (r, m) = fail(Ending::Crashed, killed, false, "panicked at x");
         assert_eq!(r, FailReason::WorkerCrashed);

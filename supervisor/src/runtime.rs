@@ -44,14 +44,15 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::client::{CallError, Client, REQUEST_TIMEOUT};
+use crate::ending::Ending;
 use crate::gpu::nvml::Nvml;
 use crate::gpu::rapl::Rapl;
 use crate::gpu::{self, GpuReport, HealthLimits};
 use crate::notify::{self, Liveness};
-use crate::policy::{self, admit, failure_of};
+use crate::policy::{self, admit};
 use crate::spool::{Entry, Spool};
 use crate::status::{self, Status};
-use crate::worker_proc::{Ending, WorkerCommand, WorkerProcess};
+use crate::worker_proc::{WorkerCommand, WorkerProcess};
 use crate::{Config, Error, Event, Summary};
 
 /// How long a freshly started worker has to say Hello.
@@ -906,7 +907,7 @@ async fn run_job(
             enqueue(ctx, Entry::proof(proof)).await;
         }
         _ => {
-            let (reason, message) = failure_of(&finished, &job.limits);
+            let (reason, message) = finished.failure(&job.limits);
             report_failure(ctx, &job, reason, message).await;
         }
     }

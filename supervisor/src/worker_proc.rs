@@ -47,14 +47,13 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 use protocol::wire::{
-    self, FromWorker, Hello, JobOutput, JobSpec, ToWorker, WireError, WorkerFailure, WorkerKind,
-    HEADER_LEN, WIRE_VERSION,
+    self, FromWorker, Hello, JobSpec, ToWorker, WireError, WorkerKind, HEADER_LEN, WIRE_VERSION,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::cgroup::{CgroupStats, Limits, Subtree, WorkerCgroup};
-use crate::policy::ExitStatus;
+use crate::ending::{Ending, ExitStatus};
 use crate::Error;
 
 /// The fd number the worker finds its socket on.
@@ -178,24 +177,6 @@ pub struct Usage {
     pub peak_rss_mb: u64,
 }
 
-/// How a job attempt on a worker ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Ending {
-    Done(JobOutput),
-    Failed(WorkerFailure),
-    /// The worker ended or closed its socket without answering.
-    Crashed,
-    TimedOut,
-    /// The worker sent something it must not; it was killed.
-    Protocol(String),
-    /// The supervisor gave up on the job (shutdown after the drain grace); it was killed.
-    Cancelled,
-    /// The job's limits could not be applied to the worker; it was killed before the job.
-    Confinement(String),
-    /// A watch over the running job (the VRAM watch) stopped it, saying why; it was killed.
-    Stopped(String),
-}
-
 /// A finished attempt: the ending, the time from Run to answer, and how the process ended.
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -208,6 +189,27 @@ pub struct Finished {
     /// The cgroup's own accounting, when the worker had a cgroup (`oom_killed` among it).
     pub cgroup: Option<CgroupStats>,
     pub stderr_tail: String,
+}
+
+impl Finished {
+    /// Whether the kernel's OOM killer struck in the worker's cgroup.
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup.is_some_and(|s| s.oom_killed)
+    }
+
+    /// The fail report for an attempt that did not end in `Done` ([`crate::policy::failure_of`]).
+    pub fn failure(
+        &self,
+        limits: &protocol::api::JobLimits,
+    ) -> (protocol::api::FailReason, String) {
+        crate::policy::failure_of(
+            &self.ending,
+            self.exit,
+            self.oom_killed(),
+            &self.stderr_tail,
+            limits,
+        )
+    }
 }
 
 #[derive(Default)]
@@ -1115,7 +1117,7 @@ mod tests {
             Ending::Stopped("used 9 MiB of VRAM, limit 8 MiB".into())
         );
         assert!(!alive(pid));
-        let (reason, message) = crate::policy::failure_of(&fin, &Default::default());
+        let (reason, message) = fin.failure(&Default::default());
         assert_eq!(reason, protocol::api::FailReason::OutOfMemory);
         assert_eq!(message, "used 9 MiB of VRAM, limit 8 MiB");
     }
@@ -1323,7 +1325,7 @@ mod tests {
             ram_mb: 64,
             ..Default::default()
         };
-        let (reason, message) = crate::policy::failure_of(&fin, &limits);
+        let (reason, message) = fin.failure(&limits);
         assert_eq!(reason, protocol::api::FailReason::OutOfMemory, "{message}");
         assert!(message.contains("limits.ram_mb = 64 MiB"), "{message}");
         assert!(fin.usage.peak_rss_mb <= 65, "{:?}", fin.usage);

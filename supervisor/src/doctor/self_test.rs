@@ -27,7 +27,8 @@ use protocol::workload::TorchBenchParams;
 
 use super::{Line, Status};
 use crate::config::Config;
-use crate::worker_proc::{Ending, WorkerCommand, WorkerProcess};
+use crate::ending::Ending;
+use crate::worker_proc::{WorkerCommand, WorkerProcess};
 
 /// The self-test's known answer: `(n, iters, seed, output_sha, merkle_root)`.
 const KNOWN: (u32, u32, u64, &str, &str) = KNOWN_ANSWERS[3];
@@ -150,7 +151,7 @@ fn run(
                 start,
             },
             _ => {
-                let (reason, message) = crate::policy::failure_of(&finished, &limits);
+                let (reason, message) = finished.failure(&limits);
                 SelfTest::JobFailed {
                     sandbox,
                     message: format!("{}: {message}", reason.as_str()),
