@@ -30,14 +30,29 @@ pub mod ts {
     }
 }
 
-/// How a miner computes: on an NVIDIA GPU or on the CPU. The default (for
-/// `..Default::default()` in literals) is the CPU, the mode every host can run.
-#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Hash, Default)]
+/// Where work is computed: on the CPU or on an NVIDIA GPU. The one CPU/GPU type of the
+/// project: a miner's mode in the API (`"cpu"`, `"gpu"`), a worker's kind on the wire
+/// (bincode: Cpu 0, Gpu 1; the order of the variants is part of the wire format) and the
+/// worker's `--kind`. The default (for `..Default::default()` in literals) is the CPU, the mode
+/// every host can run.
+#[derive(
+    Serialize,
+    Deserialize,
+    bincode::Encode,
+    bincode::Decode,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Debug,
+    Hash,
+    Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    Gpu,
     #[default]
     Cpu,
+    Gpu,
 }
 
 impl Mode {

@@ -19,6 +19,7 @@ use std::io::{self, Read, Write};
 
 use bincode::{Decode, Encode};
 
+use crate::api::Mode;
 use crate::workload::WorkloadSpec;
 
 /// Bumped whenever a message changes shape. Both ends must agree exactly.
@@ -36,13 +37,6 @@ pub const SECCOMP_REPORT_PREFIX: &str = "aitbc-worker: seccomp: forbidden system
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME_LEN>()
-}
-
-/// What kind of device a worker computes on.
-#[derive(Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WorkerKind {
-    Cpu,
-    Gpu,
 }
 
 /// Supervisor -> worker.
@@ -87,7 +81,7 @@ pub enum FromWorker {
 pub struct Hello {
     pub version: u32,
     pub pid: u32,
-    pub kind: WorkerKind,
+    pub kind: Mode,
     /// One human-readable line naming the confinement the worker actually applied to itself,
     /// in set-up order, e.g. `userns+netns; rlimits; no_new_privs; caps=0; landlock abi 7;
     /// seccomp cpu`. Informational: the supervisor logs it; it is not a proof of anything.
@@ -107,7 +101,7 @@ pub struct JobOutput {
     /// time of the products and rescales, from two CUDA events with timing on (the inputs, the
     /// copy back and the hash are not in it).
     pub compute_us: u64,
-    pub kind: WorkerKind,
+    pub kind: Mode,
 }
 
 /// Why the worker could not finish the job it was given.
@@ -283,7 +277,7 @@ mod tests {
             FromWorker::Hello(Hello {
                 version: WIRE_VERSION,
                 pid: 42,
-                kind: WorkerKind::Cpu,
+                kind: Mode::Cpu,
                 sandbox: "userns+netns; rlimits; no_new_privs; caps=0; landlock abi 7".into(),
             }),
             FromWorker::Failed(WorkerFailure {
@@ -294,6 +288,15 @@ mod tests {
         for m in msgs {
             let frame = encode(&m).unwrap();
             assert_eq!(decode::<FromWorker>(&frame).unwrap().unwrap().0, m);
+        }
+    }
+
+    #[test]
+    fn a_workers_kind_keeps_its_wire_index() {
+        // Mode replaced the wire's own Mode; its bincode layout is the same.
+        for (mode, index) in [(Mode::Cpu, 0u8), (Mode::Gpu, 1)] {
+            let bytes = bincode::encode_to_vec(mode, config()).unwrap();
+            assert_eq!(bytes, [index]);
         }
     }
 

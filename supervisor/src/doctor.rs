@@ -37,7 +37,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use protocol::api::Mode;
-use protocol::wire::WorkerKind;
 
 use crate::config::{self, Config, SandboxFs};
 use crate::privilege::{self, Credentials, Need};
@@ -801,10 +800,10 @@ pub fn checks(facts: &Facts) -> Vec<Line> {
     lines.extend(check_cgroup(&facts.cgroup, &facts.identity));
     lines.extend(gpu::check(&facts.gpu));
     if let Some(result) = &facts.self_test {
-        lines.push(self_test::check(result, WorkerKind::Cpu));
+        lines.push(self_test::check(result, Mode::Cpu));
     }
     if let Some(result) = &facts.gpu_self_test {
-        lines.push(self_test::check(result, WorkerKind::Gpu));
+        lines.push(self_test::check(result, Mode::Gpu));
     }
     lines
 }
@@ -1198,12 +1197,12 @@ pub fn gather(options: &Options) -> Facts {
         Ok(_) => SelfTest::Skipped("the run-as user does not exist".into()),
         Err(e) => SelfTest::Skipped(format!("no usable config: {e}")),
     };
-    let self_test = options.self_test.then(|| self_test_of(WorkerKind::Cpu));
+    let self_test = options.self_test.then(|| self_test_of(Mode::Cpu));
     let gpu_self_test = options.self_test.then(|| {
         if config.is_ok() && gpu.mode() != Mode::Gpu {
             SelfTest::Skipped("no usable GPU here (see the gpu lines); jobs run on the CPU".into())
         } else {
-            self_test_of(WorkerKind::Gpu)
+            self_test_of(Mode::Gpu)
         }
     });
     Facts {

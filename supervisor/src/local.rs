@@ -9,8 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use protocol::api::Mode;
 use protocol::api::{JobLimits, Metrics};
-use protocol::wire::{JobSpec, WorkerKind};
+use protocol::wire::JobSpec;
 use protocol::workload::plan;
 
 use crate::ending::Ending;
@@ -45,15 +46,15 @@ pub async fn run_local(
         message: e.to_string(),
     })?;
     let vram_mb = match worker.kind {
-        WorkerKind::Gpu => policy::check_vram(&spec, &limits).map_err(|r| Error::Job {
+        Mode::Gpu => policy::check_vram(&spec, &limits).map_err(|r| Error::Job {
             reason: r.reason,
             message: r.message,
         })?,
-        WorkerKind::Cpu => 0,
+        Mode::Cpu => 0,
     };
     let nvml = match worker.kind {
-        WorkerKind::Gpu => crate::gpu::nvml::Nvml::get().ok(),
-        WorkerKind::Cpu => None,
+        Mode::Gpu => crate::gpu::nvml::Nvml::get().ok(),
+        Mode::Cpu => None,
     };
     let rapl = crate::gpu::rapl::Rapl::open(std::path::Path::new(crate::gpu::rapl::POWERCAP));
     let t0 = Instant::now();

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use protocol::api::{FailReason, Job, JobLimits, MinerLimits, Mode};
-use protocol::wire::{WorkerFailReason, WorkerFailure, WorkerKind, SECCOMP_REPORT_PREFIX};
+use protocol::wire::{WorkerFailReason, WorkerFailure, SECCOMP_REPORT_PREFIX};
 use protocol::workload::{plan, validate_submission, Workload, WorkloadSpec};
 
 use crate::config::{AccelMode, MaxLimits};
@@ -82,10 +82,10 @@ pub fn check_caps(limits: &JobLimits, max: &MaxLimits) -> Result<(), Refusal> {
 /// device memory (`limits.vram_mb > 0`) runs on the GPU; one that asks for none runs on the
 /// CPU (the same result, computed where the job's limits say). A CPU miner runs everything on
 /// the CPU.
-pub fn job_kind(mode: Mode, limits: &JobLimits) -> WorkerKind {
+pub fn job_kind(mode: Mode, limits: &JobLimits) -> Mode {
     match mode {
-        Mode::Gpu if limits.vram_mb > 0 => WorkerKind::Gpu,
-        _ => WorkerKind::Cpu,
+        Mode::Gpu if limits.vram_mb > 0 => Mode::Gpu,
+        _ => Mode::Cpu,
     }
 }
 
@@ -653,9 +653,9 @@ mod tests {
             vram_mb,
             ..JobLimits::default()
         };
-        assert_eq!(job_kind(Mode::Cpu, &l(4096)), WorkerKind::Cpu);
-        assert_eq!(job_kind(Mode::Gpu, &l(0)), WorkerKind::Cpu);
-        assert_eq!(job_kind(Mode::Gpu, &l(1)), WorkerKind::Gpu);
+        assert_eq!(job_kind(Mode::Cpu, &l(4096)), Mode::Cpu);
+        assert_eq!(job_kind(Mode::Gpu, &l(0)), Mode::Cpu);
+        assert_eq!(job_kind(Mode::Gpu, &l(1)), Mode::Gpu);
         let j = job("torch_bench", json!({"n": 1024, "iters": 2}), l(0));
         let mut big = max();
         big.vram_mb = 1 << 20;

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use protocol::api::{
     ts, EnergySource, FailReport, GpuFlag, GpuHealth, Job, Metrics, MinerCapabilities, Mode, Proof,
 };
-use protocol::wire::{JobSpec, WorkerKind};
+use protocol::wire::JobSpec;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, warn};
 
@@ -114,15 +114,15 @@ impl Ctx {
     }
 
     /// The kind of worker `slot` runs: GPU in GPU mode unless it fell back to the CPU.
-    fn slot_kind(&self, slot: usize) -> WorkerKind {
+    fn slot_kind(&self, slot: usize) -> Mode {
         let fell_back = self
             .cpu_fallback
             .get(slot)
             .is_some_and(|f| f.load(Ordering::Relaxed));
         if self.mode == Mode::Gpu && !fell_back {
-            WorkerKind::Gpu
+            Mode::Gpu
         } else {
-            WorkerKind::Cpu
+            Mode::Cpu
         }
     }
 }
@@ -648,7 +648,7 @@ async fn dispatcher_task(
 /// Starts a worker of `kind` for `slot`. A GPU worker whose set-up fails (exit 3: no CUDA
 /// driver, no device) turns the slot into a CPU slot, with one warning for the whole miner,
 /// and a CPU worker is started instead.
-async fn start_worker(ctx: &Ctx, slot: usize, kind: WorkerKind) -> Result<WorkerProcess, Error> {
+async fn start_worker(ctx: &Ctx, slot: usize, kind: Mode) -> Result<WorkerProcess, Error> {
     let r = WorkerProcess::start(&ctx.worker.with_kind(kind), WORKER_START_TIMEOUT).await;
     match r {
         Ok(w) => {
@@ -659,7 +659,7 @@ async fn start_worker(ctx: &Ctx, slot: usize, kind: WorkerKind) -> Result<Worker
             exit_code: Some(3),
             message,
             ..
-        }) if kind == WorkerKind::Gpu => {
+        }) if kind == Mode::Gpu => {
             if let Some(f) = ctx.cpu_fallback.get(slot) {
                 f.store(true, Ordering::Relaxed);
             }
@@ -669,7 +669,7 @@ async fn start_worker(ctx: &Ctx, slot: usize, kind: WorkerKind) -> Result<Worker
                     "a GPU worker could not set up ({message}); falling back to CPU workers"
                 );
             }
-            Box::pin(start_worker(ctx, slot, WorkerKind::Cpu)).await
+            Box::pin(start_worker(ctx, slot, Mode::Cpu)).await
         }
         Err(e) => {
             error!(slot, "cannot start a worker: {e}");
@@ -683,7 +683,7 @@ async fn start_worker(ctx: &Ctx, slot: usize, kind: WorkerKind) -> Result<Worker
 type NextWorker = tokio::task::JoinHandle<Result<WorkerProcess, Error>>;
 
 /// Starts the slot's next worker, of the kind the slot runs, in the background.
-fn prestart(ctx: &Arc<Ctx>, slot: usize) -> (WorkerKind, NextWorker) {
+fn prestart(ctx: &Arc<Ctx>, slot: usize) -> (Mode, NextWorker) {
     let kind = ctx.slot_kind(slot);
     let ctx = ctx.clone();
     // If the handle is dropped unused, the task still finishes and its WorkerProcess is
@@ -733,8 +733,8 @@ async fn slot_task(
 async fn take_worker(
     ctx: &Ctx,
     slot: usize,
-    ready: &mut Option<(WorkerKind, NextWorker)>,
-    kind: WorkerKind,
+    ready: &mut Option<(Mode, NextWorker)>,
+    kind: Mode,
 ) -> Result<WorkerProcess, Error> {
     let handle = match ready.take() {
         Some((k, h)) if k == kind => h,
@@ -748,8 +748,8 @@ async fn take_worker(
         message: e.to_string(),
     });
     // After a fall-back the slot is a CPU slot: ask for what it runs now.
-    let kind = if ctx.slot_kind(slot) == WorkerKind::Cpu {
-        WorkerKind::Cpu
+    let kind = if ctx.slot_kind(slot) == Mode::Cpu {
+        Mode::Cpu
     } else {
         kind
     };
@@ -773,7 +773,7 @@ async fn run_job(
     ctx: &Ctx,
     slot: usize,
     job: Job,
-    ready: &mut Option<(WorkerKind, NextWorker)>,
+    ready: &mut Option<(Mode, NextWorker)>,
     kill: &watch::Receiver<bool>,
 ) {
     let started_at = ts::now();
@@ -800,15 +800,15 @@ async fn run_job(
         Err(refusal) => return refuse(refusal).await,
     };
     let kind = match (policy::job_kind(ctx.mode, &job.limits), ctx.slot_kind(slot)) {
-        (WorkerKind::Gpu, WorkerKind::Gpu) => WorkerKind::Gpu,
-        _ => WorkerKind::Cpu,
+        (Mode::Gpu, Mode::Gpu) => Mode::Gpu,
+        _ => Mode::Cpu,
     };
     let vram_mb = match kind {
-        WorkerKind::Gpu => match policy::check_vram(&spec, &job.limits) {
+        Mode::Gpu => match policy::check_vram(&spec, &job.limits) {
             Ok(v) => v,
             Err(r) => return refuse(r).await,
         },
-        WorkerKind::Cpu => 0,
+        Mode::Cpu => 0,
     };
     ctx.refused_in_row.store(0, Ordering::Relaxed);
     let worker = take_worker(ctx, slot, ready, kind).await;
@@ -821,14 +821,7 @@ async fn run_job(
     };
     // The worker that came may be a CPU one after a fall-back.
     let kind = worker.hello().kind;
-    ctx.status.slot_busy(
-        slot,
-        if kind == WorkerKind::Gpu {
-            Mode::Gpu
-        } else {
-            Mode::Cpu
-        },
-    );
+    ctx.status.slot_busy(slot, kind);
     info!(job = %job.id, workload = %job.workload, slot, attempt = job.attempt, worker_pid = worker.pid(), kind = ?kind, "job started");
     if let Err(e) = worker.limit_cpu(job.limits.cpu_time_s) {
         // A root supervisor without CAP_SYS_RESOURCE cannot set it on a worker that switched
@@ -844,14 +837,14 @@ async fn run_job(
         cpu_time_s: job.limits.cpu_time_s,
         // Filled in by `WorkerProcess::run`, which knows the worker's kind.
         address_space_bytes: None,
-        vram_mb: if kind == WorkerKind::Gpu { vram_mb } else { 0 },
+        vram_mb: if kind == Mode::Gpu { vram_mb } else { 0 },
     };
     let pid = u32::try_from(worker.pid()).unwrap_or(0);
     let meter = EnergyMeter::start(kind, ctx.nvml, ctx.rapl.as_ref()).await;
     // The worker's own job directory (created with it, removed when it is reaped) is the
     // job's scratch space.
     let finished = match (kind, ctx.nvml) {
-        (WorkerKind::Gpu, Some(nvml)) => {
+        (Mode::Gpu, Some(nvml)) => {
             // What the worker holds before the job (its CUDA context) is not the job's.
             let baseline = tokio::task::spawn_blocking(move || nvml.process_vram_bytes(pid))
                 .await
@@ -875,11 +868,7 @@ async fn run_job(
                 id: job.id.clone(),
                 miner_id: Some(ctx.config.miner_id.clone()),
                 attempt: Some(job.attempt),
-                mode: if out.kind == WorkerKind::Gpu {
-                    Mode::Gpu
-                } else {
-                    Mode::Cpu
-                },
+                mode: out.kind,
                 output_sha: hex(&out.output_sha),
                 merkle_root: Some(hex(&out.merkle_root)),
                 output_len: Some(out.output_len),
@@ -947,19 +936,15 @@ pub(crate) enum EnergyMeter {
 
 impl EnergyMeter {
     /// NVML's counter for a GPU job, RAPL's for a CPU job, when readable.
-    pub(crate) async fn start(
-        kind: WorkerKind,
-        nvml: Option<Nvml>,
-        rapl: Option<&Rapl>,
-    ) -> EnergyMeter {
+    pub(crate) async fn start(kind: Mode, nvml: Option<Nvml>, rapl: Option<&Rapl>) -> EnergyMeter {
         match (kind, nvml, rapl) {
-            (WorkerKind::Gpu, Some(nvml), _) => {
+            (Mode::Gpu, Some(nvml), _) => {
                 match tokio::task::spawn_blocking(move || nvml.energy_mj()).await {
                     Ok(Ok(mj)) => EnergyMeter::Nvml(nvml, mj),
                     _ => EnergyMeter::Unavailable,
                 }
             }
-            (WorkerKind::Cpu, _, Some(rapl)) => match rapl.sample() {
+            (Mode::Cpu, _, Some(rapl)) => match rapl.sample() {
                 Some(s) => EnergyMeter::Rapl(rapl.clone(), s),
                 None => EnergyMeter::Unavailable,
             },

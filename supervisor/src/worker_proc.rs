@@ -46,8 +46,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
+use protocol::api::Mode;
 use protocol::wire::{
-    self, FromWorker, Hello, JobSpec, ToWorker, WireError, WorkerKind, HEADER_LEN, WIRE_VERSION,
+    self, FromWorker, Hello, JobSpec, ToWorker, WireError, HEADER_LEN, WIRE_VERSION,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -90,7 +91,7 @@ pub struct WorkerCommand {
     /// Ignored when it does not (a non-root supervisor's workers already run as its user).
     pub run_as: Option<(u32, u32)>,
     /// Which kind of worker to start (default CPU).
-    pub kind: WorkerKind,
+    pub kind: Mode,
 }
 
 impl WorkerCommand {
@@ -108,12 +109,12 @@ impl WorkerCommand {
             work_dir: PathBuf::from(DEFAULT_WORK_DIR),
             subtree: None,
             run_as: None,
-            kind: WorkerKind::Cpu,
+            kind: Mode::Cpu,
         }
     }
 
     /// The same command for a worker of `kind`.
-    pub fn with_kind(&self, kind: WorkerKind) -> WorkerCommand {
+    pub fn with_kind(&self, kind: Mode) -> WorkerCommand {
         WorkerCommand {
             kind,
             ..self.clone()
@@ -346,7 +347,7 @@ impl WorkerProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
-        if cmd.kind == WorkerKind::Gpu {
+        if cmd.kind == Mode::Gpu {
             command
                 .args(["--kind", "gpu"])
                 .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
@@ -416,7 +417,7 @@ impl WorkerProcess {
             hello: Hello {
                 version: 0,
                 pid: 0,
-                kind: WorkerKind::Cpu,
+                kind: Mode::Cpu,
                 sandbox: String::new(),
             },
             sock: match std_sock
@@ -524,7 +525,7 @@ impl WorkerProcess {
             cg.set_limits(&Limits::for_job(spec.ram_mb, spec.threads))
                 .map_err(|e| e.to_string())?;
         }
-        if self.hello.kind == WorkerKind::Cpu {
+        if self.hello.kind == Mode::Cpu {
             // Saturated to u64::MAX, which is RLIM_INFINITY.
             let bytes = address_space_limit(spec.ram_mb, spec.threads);
             spec.address_space_bytes = Some(bytes);
@@ -878,7 +879,7 @@ mod tests {
             let hello = wire::encode(&FromWorker::Hello(Hello {
                 version,
                 pid: 1,
-                kind: WorkerKind::Cpu,
+                kind: Mode::Cpu,
                 sandbox: "fake".into(),
             }))
             .unwrap();
@@ -1126,7 +1127,7 @@ mod tests {
     async fn a_gpu_worker_gets_its_kind_and_device_order_and_a_setup_failure_keeps_its_code() {
         let (_f, cmd) =
             Fake::new(r#"head -c 4 <&3 >/dev/null; echo "args: $* order: $CUDA_DEVICE_ORDER" >&2"#);
-        let (fin, _) = run(&cmd.with_kind(WorkerKind::Gpu), Duration::from_secs(10)).await;
+        let (fin, _) = run(&cmd.with_kind(Mode::Gpu), Duration::from_secs(10)).await;
         let line = fin
             .stderr_tail
             .lines()

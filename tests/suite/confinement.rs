@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use aitbc_protocol::api::Mode;
 use aitbc_protocol::wire::{
-    read_frame, write_frame, FromWorker, Hello, JobSpec, ToWorker, WorkerKind, WIRE_VERSION,
+    read_frame, write_frame, FromWorker, Hello, JobSpec, ToWorker, WIRE_VERSION,
 };
 use aitbc_protocol::workload::{TorchBenchParams, WorkloadSpec};
 
@@ -125,7 +126,7 @@ fn start(args: &[&str], run_as: Option<(u32, u32)>) -> Worker {
                 child.id(),
                 "no pid namespace: the pid is the host's"
             );
-            assert_eq!(hello.kind, WorkerKind::Cpu);
+            assert_eq!(hello.kind, Mode::Cpu);
             Worker { child, sock, hello }
         }
         other => {
@@ -559,7 +560,7 @@ fn a_gpu_worker_with_a_driver_says_hello_and_computes(args: &[&str]) {
             );
         }
     };
-    assert_eq!(hello.kind, WorkerKind::Gpu);
+    assert_eq!(hello.kind, Mode::Gpu);
     assert!(hello.sandbox.contains("cuda gpu0 "), "{}", hello.sandbox);
     assert!(hello.sandbox.ends_with("seccomp gpu"), "{}", hello.sandbox);
     let p = TorchBenchParams {
@@ -585,6 +586,6 @@ fn a_gpu_worker_with_a_driver_says_hello_and_computes(args: &[&str]) {
     };
     assert_eq!(
         (out.output_len, out.flops, out.kind),
-        (p.output_len(), p.flops(), WorkerKind::Gpu)
+        (p.output_len(), p.flops(), Mode::Gpu)
     );
 }

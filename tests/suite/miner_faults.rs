@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aitbc_coordinator::{Coordinator, CoordinatorConfig, Scope};
 use aitbc_protocol::api::{FailReason, JobState};
-use aitbc_protocol::wire::{encode, FromWorker, Hello, WorkerKind, WIRE_VERSION};
+use aitbc_protocol::wire::{encode, FromWorker, Hello, WIRE_VERSION};
 use aitbc_supervisor::{Event, WorkerCommand};
 use serde_json::json;
 
@@ -351,7 +351,7 @@ fn lying_worker(dir: &Path) -> WorkerCommand {
     let hello = encode(&FromWorker::Hello(Hello {
         version: WIRE_VERSION,
         pid: 1,
-        kind: WorkerKind::Cpu,
+        kind: aitbc_protocol::api::Mode::Cpu,
         sandbox: "none (a fake worker)".into(),
     }))
     .unwrap();

@@ -12,6 +12,8 @@
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
+use aitbc_protocol::api::Mode;
+
 use crate::WorkerError;
 
 /// Default RLIMIT_FSIZE in MiB when `--file-size-mb` is not given (the config's default
@@ -32,13 +34,6 @@ pub enum FsMode {
     Mount,
 }
 
-/// Which kind of worker this process is (selects the seccomp profile and Landlock paths).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Cpu,
-    Gpu,
-}
-
 /// A parsed worker command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerArgs {
@@ -47,7 +42,8 @@ pub struct WorkerArgs {
     pub fs: FsMode,
     /// RLIMIT_FSIZE, in MiB.
     pub file_size_mb: u64,
-    pub kind: Kind,
+    /// Which kind of worker this process is (selects the seccomp profile and Landlock paths).
+    pub kind: Mode,
 }
 
 /// Parses the worker's whole argv: the program name, the word `worker`, then the flags.
@@ -67,7 +63,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<WorkerArgs
     let mut job_dir: Option<PathBuf> = None;
     let mut fs: Option<FsMode> = None;
     let mut file_size_mb: Option<u64> = None;
-    let mut kind: Option<Kind> = None;
+    let mut kind: Option<Mode> = None;
     while let Some(arg) = it.next() {
         let Some(text) = arg.to_str() else {
             return Err(usage(
@@ -137,8 +133,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<WorkerArgs
                     return Err(twice(&flag));
                 }
                 kind = Some(match value.to_str() {
-                    Some("cpu") => Kind::Cpu,
-                    Some("gpu") => Kind::Gpu,
+                    Some("cpu") => Mode::Cpu,
+                    Some("gpu") => Mode::Gpu,
                     _ => return Err(usage(&flag, &value, "expected cpu or gpu")),
                 });
             }
@@ -155,7 +151,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<WorkerArgs
         job_dir,
         fs: fs.unwrap_or(FsMode::Auto),
         file_size_mb: file_size_mb.unwrap_or(DEFAULT_FILE_SIZE_MB),
-        kind: kind.unwrap_or(Kind::Cpu),
+        kind: kind.unwrap_or(Mode::Cpu),
     })
 }
 
@@ -212,7 +208,7 @@ mod tests {
                 job_dir: "/var/lib/aitbc/jobs/w1".into(),
                 fs: FsMode::Auto,
                 file_size_mb: DEFAULT_FILE_SIZE_MB,
-                kind: Kind::Cpu,
+                kind: Mode::Cpu,
             }
         );
         assert_eq!(
@@ -229,7 +225,7 @@ mod tests {
                 job_dir: "/j".into(),
                 fs: FsMode::Mount,
                 file_size_mb: 16,
-                kind: Kind::Gpu,
+                kind: Mode::Gpu,
             }
         );
         assert_eq!(

@@ -29,7 +29,8 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aitbc_protocol::wire::{JobSpec, WorkerKind};
+use aitbc_protocol::api::Mode;
+use aitbc_protocol::wire::JobSpec;
 use aitbc_protocol::workload::WorkloadSpec;
 use sha2::{Digest, Sha256};
 
@@ -305,7 +306,7 @@ fn escaped(what: String, t0: Instant) -> Result<ChainRun, WorkerError> {
         flops: 0,
         elapsed: t0.elapsed(),
         device_time: None,
-        kind: WorkerKind::Cpu,
+        kind: Mode::Cpu,
     })
 }
 

@@ -16,9 +16,10 @@ use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
 
+use aitbc_protocol::api::Mode;
 use aitbc_protocol::wire::{
     read_frame, write_frame, FromWorker, Hello, JobOutput, JobSpec, ToWorker, WorkerFailure,
-    WorkerKind, WIRE_VERSION,
+    WIRE_VERSION,
 };
 use aitbc_protocol::workload::{TorchBenchParams, WorkloadSpec};
 
@@ -173,15 +174,12 @@ fn converse(
 /// `memory_mb()`; on a GPU worker `vram_mb` against `TorchBenchParams::vram_mb()` (the
 /// matrices live on the device; the host holds the CUDA context and two 1 MiB staging
 /// buffers, which the supervisor's cgroup bounds). Returns what to run.
-pub fn check_job(
-    job: &JobSpec,
-    kind: WorkerKind,
-) -> Result<(Backend, TorchBenchParams), WorkerError> {
+pub fn check_job(job: &JobSpec, kind: Mode) -> Result<(Backend, TorchBenchParams), WorkerError> {
     let WorkloadSpec::TorchBench(p) = job.spec;
     check_params(&p)?;
     let threads = check_threads(job.threads)?;
     match kind {
-        WorkerKind::Cpu => {
+        Mode::Cpu => {
             let needed = job.spec.memory_mb();
             if needed > job.ram_mb {
                 return Err(WorkerError::BadParams {
@@ -192,7 +190,7 @@ pub fn check_job(
             }
             Ok((Backend::Cpu { threads }, p))
         }
-        WorkerKind::Gpu => {
+        Mode::Gpu => {
             let needed = p.vram_mb();
             if needed > job.vram_mb {
                 return Err(WorkerError::BadParams {
@@ -255,7 +253,7 @@ mod tests {
     use std::os::unix::net::UnixDatagram;
     use std::thread;
 
-    use aitbc_protocol::wire::{WireError, WorkerFailReason, WorkerKind};
+    use aitbc_protocol::wire::{WireError, WorkerFailReason};
 
     use super::*;
     use crate::torch_bench::run_cpu;
@@ -280,7 +278,7 @@ mod tests {
             FromWorker::Hello(h) => {
                 assert_eq!(h.version, WIRE_VERSION);
                 assert_eq!(h.pid, std::process::id());
-                assert_eq!(h.kind, WorkerKind::Cpu);
+                assert_eq!(h.kind, Mode::Cpu);
                 assert_eq!(h.sandbox, "unconfined (unit test)");
             }
             other => panic!("expected Hello, got {other:?}"),
@@ -320,7 +318,7 @@ mod tests {
         assert_eq!(out.merkle_root, want.merkle_root);
         assert_eq!(out.output_len, 48 * 48);
         assert_eq!(out.flops, 2 * 48u64.pow(3) * 5);
-        assert_eq!(out.kind, WorkerKind::Cpu);
+        assert_eq!(out.kind, Mode::Cpu);
         assert!(out.compute_us > 0);
     }
 
@@ -351,7 +349,7 @@ mod tests {
         };
         // n = 1024 needs 6 x 1 MiB (A, B, the i32 product), 16 bytes of state and cuBLAS's
         // 32 MiB: 39 MiB rounded up.
-        let (backend, p) = check_job(&gpu_job(1024, 39), WorkerKind::Gpu).unwrap();
+        let (backend, p) = check_job(&gpu_job(1024, 39), Mode::Gpu).unwrap();
         assert_eq!(
             backend,
             Backend::Gpu {
@@ -359,24 +357,24 @@ mod tests {
             }
         );
         assert_eq!(p.n, 1024);
-        assert_eq!(backend.kind(), WorkerKind::Gpu);
-        let e = check_job(&gpu_job(1024, 38), WorkerKind::Gpu).unwrap_err();
+        assert_eq!(backend.kind(), Mode::Gpu);
+        let e = check_job(&gpu_job(1024, 38), Mode::Gpu).unwrap_err();
         assert_eq!(e.fail_reason(), WorkerFailReason::BadParams);
         assert_eq!(
             e.to_string(),
             "vram_mb = 38: the job needs 39 MiB of GPU memory (n = 1024)"
         );
-        let e = check_job(&gpu_job(8, 0), WorkerKind::Gpu).unwrap_err();
+        let e = check_job(&gpu_job(8, 0), Mode::Gpu).unwrap_err();
         assert!(e.to_string().starts_with("vram_mb = 0: "), "{e}");
         // ram_mb is the CPU's cap: a GPU job is not refused for it, a CPU job is.
         // (n = 8192: 480 MiB of host memory, 417 MiB of GPU memory.)
-        assert!(check_job(&gpu_job(8192, 479), WorkerKind::Gpu).is_ok());
-        assert!(check_job(&gpu_job(8192, 479), WorkerKind::Cpu).is_err());
+        assert!(check_job(&gpu_job(8192, 479), Mode::Gpu).is_ok());
+        assert!(check_job(&gpu_job(8192, 479), Mode::Cpu).is_err());
         // Parameters and threads are checked on both kinds, before the cap.
-        let e = check_job(&job(0, 1, 1, 64), WorkerKind::Gpu).unwrap_err();
+        let e = check_job(&job(0, 1, 1, 64), Mode::Gpu).unwrap_err();
         assert!(e.to_string().starts_with("params.n = 0"), "{e}");
         // A huge cap saturates instead of wrapping.
-        let (backend, _) = check_job(&gpu_job(8, u64::MAX), WorkerKind::Gpu).unwrap();
+        let (backend, _) = check_job(&gpu_job(8, u64::MAX), Mode::Gpu).unwrap();
         assert_eq!(
             backend,
             Backend::Gpu {
@@ -409,16 +407,16 @@ mod tests {
             flops: 2,
             elapsed: std::time::Duration::from_millis(30),
             device_time: Some(std::time::Duration::from_micros(1234)),
-            kind: WorkerKind::Gpu,
+            kind: Mode::Gpu,
         };
         let FromWorker::Done(out) = answer(Ok(run.clone())) else {
             panic!("expected Done");
         };
-        assert_eq!((out.compute_us, out.kind), (1234, WorkerKind::Gpu));
+        assert_eq!((out.compute_us, out.kind), (1234, Mode::Gpu));
         assert_eq!((out.output_sha, out.merkle_root), ([7; 32], [8; 32]));
         let cpu = ChainRun {
             device_time: None,
-            kind: WorkerKind::Cpu,
+            kind: Mode::Cpu,
             ..run
         };
         let FromWorker::Done(out) = answer(Ok(cpu)) else {
@@ -538,7 +536,7 @@ mod tests {
                 && (1..=TorchBenchParams::MAX_ITERS).contains(&iters)
                 && (1..=crate::torch_bench::MAX_THREADS).contains(&threads)
                 && j.spec.memory_mb() <= ram_mb;
-            match check_job(&j, WorkerKind::Cpu) {
+            match check_job(&j, Mode::Cpu) {
                 Ok((backend, p)) => {
                     proptest::prop_assert!(sane);
                     proptest::prop_assert_eq!(backend, Backend::Cpu { threads: threads as usize });

@@ -50,9 +50,9 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
         vram_mb,
     };
     let kind = if args.gpu {
-        aitbc_protocol::wire::WorkerKind::Gpu
+        aitbc_protocol::api::Mode::Gpu
     } else {
-        aitbc_protocol::wire::WorkerKind::Cpu
+        aitbc_protocol::api::Mode::Cpu
     };
     let worker = aitbc_supervisor::WorkerCommand::current_exe()?.with_kind(kind);
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -21,7 +21,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use protocol::api::JobLimits;
-use protocol::wire::{JobSpec, WorkerKind};
+use protocol::api::Mode;
+use protocol::wire::JobSpec;
 use protocol::workload::torch_bench::KNOWN_ANSWERS;
 use protocol::workload::TorchBenchParams;
 
@@ -72,7 +73,7 @@ pub enum SelfTest {
 /// Blocks; builds its own single-threaded runtime.
 pub fn probe(
     config: &Config,
-    kind: WorkerKind,
+    kind: Mode,
     start_timeout: Duration,
     job_timeout: Duration,
 ) -> SelfTest {
@@ -84,7 +85,7 @@ pub fn probe(
 
 fn run(
     config: &Config,
-    kind: WorkerKind,
+    kind: Mode,
     start_timeout: Duration,
     job_timeout: Duration,
 ) -> Result<SelfTest, String> {
@@ -115,7 +116,7 @@ fn run(
     };
     let spec = protocol::workload::plan("torch_bench", &params, &limits)
         .map_err(|e| format!("the self-test job does not plan (a bug): {e}"))?;
-    if kind == WorkerKind::Gpu {
+    if kind == Mode::Gpu {
         limits.vram_mb = spec.vram_mb();
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -188,10 +189,10 @@ impl Drop for TempDir {
 }
 
 /// The self-test line for a worker of `kind`.
-pub fn check(result: &SelfTest, kind: WorkerKind) -> Line {
+pub fn check(result: &SelfTest, kind: Mode) -> Line {
     let (name, what) = match kind {
-        WorkerKind::Cpu => ("self-test", "CPU"),
-        WorkerKind::Gpu => ("self-test gpu", "GPU"),
+        Mode::Cpu => ("self-test", "CPU"),
+        Mode::Gpu => ("self-test gpu", "GPU"),
     };
     let job = format!(
         "torch_bench n={} iters={} seed={}",
@@ -201,8 +202,8 @@ pub fn check(result: &SelfTest, kind: WorkerKind) -> Line {
     match result {
         SelfTest::Skipped(why) => Line::new(Status::Skip, name, format!("not run: {why}")).fix(
             match kind {
-                WorkerKind::Cpu => "fix the FAIL lines above, then run doctor again",
-                WorkerKind::Gpu => "make the gpu and libcuda lines above ok, then run doctor again",
+                Mode::Cpu => "fix the FAIL lines above, then run doctor again",
+                Mode::Gpu => "make the gpu and libcuda lines above ok, then run doctor again",
             },
         ),
         SelfTest::Ran {
@@ -235,8 +236,8 @@ pub fn check(result: &SelfTest, kind: WorkerKind) -> Line {
             ),
         )
         .fix(match kind {
-            WorkerKind::Cpu => "do not mine on this host until it is explained: run `aitbc-miner bench` and report the hash with the CPU model (lscpu) to the miner's maintainers; check the RAM (memtest86+)".to_owned(),
-            WorkerKind::Gpu => "do not mine on this GPU: set ACCEL_MODE=cpu, check the GPU with nvidia-smi -q (ECC errors, XIDs in the kernel log) and the driver version, and report the hash to the miner's maintainers".to_owned(),
+            Mode::Cpu => "do not mine on this host until it is explained: run `aitbc-miner bench` and report the hash with the CPU model (lscpu) to the miner's maintainers; check the RAM (memtest86+)".to_owned(),
+            Mode::Gpu => "do not mine on this GPU: set ACCEL_MODE=cpu, check the GPU with nvidia-smi -q (ECC errors, XIDs in the kernel log) and the driver version, and report the hash to the miner's maintainers".to_owned(),
         }),
         SelfTest::JobFailed { sandbox, message } => Line::new(
             Status::Fail,
@@ -247,14 +248,14 @@ pub fn check(result: &SelfTest, kind: WorkerKind) -> Line {
         )
         .fix(format!("every {what} job would fail the same way; {debug}")),
         SelfTest::NoStart(message) => match kind {
-            WorkerKind::Cpu => Line::new(
+            Mode::Cpu => Line::new(
                 Status::Fail,
                 name,
                 format!("no confined CPU worker could start: {message}"),
             )
             .fix(format!("see the confinement lines above; {debug}")),
             // `run` turns a slot whose GPU worker cannot start into a CPU slot, with a warning.
-            WorkerKind::Gpu => Line::new(
+            Mode::Gpu => Line::new(
                 Status::Warn,
                 name,
                 format!(
@@ -298,7 +299,7 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let ok = check(&ran(KNOWN_SHA), WorkerKind::Cpu);
+        let ok = check(&ran(KNOWN_SHA), Mode::Cpu);
         assert_eq!(ok.status, Status::Ok);
         assert!(
             ok.finding.starts_with(
@@ -306,7 +307,7 @@ mod tests {
             ),
             "{ok}"
         );
-        let wrong = check(&ran(&"0".repeat(64)), WorkerKind::Gpu);
+        let wrong = check(&ran(&"0".repeat(64)), Mode::Gpu);
         assert_eq!(wrong.status, Status::Fail);
         assert!(
             wrong.to_string().starts_with("FAIL  self-test gpu: "),
@@ -317,13 +318,13 @@ mod tests {
             sandbox: "s".into(),
             message: "SANDBOX_VIOLATION: forbidden system call ioctl".into(),
         };
-        assert_eq!(check(&failed, WorkerKind::Gpu).status, Status::Fail);
+        assert_eq!(check(&failed, Mode::Gpu).status, Status::Fail);
         let no_start = SelfTest::NoStart("exit 3".into());
-        assert_eq!(check(&no_start, WorkerKind::Cpu).status, Status::Fail);
-        assert_eq!(check(&no_start, WorkerKind::Gpu).status, Status::Warn);
-        let skipped = check(&SelfTest::Skipped("no usable GPU".into()), WorkerKind::Gpu);
+        assert_eq!(check(&no_start, Mode::Cpu).status, Status::Fail);
+        assert_eq!(check(&no_start, Mode::Gpu).status, Status::Warn);
+        let skipped = check(&SelfTest::Skipped("no usable GPU".into()), Mode::Gpu);
         assert_eq!(skipped.status, Status::Skip);
-        for l in [ok, wrong, skipped, check(&failed, WorkerKind::Cpu)] {
+        for l in [ok, wrong, skipped, check(&failed, Mode::Cpu)] {
             assert_eq!(l.fix.is_some(), l.status != Status::Ok, "{l}");
         }
     }

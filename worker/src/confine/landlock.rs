@@ -43,9 +43,9 @@ use landlock::{
     RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
-use crate::args::Kind;
 use crate::confine::Step;
 use crate::WorkerError;
+use aitbc_protocol::api::Mode;
 
 /// The newest ABI whose rights this worker asks for; older kernels enforce what they know.
 const ASKED_ABI: ABI = ABI::V10;
@@ -123,13 +123,13 @@ const NVIDIA_PCI_VENDOR: &str = "0x10de";
 
 /// The rules for a worker of `kind` whose job directory is `job_dir`, as data. `gpu` are the
 /// GPU worker's extra rules, [`gpu_rules`] on this host (ignored for CPU workers).
-pub fn rules(kind: Kind, job_dir: &Path, gpu: &[(PathBuf, Grant)]) -> Vec<(PathBuf, Grant)> {
+pub fn rules(kind: Mode, job_dir: &Path, gpu: &[(PathBuf, Grant)]) -> Vec<(PathBuf, Grant)> {
     let mut out: Vec<(PathBuf, Grant)> = READ_ONLY
         .iter()
         .map(|p| (PathBuf::from(p), Grant::ReadExec))
         .collect();
     out.extend(DEVICES.iter().map(|p| (PathBuf::from(p), Grant::Device)));
-    if kind == Kind::Gpu {
+    if kind == Mode::Gpu {
         out.extend(gpu.iter().cloned());
     }
     out.push((job_dir.to_path_buf(), Grant::All));
@@ -333,7 +333,7 @@ mod tests {
             (PathBuf::from("/dev/nvidia-uvm"), Grant::DeviceIoctl),
             (PathBuf::from("/proc/driver/nvidia"), Grant::ReadOnly),
         ];
-        let cpu = rules(Kind::Cpu, job, &gpu);
+        let cpu = rules(Mode::Cpu, job, &gpu);
         assert_eq!(cpu.len(), READ_ONLY.len() + DEVICES.len() + 1);
         assert!(cpu.iter().all(|(p, _)| {
             let p = p.to_string_lossy();
@@ -345,7 +345,7 @@ mod tests {
             1,
             "only the job directory is writable"
         );
-        let gpu_rules = rules(Kind::Gpu, job, &gpu);
+        let gpu_rules = rules(Mode::Gpu, job, &gpu);
         assert_eq!(gpu_rules.len(), cpu.len() + gpu.len());
         assert!(gpu_rules.contains(&(PathBuf::from("/dev/nvidia-uvm"), Grant::DeviceIoctl)));
         assert_eq!(gpu_rules.last(), Some(&(job.to_path_buf(), Grant::All)));

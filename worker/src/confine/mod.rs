@@ -57,9 +57,10 @@ use std::time::{Duration, Instant};
 
 pub use self::landlock::kernel_abi as landlock_kernel_abi;
 pub use self::rlimits::{apply_job as apply_job_limits, Limits, NPROC};
-use crate::args::{FsMode, Kind, WorkerArgs};
+use crate::args::{FsMode, WorkerArgs};
 use crate::torch_bench::Device;
 use crate::WorkerError;
+use aitbc_protocol::api::Mode;
 
 /// What every worker may read, whichever filesystem confinement it gets (Landlock grants
 /// these; the mount view binds them): directories (or the same symlink, on merged-/usr hosts)...
@@ -141,7 +142,7 @@ pub struct Plan {
     pub job_dir: PathBuf,
     pub fs: Fs,
     pub limits: Limits,
-    pub kind: Kind,
+    pub kind: Mode,
 }
 
 impl Plan {
@@ -161,7 +162,7 @@ impl Plan {
                 })
             }
         };
-        if args.kind == Kind::Gpu && fs == Fs::MountView {
+        if args.kind == Mode::Gpu && fs == Fs::MountView {
             return Err(WorkerError::SetupRefused {
                 step: Step::Filesystem,
                 reason: format!(
@@ -368,8 +369,8 @@ impl<'a> Powerless<'a> {
         if let Fs::Landlock { required } = self.0.plan.fs {
             self.0.run(Step::Filesystem, |plan| {
                 let gpu = match plan.kind {
-                    Kind::Gpu => landlock::gpu_rules(),
-                    Kind::Cpu => Vec::new(),
+                    Mode::Gpu => landlock::gpu_rules(),
+                    Mode::Cpu => Vec::new(),
                 };
                 let rules = landlock::rules(plan.kind, &plan.job_dir, &gpu);
                 let applied = landlock::apply(&rules, required)?;
@@ -393,8 +394,8 @@ impl<'a> FsConfined<'a> {
     /// [`device::open_gpu`]); a CPU worker has nothing to do.
     fn init_device(mut self) -> Result<DeviceReady<'a>, WorkerError> {
         let device = self.0.run(Step::Device, |plan| match plan.kind {
-            Kind::Cpu => Ok((Device::Cpu, None)),
-            Kind::Gpu => {
+            Mode::Cpu => Ok((Device::Cpu, None)),
+            Mode::Gpu => {
                 let (gpu, summary) = device::open_gpu(device::GPU_ORDINAL)?;
                 Ok((Device::Gpu(Box::new(gpu)), Some(summary)))
             }
@@ -408,8 +409,8 @@ impl DeviceReady<'_> {
     fn install_seccomp(mut self) -> Result<Sealed, WorkerError> {
         self.0.run(Step::Seccomp, |plan| {
             let (profile, name) = match plan.kind {
-                Kind::Cpu => (aitbc_seccomp::Profile::Cpu, "seccomp cpu"),
-                Kind::Gpu => (aitbc_seccomp::Profile::Gpu, "seccomp gpu"),
+                Mode::Cpu => (aitbc_seccomp::Profile::Cpu, "seccomp cpu"),
+                Mode::Gpu => (aitbc_seccomp::Profile::Gpu, "seccomp gpu"),
             };
             let cx = aitbc_seccomp::Context {
                 pid: std::process::id(),
@@ -500,7 +501,7 @@ mod tests {
             job_dir: "/j".into(),
             fs,
             file_size_mb: DEFAULT_FILE_SIZE_MB,
-            kind: Kind::Cpu,
+            kind: Mode::Cpu,
         }
     }
 
@@ -529,7 +530,7 @@ mod tests {
         let gpu = |fs, abi| {
             Plan::new(
                 &WorkerArgs {
-                    kind: Kind::Gpu,
+                    kind: Mode::Gpu,
                     ..args(fs)
                 },
                 abi,
@@ -538,7 +539,7 @@ mod tests {
         let p = gpu(FsMode::Auto, 7).unwrap();
         assert_eq!(
             (p.fs, p.kind, p.limits.nofile),
-            (Fs::Landlock { required: false }, Kind::Gpu, 1024)
+            (Fs::Landlock { required: false }, Mode::Gpu, 1024)
         );
         assert_eq!(
             gpu(FsMode::Landlock, 5).unwrap().fs,

@@ -15,10 +15,10 @@
 
 use std::io;
 
-use crate::args::Kind;
 use crate::confine::Step;
 use crate::torch_bench::MAX_THREADS;
 use crate::WorkerError;
+use aitbc_protocol::api::Mode;
 
 /// RLIMIT_NPROC: the most compute threads a job may ask for, plus headroom for the main
 /// thread and a runtime's helpers.
@@ -26,10 +26,10 @@ pub const NPROC: u64 = MAX_THREADS as u64 + 64;
 
 /// RLIMIT_NOFILE for a worker kind. A CPU worker holds stdin/out/err, its socket and a few
 /// transient descriptors; a GPU worker's driver opens several device nodes per context.
-pub fn nofile(kind: Kind) -> u64 {
+pub fn nofile(kind: Mode) -> u64 {
     match kind {
-        Kind::Cpu => 64,
-        Kind::Gpu => 1024,
+        Mode::Cpu => 64,
+        Mode::Gpu => 1024,
     }
 }
 
@@ -44,7 +44,7 @@ pub struct Limits {
 
 impl Limits {
     /// The limits for a worker of `kind` allowed files of `file_size_mb` MiB.
-    pub fn for_worker(kind: Kind, file_size_mb: u64) -> Limits {
+    pub fn for_worker(kind: Mode, file_size_mb: u64) -> Limits {
         Limits {
             core: 0,
             nofile: nofile(kind),
@@ -159,12 +159,12 @@ mod tests {
 
     #[test]
     fn limits_per_kind_and_their_description() {
-        let l = Limits::for_worker(Kind::Cpu, 1024);
+        let l = Limits::for_worker(Mode::Cpu, 1024);
         assert_eq!(l.fsize_bytes, 1 << 30);
         assert_eq!(
             l.describe(),
             format!("rlimits core=0 nofile=64 fsize=1024MiB nproc={NPROC}")
         );
-        assert_eq!(Limits::for_worker(Kind::Gpu, 1).nofile, 1024);
+        assert_eq!(Limits::for_worker(Mode::Gpu, 1).nofile, 1024);
     }
 }

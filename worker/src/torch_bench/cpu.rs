@@ -29,7 +29,7 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use aitbc_protocol::wire::WorkerKind;
+use aitbc_protocol::api::Mode;
 use aitbc_protocol::workload::torch_bench::{
     element_of, stream_key, Commitment, Committer, MATRIX_A0, MATRIX_B,
 };
@@ -867,7 +867,7 @@ pub fn run_cpu_with(
         flops: p.flops(),
         elapsed,
         device_time: None,
-        kind: WorkerKind::Cpu,
+        kind: Mode::Cpu,
     })
 }
 
@@ -973,7 +973,7 @@ mod tests {
                 assert_eq!(hex(&run.merkle_root), root, "n={n} threads={threads}");
                 assert_eq!(run.output_len, u64::from(n) * u64::from(n));
                 assert_eq!(run.flops, 2 * u64::from(n).pow(3) * u64::from(iters));
-                assert_eq!(run.kind, WorkerKind::Cpu);
+                assert_eq!(run.kind, Mode::Cpu);
             }
         }
     }

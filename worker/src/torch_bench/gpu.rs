@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use aitbc_cuda::Gpu;
-use aitbc_protocol::wire::WorkerKind;
+use aitbc_protocol::api::Mode;
 use aitbc_protocol::workload::TorchBenchParams;
 
 use super::{check_params, ChainRun};
@@ -53,7 +53,7 @@ pub fn run_gpu(
         flops: stats.flops,
         elapsed: start.elapsed(),
         device_time: device_time(stats.products_ms),
-        kind: WorkerKind::Gpu,
+        kind: Mode::Gpu,
     })
 }
 
@@ -126,7 +126,7 @@ mod tests {
                 p.seed
             );
             assert_eq!((run.output_len, run.flops), (p.output_len(), p.flops()));
-            assert_eq!(run.kind, WorkerKind::Gpu);
+            assert_eq!(run.kind, Mode::Gpu);
             assert!(run.device_time.is_some());
         }
     }

@@ -23,7 +23,7 @@ mod gpu;
 
 use std::time::Duration;
 
-use aitbc_protocol::wire::WorkerKind;
+use aitbc_protocol::api::Mode;
 use aitbc_protocol::workload::TorchBenchParams;
 
 use crate::WorkerError;
@@ -47,7 +47,7 @@ pub struct ChainRun {
     /// GPU only: device time of the products, from CUDA events with timing on.
     pub device_time: Option<Duration>,
     /// Where it ran.
-    pub kind: WorkerKind,
+    pub kind: Mode,
 }
 
 impl ChainRun {
@@ -69,10 +69,10 @@ pub enum Device {
 
 impl Device {
     /// The kind a worker on this device announces in its `Hello`.
-    pub fn kind(&self) -> WorkerKind {
+    pub fn kind(&self) -> Mode {
         match self {
-            Device::Cpu => WorkerKind::Cpu,
-            Device::Gpu(_) => WorkerKind::Gpu,
+            Device::Cpu => Mode::Cpu,
+            Device::Gpu(_) => Mode::Gpu,
         }
     }
 }
@@ -98,10 +98,10 @@ pub enum Backend {
 
 impl Backend {
     /// The kind of worker this backend runs on.
-    pub fn kind(&self) -> WorkerKind {
+    pub fn kind(&self) -> Mode {
         match self {
-            Backend::Cpu { .. } => WorkerKind::Cpu,
-            Backend::Gpu { .. } => WorkerKind::Gpu,
+            Backend::Cpu { .. } => Mode::Cpu,
+            Backend::Gpu { .. } => Mode::Gpu,
         }
     }
 
