@@ -82,12 +82,6 @@ fn main() {
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o711))
         .expect("chmod the WORK_DIR");
     let mut cmd = WorkerCommand::new(env!("CARGO_BIN_EXE_aitbc-miner"), ["worker"]);
-    cmd.sandbox_args = vec![
-        "--fs".into(),
-        "auto".into(),
-        "--file-size-mb".into(),
-        "1024".into(),
-    ];
     cmd.work_dir = work.path().to_path_buf();
     let mut setting = vec![];
     if root {

@@ -62,6 +62,10 @@ impl Mode {
             Mode::Cpu => "cpu",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        [Mode::Cpu, Mode::Gpu].into_iter().find(|m| m.as_str() == s)
+    }
 }
 
 /// The guide's miner script sends `gpu` as `0` or `1`; the specified type is a boolean.

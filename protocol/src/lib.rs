@@ -3,6 +3,8 @@
 //! * [`api`]: the Coordinator API v1 (JSON over HTTP), spoken by the supervisor, the reference
 //!   Coordinator and any client.
 //! * [`wire`]: the supervisor <-> worker frames (length-prefixed bincode over a Unix socket).
+//! * [`args`]: the worker's command line, one typed struct the supervisor writes and the worker
+//!   parses.
 //! * [`workload`]: the closed set of workloads, their typed parameters, and the pure check of a
 //!   job's parameters against its limits, used by all three parties so that a bad job is refused
 //!   before any process starts; `workload::torch_bench` specifies its exact integer chain.
@@ -13,6 +15,7 @@
 //! on input.
 
 pub mod api;
+pub mod args;
 pub mod merkle;
 pub mod wire;
 pub mod workload;

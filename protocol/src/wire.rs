@@ -136,6 +136,13 @@ pub enum WireError {
     Closed,
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
+    /// A worker's command line is wrong ([`crate::args::WorkerArgs::parse`]).
+    #[error("{flag} = {value:?}: {reason}")]
+    Usage {
+        flag: String,
+        value: String,
+        reason: String,
+    },
 }
 
 /// Encodes `msg` as one frame (header and payload).

@@ -18,6 +18,7 @@
 //! the API key's value, nor put it into an error, a warning or `Debug` output.
 
 use crate::Error;
+use protocol::args::FsMode;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
@@ -95,7 +96,7 @@ pub struct Config {
     /// it too. Ignored when the miner does not start as root.
     pub run_as_user: String,
     /// `SANDBOX_FS` (default `auto`): how a worker confines its view of the filesystem.
-    pub sandbox_fs: SandboxFs,
+    pub sandbox_fs: FsMode,
     /// `GPU_POLL_MS` (default 500, 10 to 60000): how often the VRAM watch asks NVML for a GPU
     /// job's used device memory.
     pub gpu_poll: Duration,
@@ -164,34 +165,6 @@ impl AccelMode {
 impl fmt::Display for AccelMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// `SANDBOX_FS`: how a worker confines its view of the filesystem.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SandboxFs {
-    /// Landlock when the kernel has it, the mount-namespace view otherwise.
-    Auto,
-    /// Landlock only; a worker refuses to start where the kernel lacks it.
-    Landlock,
-    /// A mount namespace with a read-only view of the system.
-    Mount,
-}
-
-impl SandboxFs {
-    /// The spelling used in the config file and on the worker's command line (`--fs`).
-    pub fn as_arg(self) -> &'static str {
-        match self {
-            SandboxFs::Auto => "auto",
-            SandboxFs::Landlock => "landlock",
-            SandboxFs::Mount => "mount",
-        }
-    }
-}
-
-impl fmt::Display for SandboxFs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_arg())
     }
 }
 
@@ -1032,11 +1005,11 @@ fn parse_accel_mode(text: &str) -> Result<AccelMode, String> {
     }
 }
 
-fn parse_sandbox_fs(text: &str) -> Result<SandboxFs, String> {
+fn parse_sandbox_fs(text: &str) -> Result<FsMode, String> {
     match text.to_ascii_lowercase().as_str() {
-        "auto" => Ok(SandboxFs::Auto),
-        "landlock" => Ok(SandboxFs::Landlock),
-        "mount" => Ok(SandboxFs::Mount),
+        "auto" => Ok(FsMode::Auto),
+        "landlock" => Ok(FsMode::Landlock),
+        "mount" => Ok(FsMode::Mount),
         _ => Err("expected auto, landlock or mount".into()),
     }
 }
@@ -1347,7 +1320,7 @@ mod tests {
         assert_eq!(c.threads_per_job, 8);
         assert_eq!(c.worker_exe, None);
         assert_eq!(c.run_as_user, "aitbc-miner");
-        assert_eq!(c.sandbox_fs, SandboxFs::Auto);
+        assert_eq!(c.sandbox_fs, FsMode::Auto);
         assert_eq!(
             c.status_socket,
             Some(PathBuf::from("/run/aitbc-miner/status.sock"))
@@ -1467,15 +1440,15 @@ mod tests {
         assert_eq!(c.threads_per_job, 3);
         assert_eq!(c.worker_exe, Some(PathBuf::from("/usr/bin/w")));
         assert_eq!(c.run_as_user, "nobody");
-        assert_eq!(c.sandbox_fs, SandboxFs::Landlock);
+        assert_eq!(c.sandbox_fs, FsMode::Landlock);
         for (text, want) in [
-            ("auto", SandboxFs::Auto),
-            ("landlock", SandboxFs::Landlock),
-            ("MOUNT", SandboxFs::Mount),
+            ("auto", FsMode::Auto),
+            ("landlock", FsMode::Landlock),
+            ("MOUNT", FsMode::Mount),
         ] {
             let c = config_with(&format!("SANDBOX_FS={text}")).unwrap();
             assert_eq!(c.sandbox_fs, want);
-            assert_eq!(want.as_arg(), text.to_ascii_lowercase());
+            assert_eq!(want.as_str(), text.to_ascii_lowercase());
         }
         for name in ["_svc", "a", "svc-miner_2", "machine$", &"u".repeat(32)] {
             let c = config_with(&format!("RUN_AS_USER={name}")).unwrap();

@@ -38,8 +38,9 @@ use std::time::Duration;
 
 use protocol::api::Mode;
 
-use crate::config::{self, Config, SandboxFs};
+use crate::config::{self, Config};
 use crate::privilege::{self, Credentials, Need};
+use protocol::args::FsMode;
 
 pub use coordinator::CoordinatorFacts;
 pub use dirs::{DirFacts, DirUser};
@@ -218,7 +219,7 @@ pub struct Facts {
     /// The Landlock ABI version, or the errno of `landlock_create_ruleset`.
     pub landlock_abi: Result<i32, i32>,
     /// `SANDBOX_FS`.
-    pub sandbox_fs: SandboxFs,
+    pub sandbox_fs: FsMode,
     /// The cgroup hierarchies.
     pub cgroup: CgroupFacts,
     /// Each namespace, created as the run-as user: Ok, or the errno.
@@ -290,12 +291,12 @@ pub fn check_seccomp(prctl: &Result<i32, i32>, status: Option<&str>) -> Line {
 }
 
 /// The Landlock line: which filesystem confinement workers will use.
-pub fn check_landlock(abi: &Result<i32, i32>, fs: SandboxFs) -> Line {
+pub fn check_landlock(abi: &Result<i32, i32>, fs: FsMode) -> Line {
     let fix =
         "boot with Landlock among the LSMs, e.g. lsm=landlock,lockdown,yama,integrity,apparmor \
                on the kernel command line (kernel 5.13 or newer)";
     match (abi, fs) {
-        (Ok(v), SandboxFs::Mount) => Line::new(
+        (Ok(v), FsMode::Mount) => Line::new(
             Status::Ok,
             "landlock",
             format!("ABI {v} available, but SANDBOX_FS=mount: workers use the read-only mount-namespace view"),
@@ -312,7 +313,7 @@ pub fn check_landlock(abi: &Result<i32, i32>, fs: SandboxFs) -> Line {
                 }
             ),
         ),
-        (Err(errno), SandboxFs::Landlock) => Line::new(
+        (Err(errno), FsMode::Landlock) => Line::new(
             Status::Fail,
             "landlock",
             format!(
@@ -321,7 +322,7 @@ pub fn check_landlock(abi: &Result<i32, i32>, fs: SandboxFs) -> Line {
             ),
         )
         .fix(format!("{fix}, or set SANDBOX_FS=auto")),
-        (Err(errno), SandboxFs::Mount) => Line::new(
+        (Err(errno), FsMode::Mount) => Line::new(
             Status::Ok,
             "landlock",
             format!(
@@ -329,7 +330,7 @@ pub fn check_landlock(abi: &Result<i32, i32>, fs: SandboxFs) -> Line {
                 errno_text(*errno)
             ),
         ),
-        (Err(errno), SandboxFs::Auto) => Line::new(
+        (Err(errno), FsMode::Auto) => Line::new(
             Status::Warn,
             "landlock",
             format!(
@@ -790,8 +791,8 @@ pub fn checks(facts: &Facts) -> Vec<Line> {
         facts.seccomp_status.as_deref(),
     ));
     lines.push(check_landlock(&facts.landlock_abi, facts.sandbox_fs));
-    let needed_mount = facts.sandbox_fs == SandboxFs::Mount
-        || (facts.sandbox_fs == SandboxFs::Auto && facts.landlock_abi.is_err());
+    let needed_mount = facts.sandbox_fs == FsMode::Mount
+        || (facts.sandbox_fs == FsMode::Auto && facts.landlock_abi.is_err());
     let as_user = match &facts.identity.run_as {
         Some(Ok(_)) => facts.identity.run_as_user.clone(),
         _ => facts.identity.name.clone(),
@@ -1104,7 +1105,7 @@ pub fn gather(options: &Options) -> Facts {
     let config = loaded.map(Ok).unwrap_or_else(default_config);
     let (run_as_user, sandbox_fs) = match &config {
         Ok(c) => (c.run_as_user.clone(), c.sandbox_fs),
-        Err(_) => (config::DEFAULT_RUN_AS_USER.to_string(), SandboxFs::Auto),
+        Err(_) => (config::DEFAULT_RUN_AS_USER.to_string(), FsMode::Auto),
     };
     let uid = nix::unistd::geteuid().as_raw();
     let run_as =
@@ -1265,10 +1266,10 @@ mod tests {
         assert_eq!(check_seccomp(&Ok(0), Some("0")).status, Status::Ok);
         assert_eq!(check_seccomp(&Err(libc::EINVAL), None).status, Status::Fail);
         assert_eq!(check_seccomp(&Ok(0), None).status, Status::Fail);
-        let ok = check_landlock(&Ok(7), SandboxFs::Auto);
+        let ok = check_landlock(&Ok(7), FsMode::Auto);
         assert_eq!(ok.status, Status::Ok);
         assert!(ok.finding.contains("ABI 7"), "{ok}");
-        let missing = check_landlock(&Err(libc::EOPNOTSUPP), SandboxFs::Auto);
+        let missing = check_landlock(&Err(libc::EOPNOTSUPP), FsMode::Auto);
         assert_eq!(missing.status, Status::Warn);
         assert!(
             missing
@@ -1281,11 +1282,11 @@ mod tests {
             "{missing}"
         );
         assert_eq!(
-            check_landlock(&Err(libc::ENOSYS), SandboxFs::Landlock).status,
+            check_landlock(&Err(libc::ENOSYS), FsMode::Landlock).status,
             Status::Fail
         );
         assert_eq!(
-            check_landlock(&Err(libc::ENOSYS), SandboxFs::Mount).status,
+            check_landlock(&Err(libc::ENOSYS), FsMode::Mount).status,
             Status::Ok
         );
     }
@@ -1550,7 +1551,7 @@ mod tests {
         facts.seccomp_prctl = Err(libc::EINVAL);
         facts.seccomp_status = None;
         facts.landlock_abi = Err(libc::EOPNOTSUPP);
-        facts.sandbox_fs = SandboxFs::Landlock;
+        facts.sandbox_fs = FsMode::Landlock;
         facts.cgroup = CgroupFacts {
             swap_total_kb: 1 << 20,
             ..CgroupFacts::default()

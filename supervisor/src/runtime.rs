@@ -1365,7 +1365,7 @@ mod tests {
             threads_per_job: 1,
             worker_exe: None,
             run_as_user: "nobody".into(),
-            sandbox_fs: crate::config::SandboxFs::Auto,
+            sandbox_fs: protocol::args::FsMode::Auto,
             gpu_poll: Duration::from_millis(500),
             gpu_max_temp_c: 90,
             status_socket: None,

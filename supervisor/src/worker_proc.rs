@@ -10,8 +10,8 @@
 //! `cgroup.procs`), switches to the run-as user (`setgroups`, `setresgid`, `setresuid`) when
 //! the supervisor is root, moves its socket to fd 3, marks every other descriptor
 //! close-on-exec and sets its parent-death signal (after the uid switch, which clears it).
-//! The worker then runs `worker --job-dir DIR [--fs ..] [--file-size-mb N]` and confines the
-//! rest itself.
+//! The worker then runs `worker` with [`WorkerArgs::to_args`] (`--job-dir DIR --fs ..
+//! --file-size-mb N --kind ..`) and confines the rest itself.
 //!
 //! Hand-off ([`WorkerProcess::run`]): the cgroup's memory (swap off), pids and CPU limits for
 //! the job, and RLIMIT_AS for CPU workers (see [`address_space_limit`]); RLIMIT_CPU comes from
@@ -53,6 +53,8 @@ use protocol::wire::{
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use protocol::args::{FsMode, WorkerArgs, DEFAULT_FILE_SIZE_MB};
+
 use crate::cgroup::{CgroupStats, Limits, Subtree, WorkerCgroup};
 use crate::ending::{Ending, ExitStatus};
 use crate::Error;
@@ -74,15 +76,18 @@ pub const DEFAULT_WORK_DIR: &str = "/tmp/aitbc-work";
 /// supervisor's cgroup subtree (none: rlimits and process groups only), and the user a root
 /// supervisor runs workers as.
 ///
-/// The command line is `program args.. --job-dir DIR sandbox_args..`, plus `--kind gpu` for
-/// a GPU worker, which also gets `CUDA_DEVICE_ORDER=PCI_BUS_ID` (so its CUDA device 0 is NVML's
-/// device 0, the one the supervisor watches).
+/// The command line is `program args..` followed by [`WorkerArgs::to_args`] (the job
+/// directory, `fs`, `file_size_mb` and `kind`); a GPU worker also gets
+/// `CUDA_DEVICE_ORDER=PCI_BUS_ID` (so its CUDA device 0 is NVML's device 0, the one the
+/// supervisor watches).
 #[derive(Clone, Debug)]
 pub struct WorkerCommand {
     pub program: PathBuf,
     pub args: Vec<OsString>,
-    /// `--fs MODE --file-size-mb N` from the config; empty: the worker's defaults.
-    pub sandbox_args: Vec<OsString>,
+    /// `--fs`: how the worker confines its view of the filesystem (`SANDBOX_FS`).
+    pub fs: FsMode,
+    /// `--file-size-mb`: the worker's RLIMIT_FSIZE (`MAX_JOB_DISK_MB`).
+    pub file_size_mb: u64,
     /// The parent of each worker's job directory (`WORK_DIR`).
     pub work_dir: PathBuf,
     /// The supervisor's cgroup subtree; `None`: no per-worker cgroup.
@@ -95,7 +100,7 @@ pub struct WorkerCommand {
 }
 
 impl WorkerCommand {
-    /// `program args..` with the defaults: no sandbox arguments, job directories under
+    /// `program args..` with the defaults: the worker's own `--fs` and `--file-size-mb`, job directories under
     /// [`DEFAULT_WORK_DIR`], no cgroup subtree, no user switch.
     pub fn new<I, A>(program: impl Into<PathBuf>, args: I) -> WorkerCommand
     where
@@ -105,7 +110,8 @@ impl WorkerCommand {
         WorkerCommand {
             program: program.into(),
             args: args.into_iter().map(Into::into).collect(),
-            sandbox_args: Vec::new(),
+            fs: FsMode::default(),
+            file_size_mb: DEFAULT_FILE_SIZE_MB,
             work_dir: PathBuf::from(DEFAULT_WORK_DIR),
             subtree: None,
             run_as: None,
@@ -139,12 +145,8 @@ impl WorkerCommand {
             Some(exe) => WorkerCommand::new(exe.clone(), ["worker"]),
             None => WorkerCommand::current_exe()?,
         };
-        cmd.sandbox_args = vec![
-            "--fs".into(),
-            config.sandbox_fs.as_arg().into(),
-            "--file-size-mb".into(),
-            config.job_limits_max.disk_mb.to_string().into(),
-        ];
+        cmd.fs = config.sandbox_fs;
+        cmd.file_size_mb = config.job_limits_max.disk_mb;
         cmd.work_dir = config.work_dir.clone();
         if crate::privilege::is_root() {
             cmd.run_as = Some(crate::privilege::lookup_user(&config.run_as_user)?);
@@ -338,9 +340,15 @@ impl WorkerProcess {
         let mut command = std::process::Command::new(&cmd.program);
         command
             .args(&cmd.args)
-            .arg("--job-dir")
-            .arg(&job_dir)
-            .args(&cmd.sandbox_args)
+            .args(
+                WorkerArgs {
+                    job_dir: job_dir.clone(),
+                    fs: cmd.fs,
+                    file_size_mb: cmd.file_size_mb,
+                    kind: cmd.kind,
+                }
+                .to_args(),
+            )
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .stdin(Stdio::null())
@@ -348,9 +356,7 @@ impl WorkerProcess {
             .stderr(Stdio::piped())
             .process_group(0);
         if cmd.kind == Mode::Gpu {
-            command
-                .args(["--kind", "gpu"])
-                .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+            command.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
         }
         // SAFETY: the closure runs in the forked child before exec and only makes raw,
         // async-signal-safe system calls (write(2), setgroups(2), setresgid(2), setresuid(2),
@@ -1137,7 +1143,7 @@ mod tests {
         assert!(line.ends_with(" --kind gpu order: PCI_BUS_ID"), "{line}");
         let (fin, _) = run(&cmd, Duration::from_secs(10)).await;
         assert!(
-            !fin.stderr_tail.contains("--kind") && !fin.stderr_tail.contains("PCI_BUS_ID"),
+            fin.stderr_tail.contains("--kind cpu") && !fin.stderr_tail.contains("PCI_BUS_ID"),
             "a CPU worker: {}",
             fin.stderr_tail
         );
@@ -1188,7 +1194,7 @@ mod tests {
         let (f, mut cmd) = Fake::new(
             r#"head -c 4 <&3 >/dev/null; echo "args: $*" >&2; stat -c 'mode %a' "$2" >&2"#,
         );
-        cmd.sandbox_args = vec!["--fs".into(), "mount".into()];
+        cmd.fs = FsMode::Mount;
         let (fin, _) = run(&cmd, Duration::from_secs(10)).await;
         let work = f.dir.path().join("work");
         let line = fin
@@ -1199,7 +1205,10 @@ mod tests {
         let rest = line
             .strip_prefix(&format!("args: --job-dir {}/w", work.display()))
             .unwrap_or_else(|| panic!("{line}"));
-        assert!(rest.ends_with(" --fs mount"), "{line}");
+        assert!(
+            rest.ends_with(" --fs mount --file-size-mb 1024 --kind cpu"),
+            "{line}"
+        );
         assert!(fin.stderr_tail.contains("mode 700"), "{}", fin.stderr_tail);
         assert_eq!(
             std::fs::read_dir(&work).unwrap().count(),

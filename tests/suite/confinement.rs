@@ -356,7 +356,7 @@ fn landlock_worker_is_confined_at_every_step_and_still_computes() {
 fn mount_view_worker_sees_only_what_it_needs() {
     let (_tmp, dir) = job_dir(None);
     let w = start(&["--job-dir", &dir, "--fs", "mount"], None);
-    check_common_steps(&w, aitbc_worker::args::DEFAULT_FILE_SIZE_MB);
+    check_common_steps(&w, aitbc_protocol::args::DEFAULT_FILE_SIZE_MB);
     let pid = w.pid().to_string();
     assert_ne!(ns(&pid, "mnt"), ns("self", "mnt"), "own mount namespace");
     let line = &w.hello.sandbox;

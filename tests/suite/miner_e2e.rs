@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aitbc_protocol::api::{FailReason, JobState, JobView};
+use aitbc_protocol::args::FsMode;
 use aitbc_protocol::workload::TorchBenchParams;
-use aitbc_supervisor::config::{AccelMode, ApiKey, MaxLimits, SandboxFs};
+use aitbc_supervisor::config::{AccelMode, ApiKey, MaxLimits};
 use aitbc_supervisor::{Config, Event, Summary, WorkerCommand};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -87,7 +88,7 @@ pub(crate) fn miner_config(
         threads_per_job: 1,
         worker_exe: None,
         run_as_user: crate::common::RUN_AS.into(),
-        sandbox_fs: SandboxFs::Auto,
+        sandbox_fs: FsMode::Auto,
         gpu_poll: Duration::from_millis(500),
         gpu_max_temp_c: 90,
         status_socket: None,

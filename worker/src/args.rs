@@ -1,294 +1,63 @@
-//! The worker's command line, parsed by hand (no clap: the worker stays small and starts fast):
-//!
-//! ```text
-//! aitbc-miner worker --job-dir DIR [--fs auto|landlock|mount] [--file-size-mb N] [--kind cpu|gpu]
-//! ```
-//!
-//! Parsing is a pure function from the argument list to [`WorkerArgs`]; it never touches the
-//! filesystem (the job directory is checked when the worker confines itself). Every refusal
-//! names the flag and the value. This module must never read the environment or a config file:
-//! everything a worker is told comes from its supervisor on this command line.
+//! The worker's whole argv: the program name, the word `worker`, then the flags that
+//! [`aitbc_protocol::args::WorkerArgs::parse`] reads (the one struct the supervisor writes with
+//! `to_args`). This module only checks the subcommand and maps a refusal to
+//! [`WorkerError::Usage`]; it must never read the environment or a config file.
 
 use std::ffi::{OsStr, OsString};
-use std::path::PathBuf;
 
-use aitbc_protocol::api::Mode;
+use aitbc_protocol::args::WorkerArgs;
+use aitbc_protocol::wire::WireError;
 
 use crate::WorkerError;
 
-/// Default RLIMIT_FSIZE in MiB when `--file-size-mb` is not given (the config's default
-/// `MAX_JOB_DISK_MB`).
-pub const DEFAULT_FILE_SIZE_MB: u64 = 1024;
-/// Largest `--file-size-mb` accepted (1 TiB): a sanity bound that keeps `N << 20` in range.
-pub const MAX_FILE_SIZE_MB: u64 = 1 << 20;
-
-/// How the worker confines its view of the filesystem.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FsMode {
-    /// Landlock when the kernel has it, otherwise the mount-namespace view.
-    Auto,
-    /// Landlock, and fail when the kernel does not have it.
-    Landlock,
-    /// A mount namespace whose root is a fresh read-only tmpfs holding only what the worker
-    /// needs (the fallback for hosts without Landlock).
-    Mount,
-}
-
-/// A parsed worker command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkerArgs {
-    /// The one directory the worker may write; absolute.
-    pub job_dir: PathBuf,
-    pub fs: FsMode,
-    /// RLIMIT_FSIZE, in MiB.
-    pub file_size_mb: u64,
-    /// Which kind of worker this process is (selects the seccomp profile and Landlock paths).
-    pub kind: Mode,
-}
-
 /// Parses the worker's whole argv: the program name, the word `worker`, then the flags.
-/// Each flag may be given once, as `--flag VALUE` or `--flag=VALUE`.
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<WorkerArgs, WorkerError> {
     let mut it = args.into_iter().skip(1);
     match it.next() {
         Some(w) if w == "worker" => {}
         other => {
-            return Err(usage(
-                "(subcommand)",
-                other.as_deref().unwrap_or(OsStr::new("")),
-                "expected `worker`",
-            ))
+            return Err(WorkerError::Usage {
+                flag: "(subcommand)".into(),
+                value: other
+                    .as_deref()
+                    .unwrap_or(OsStr::new(""))
+                    .to_string_lossy()
+                    .into_owned(),
+                reason: "expected `worker`".into(),
+            })
         }
     }
-    let mut job_dir: Option<PathBuf> = None;
-    let mut fs: Option<FsMode> = None;
-    let mut file_size_mb: Option<u64> = None;
-    let mut kind: Option<Mode> = None;
-    while let Some(arg) = it.next() {
-        let Some(text) = arg.to_str() else {
-            return Err(usage(
-                "(argument)",
-                &arg,
-                "not a flag this worker knows (not UTF-8)",
-            ));
-        };
-        let (flag, inline) = match text.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(OsString::from(v))),
-            _ => (text.to_string(), None),
-        };
-        if !matches!(
-            flag.as_str(),
-            "--job-dir" | "--fs" | "--file-size-mb" | "--kind"
-        ) {
-            return Err(usage(
-                "(argument)",
-                &arg,
-                "unknown; expected --job-dir, --fs, --file-size-mb or --kind",
-            ));
-        }
-        let value = match inline.or_else(|| it.next()) {
-            Some(v) => v,
-            None => return Err(usage(&flag, OsStr::new(""), "missing its value")),
-        };
-        let twice = |f: &str| usage(f, &value, "given more than once");
-        match flag.as_str() {
-            "--job-dir" => {
-                if job_dir.is_some() {
-                    return Err(twice(&flag));
-                }
-                job_dir = Some(parse_job_dir(&value)?);
-            }
-            "--fs" => {
-                if fs.is_some() {
-                    return Err(twice(&flag));
-                }
-                fs = Some(match value.to_str() {
-                    Some("auto") => FsMode::Auto,
-                    Some("landlock") => FsMode::Landlock,
-                    Some("mount") => FsMode::Mount,
-                    _ => return Err(usage(&flag, &value, "expected auto, landlock or mount")),
-                });
-            }
-            "--file-size-mb" => {
-                if file_size_mb.is_some() {
-                    return Err(twice(&flag));
-                }
-                let n = value
-                    .to_str()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .filter(|n| (1..=MAX_FILE_SIZE_MB).contains(n));
-                match n {
-                    Some(n) => file_size_mb = Some(n),
-                    None => {
-                        return Err(usage(
-                            &flag,
-                            &value,
-                            &format!("expected whole MiB from 1 to {MAX_FILE_SIZE_MB}, e.g. 1024"),
-                        ))
-                    }
-                }
-            }
-            _ => {
-                if kind.is_some() {
-                    return Err(twice(&flag));
-                }
-                kind = Some(match value.to_str() {
-                    Some("cpu") => Mode::Cpu,
-                    Some("gpu") => Mode::Gpu,
-                    _ => return Err(usage(&flag, &value, "expected cpu or gpu")),
-                });
-            }
-        }
-    }
-    let Some(job_dir) = job_dir else {
-        return Err(usage(
-            "--job-dir",
-            OsStr::new(""),
-            "required: the directory the supervisor made for this worker",
-        ));
-    };
-    Ok(WorkerArgs {
-        job_dir,
-        fs: fs.unwrap_or(FsMode::Auto),
-        file_size_mb: file_size_mb.unwrap_or(DEFAULT_FILE_SIZE_MB),
-        kind: kind.unwrap_or(Mode::Cpu),
+    WorkerArgs::parse(it).map_err(|e| match e {
+        WireError::Usage {
+            flag,
+            value,
+            reason,
+        } => WorkerError::Usage {
+            flag,
+            value,
+            reason,
+        },
+        other => WorkerError::Wire(other),
     })
-}
-
-/// An absolute, UTF-8 path with no `.`/`..` components and no NUL (it is rebuilt component by
-/// component inside the mount view, and named in the Hello line).
-fn parse_job_dir(value: &OsStr) -> Result<PathBuf, WorkerError> {
-    let bad = |reason: &str| usage("--job-dir", value, reason);
-    let Some(s) = value.to_str() else {
-        return Err(bad("not UTF-8"));
-    };
-    if !s.starts_with('/') {
-        return Err(bad("must be an absolute path"));
-    }
-    if s.contains('\0') {
-        return Err(bad("contains a NUL byte"));
-    }
-    if s.split('/').any(|c| c == "." || c == "..") {
-        return Err(bad("must not contain `.` or `..` components"));
-    }
-    let path = PathBuf::from(s.trim_end_matches('/'));
-    if path.as_os_str().is_empty() {
-        return Err(bad("must not be `/`"));
-    }
-    Ok(path)
-}
-
-fn usage(flag: &str, value: &OsStr, reason: &str) -> WorkerError {
-    WorkerError::Usage {
-        flag: flag.to_string(),
-        value: value.to_string_lossy().into_owned(),
-        reason: reason.to_string(),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<WorkerArgs, String> {
-        parse_args(
-            ["aitbc-miner", "worker"]
-                .iter()
-                .chain(args)
-                .map(OsString::from),
-        )
-        .map_err(|e| e.to_string())
-    }
-
     #[test]
-    fn defaults_and_every_flag() {
-        assert_eq!(
-            parse(&["--job-dir", "/var/lib/aitbc/jobs/w1"]).unwrap(),
-            WorkerArgs {
-                job_dir: "/var/lib/aitbc/jobs/w1".into(),
-                fs: FsMode::Auto,
-                file_size_mb: DEFAULT_FILE_SIZE_MB,
-                kind: Mode::Cpu,
-            }
-        );
-        assert_eq!(
-            parse(&[
-                "--fs=mount",
-                "--file-size-mb",
-                "16",
-                "--kind",
-                "gpu",
-                "--job-dir=/j/",
-            ])
-            .unwrap(),
-            WorkerArgs {
-                job_dir: "/j".into(),
-                fs: FsMode::Mount,
-                file_size_mb: 16,
-                kind: Mode::Gpu,
-            }
-        );
-        assert_eq!(
-            parse(&["--job-dir", "/j", "--fs", "landlock"]).unwrap().fs,
-            FsMode::Landlock
-        );
-    }
-
-    #[test]
-    fn refusals_name_the_flag_and_the_value() {
-        let cases: &[(&[&str], &str)] = &[
-            (&[], "--job-dir = \"\": required"),
-            (&["--job-dir"], "--job-dir = \"\": missing its value"),
-            (
-                &["--job-dir", "jobs/w1"],
-                "--job-dir = \"jobs/w1\": must be an absolute path",
-            ),
-            (
-                &["--job-dir", "/a/../etc"],
-                "--job-dir = \"/a/../etc\": must not contain",
-            ),
-            (&["--job-dir", "/"], "--job-dir = \"/\": must not be `/`"),
-            (
-                &["--job-dir", "/j", "--fs", "chroot"],
-                "--fs = \"chroot\": expected auto",
-            ),
-            (
-                &["--job-dir", "/j", "--file-size-mb", "0"],
-                "--file-size-mb = \"0\": expected whole MiB",
-            ),
-            (
-                &["--job-dir", "/j", "--file-size-mb", "1e3"],
-                "--file-size-mb = \"1e3\"",
-            ),
-            (
-                &["--job-dir", "/j", "--file-size-mb", "99999999"],
-                "--file-size-mb = \"99999999\"",
-            ),
-            (
-                &["--job-dir", "/j", "--kind", "tpu"],
-                "--kind = \"tpu\": expected cpu or gpu",
-            ),
-            (
-                &["--job-dir", "/j", "--job-dir", "/k"],
-                "--job-dir = \"/k\": given more than once",
-            ),
-            (
-                &["--job-dir", "/j", "--verbose"],
-                "(argument) = \"--verbose\": unknown",
-            ),
-            (
-                &["--job-dir", "/j", "extra"],
-                "(argument) = \"extra\": unknown",
-            ),
-        ];
-        for (args, want) in cases {
-            let got = parse(args).unwrap_err();
-            assert!(
-                got.contains(want),
-                "{args:?}: {got:?} does not contain {want:?}"
-            );
-        }
-        let e = parse_args(["aitbc-miner", "run"].map(OsString::from)).unwrap_err();
+    fn the_subcommand_is_checked_and_refusals_keep_their_text() {
+        let argv = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let e = parse_args(argv(&["aitbc-miner", "run"])).unwrap_err();
         assert!(e.to_string().contains("expected `worker`"), "{e}");
+        let e = parse_args(argv(&["aitbc-miner", "worker", "--kind", "tpu"])).unwrap_err();
+        assert!(matches!(e, WorkerError::Usage { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("--kind = \"tpu\": expected cpu or gpu"),
+            "{e}"
+        );
+        let ok = parse_args(argv(&["aitbc-miner", "worker", "--job-dir", "/j"])).unwrap();
+        assert_eq!(ok.job_dir, std::path::Path::new("/j"));
     }
 }

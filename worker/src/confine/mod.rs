@@ -57,10 +57,10 @@ use std::time::{Duration, Instant};
 
 pub use self::landlock::kernel_abi as landlock_kernel_abi;
 pub use self::rlimits::{apply_job as apply_job_limits, Limits, NPROC};
-use crate::args::{FsMode, WorkerArgs};
 use crate::torch_bench::Device;
 use crate::WorkerError;
 use aitbc_protocol::api::Mode;
+use aitbc_protocol::args::{FsMode, WorkerArgs};
 
 /// What every worker may read, whichever filesystem confinement it gets (Landlock grants
 /// these; the mount view binds them): directories (or the same symlink, on merged-/usr hosts)...
@@ -494,7 +494,7 @@ fn check_job_dir(plan: &Plan) -> Result<(), WorkerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::DEFAULT_FILE_SIZE_MB;
+    use aitbc_protocol::args::DEFAULT_FILE_SIZE_MB;
 
     fn args(fs: FsMode) -> WorkerArgs {
         WorkerArgs {
