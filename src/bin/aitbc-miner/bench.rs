@@ -91,7 +91,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("workload      {} {}", args.workload, params);
         println!("threads       {threads}");
         println!("device        {}", if args.gpu { "gpu" } else { "cpu" });
-        println!("GFLOP/s       {:.2}", m.gflops.unwrap_or(0.0));
+        println!("Gop/s (int8)  {:.2}", m.gflops.unwrap_or(0.0));
         match (m.energy_mj, m.energy_source) {
             (Some(mj), Some(src)) => println!("energy        {mj} mJ ({})", src.as_str()),
             _ => println!("energy        unavailable"),

@@ -250,7 +250,7 @@ async fn run(
                 gflops,
             } => {
                 summary.job_ms.push(wall_ms as f64);
-                computed.insert(id, format!("{wall_ms} ms, {gflops:.1} GFLOP/s"));
+                computed.insert(id, format!("{wall_ms} ms, {gflops:.1} Gop/s"));
                 false
             }
             Event::ProofAccepted { id, credited } if outstanding.remove(&id).is_some() => {
@@ -393,7 +393,7 @@ fn print_summary(args: &DevArgs, s: &Summary) {
         println!("  jobs failed     {}", s.jobs_failed);
         println!("  pickup p50      {pickup:.2} ms");
         println!("  job time p50    {job:.1} ms");
-        println!("  throughput      {gflops:.2} GFLOP/s");
+        println!("  throughput      {gflops:.2} Gop/s (int8)");
         println!("  wallet balance  {} ({WALLET})", s.balance);
     }
 }
