@@ -575,7 +575,12 @@ async fn dispatcher_task(
         let pause = match answer {
             Ok(Some(job)) => {
                 let lease = (job.id.clone(), job.attempt);
-                let fresh = ctx.in_flight.lock().is_ok_and(|mut f| f.insert(lease));
+                // A poisoned lock still holds a valid set (nothing panics while holding it).
+                let fresh = ctx
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(lease);
                 if !fresh {
                     // Reporting it would fail the copy that runs; the lease is that copy's.
                     permit = Some(held);
@@ -706,9 +711,10 @@ async fn slot_task(
     while let Some((job, permit)) = jobs.recv().await {
         let lease = (job.id.clone(), job.attempt);
         run_job(&ctx, slot, job, &mut ready, &kill).await;
-        if let Ok(mut held) = ctx.in_flight.lock() {
-            held.remove(&lease);
-        }
+        ctx.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&lease);
         ctx.status.slot_idle(slot);
         // The next job on this slot finds its worker already started.
         if ready.is_none() && !*kill.borrow() {
