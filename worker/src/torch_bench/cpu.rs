@@ -255,6 +255,42 @@ mod x86 {
 
     use super::{check_tile, Tile, REQUANT_ADD, REQUANT_MUL};
 
+    /// A SIMD tile on raw pointers into bounds already checked (the `tile_*` functions).
+    type RawTile = unsafe fn(*const u8, usize, *const i8, *const i32, *mut u8, usize);
+
+    /// `Tile::tile` of a SIMD kernel: checks the slices once, then runs `kernel` on pointers
+    /// into them.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have `kernel`'s instructions (`T::available()` returned true).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn checked<T: Tile>(
+        kernel: RawTile,
+        a: &[u8],
+        kp: usize,
+        panel: &[i8],
+        bias: &[i32],
+        out: &mut [u8],
+        j0: usize,
+        cols: usize,
+    ) {
+        check_tile::<T>(a, kp, panel, bias, out, j0, cols);
+        // SAFETY: the caller guarantees the instructions; `check_tile` proved every pointer the
+        // kernel forms stays inside these slices.
+        unsafe {
+            kernel(
+                a.as_ptr(),
+                kp,
+                panel.as_ptr(),
+                bias.as_ptr(),
+                out.as_mut_ptr().add(j0),
+                cols,
+            )
+        }
+    }
+
     /// 512-bit `vpdpbusd`: 12 rows x 32 columns (24 accumulators), `KG = 4`.
     pub(super) struct Avx512Vnni;
     /// 256-bit VEX `vpdpbusd`: 6 rows x 16 columns (12 accumulators), `KG = 4`.
@@ -282,18 +318,8 @@ mod x86 {
             j0: usize,
             cols: usize,
         ) {
-            check_tile::<Self>(a, kp, panel, bias, out, j0, cols);
-            // SAFETY: the caller guarantees the features (`available`); the bounds are checked.
-            unsafe {
-                tile_avx512(
-                    a.as_ptr(),
-                    kp,
-                    panel.as_ptr(),
-                    bias.as_ptr(),
-                    out.as_mut_ptr().add(j0),
-                    cols,
-                )
-            }
+            // SAFETY: the caller guarantees the features (`available`).
+            unsafe { checked::<Self>(tile_avx512, a, kp, panel, bias, out, j0, cols) }
         }
     }
 
@@ -381,18 +407,8 @@ mod x86 {
             j0: usize,
             cols: usize,
         ) {
-            check_tile::<Self>(a, kp, panel, bias, out, j0, cols);
-            // SAFETY: the caller guarantees the features (`available`); the bounds are checked.
-            unsafe {
-                tile_avxvnni(
-                    a.as_ptr(),
-                    kp,
-                    panel.as_ptr(),
-                    bias.as_ptr(),
-                    out.as_mut_ptr().add(j0),
-                    cols,
-                )
-            }
+            // SAFETY: the caller guarantees the features (`available`).
+            unsafe { checked::<Self>(tile_avxvnni, a, kp, panel, bias, out, j0, cols) }
         }
     }
 
@@ -448,18 +464,8 @@ mod x86 {
             j0: usize,
             cols: usize,
         ) {
-            check_tile::<Self>(a, kp, panel, bias, out, j0, cols);
-            // SAFETY: the caller guarantees the features (`available`); the bounds are checked.
-            unsafe {
-                tile_avx2(
-                    a.as_ptr(),
-                    kp,
-                    panel.as_ptr(),
-                    bias.as_ptr(),
-                    out.as_mut_ptr().add(j0),
-                    cols,
-                )
-            }
+            // SAFETY: the caller guarantees the features (`available`).
+            unsafe { checked::<Self>(tile_avx2, a, kp, panel, bias, out, j0, cols) }
         }
     }
 
