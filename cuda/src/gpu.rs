@@ -31,10 +31,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aitbc_protocol::workload::torch_bench::TorchBenchParams;
 use aitbc_protocol::workload::torch_bench::{
     commit, reference_output, Commitment, Committer, MATRIX_A0, MATRIX_B,
 };
-use aitbc_protocol::workload::TorchBenchParams;
 use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasOperation_t, cublasPointerMode_t,
     cudaDataType,

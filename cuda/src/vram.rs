@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use aitbc_protocol::workload::TorchBenchParams;
+use aitbc_protocol::workload::torch_bench::TorchBenchParams;
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 
 use crate::CudaError;

@@ -222,7 +222,7 @@ pub fn write_frame<T: Encode, W: Write>(w: &mut W, msg: &T) -> Result<(), WireEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::TorchBenchParams;
+    use crate::workload::torch_bench::TorchBenchParams;
     use proptest::prelude::*;
 
     fn run() -> ToWorker {

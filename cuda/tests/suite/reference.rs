@@ -4,10 +4,10 @@
 //! protocol already (for the VRAM formula), so nothing is restated here: this module only adds
 //! the small conversions the tests need, and must never grow a second copy of the recipe.
 
+pub use aitbc_protocol::workload::torch_bench::TorchBenchParams;
 pub use aitbc_protocol::workload::torch_bench::{
     commit, element, input, reference_output, requant, KNOWN_ANSWERS, MATRIX_A0, MATRIX_B,
 };
-pub use aitbc_protocol::workload::TorchBenchParams;
 
 pub fn params(n: u32, iters: u32, seed: u64) -> TorchBenchParams {
     TorchBenchParams { n, iters, seed }

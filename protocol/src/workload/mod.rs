@@ -1,12 +1,19 @@
-//! The closed set of workloads and the one pure check that turns a job's `(workload, params,
-//! limits)` into a typed [`WorkloadSpec`] or a precise refusal.
+//! The closed set of workloads, the one dispatch from a job to its typed params, and the pure
+//! check that turns a job's `(workload, params, limits)` into a [`WorkloadSpec`] or a precise
+//! refusal.
 //!
-//! [`Workload`] is the one registry of names. Two questions are kept apart: "are these params
-//! valid?" ([`validate_submission`], protocol's rules only, asked by the Coordinator when a
-//! client submits: 422 on refusal) and "does this build run it?" (the miner's own capability
-//! list, `aitbc_supervisor::policy::RUNS`, never consulted here). The supervisor runs [`plan`]
-//! before any worker process is touched (a refusal becomes a fail report), and the worker gets
-//! the typed result. It must stay free of I/O and of anything host-specific.
+//! Each workload is one file here (`torch_bench.rs`): its params and their checks, its resource
+//! formulas (the [`Needs`] it declares), its output and commitment format, and the reference
+//! math a verifier recomputes, reachable without the worker or the supervisor. This file only
+//! names the workloads ([`Workload`], the one registry of names) and dispatches to them
+//! ([`WorkloadSpec::needs`] and `typed`, one `match` each).
+//!
+//! Two questions are kept apart: "are these params valid?" ([`validate_submission`],
+//! protocol's rules only, asked by the Coordinator when a client submits: 422 on refusal) and
+//! "does this build run it?" (the miner's own capability list, `aitbc_supervisor::policy::RUNS`,
+//! never consulted here). The supervisor runs [`plan`] before any worker process is touched (a
+//! refusal becomes a fail report), and the worker gets the typed result. It must stay free of
+//! I/O and of anything host-specific.
 
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -15,6 +22,8 @@ use serde_json::Value;
 use crate::api::{FailReason, JobLimits};
 
 pub mod torch_bench;
+
+pub use torch_bench::TorchBenchParams;
 
 /// Every workload name the API accepts (guide section 5).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,101 +50,28 @@ impl Workload {
     }
 }
 
-/// `torch_bench`: a chain of `iters` exact n x n int8 matrix products with int32 accumulation
-/// and an integer requantization between them, from inputs drawn from `seed`
-/// ([`torch_bench`] specifies it). The output is the final n x n int8 matrix, the same bytes on
-/// every machine.
-#[derive(Serialize, Deserialize, Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TorchBenchParams {
-    #[serde(default = "TorchBenchParams::default_n")]
-    pub n: u32,
-    #[serde(default = "TorchBenchParams::default_iters")]
-    pub iters: u32,
-    #[serde(default)]
-    pub seed: u64,
+/// What a workload's typed params declare about the job they describe: the one place its
+/// resource formulas live. The Coordinator, the supervisor's plan and the worker's re-check all
+/// read a job's needs from here, so they cannot disagree.
+pub trait Needs {
+    /// Host memory the job needs on the CPU path, in MiB (checked against `limits.ram_mb`).
+    fn memory_mb(&self) -> u64;
+    /// Device memory the job allocates on the GPU path, in MiB (the least `limits.vram_mb` a
+    /// GPU job may have).
+    fn vram_mb(&self) -> u64;
+    /// Operations the job performs, for its metrics (`flops`, GFLOP/s).
+    fn flops(&self) -> u64;
+    /// Length of the committed output in bytes.
+    fn output_len(&self) -> u64;
+    /// The job in one short line for messages: `torch_bench n=1024 iters=100 seed=0`.
+    fn describe(&self) -> String;
 }
 
-impl TorchBenchParams {
-    /// The guide's chain: 1024 x 1024, 100 products.
-    pub const DEFAULT_N: u32 = 1024;
-    pub const DEFAULT_ITERS: u32 = 100;
-    pub const MAX_N: u32 = 16384;
-    pub const MAX_ITERS: u32 = 100_000;
-    /// Resident memory a worker needs besides the matrices (code, stacks, allocator slack).
-    pub const OVERHEAD_MB: u64 = 32;
-    /// The workspace the GPU chain hands cuBLAS (`cublasSetWorkspace`, NVIDIA's recommendation
-    /// for Hopper), so that cuBLAS allocates nothing of its own during a job.
-    pub const GPU_CUBLAS_WORKSPACE_BYTES: u64 = 32 << 20;
-    /// The GPU chain's device state besides its matrices (reserved for flags and counters).
-    pub const GPU_STATE_BYTES: u64 = 16;
-
-    fn default_n() -> u32 {
-        Self::DEFAULT_N
-    }
-    fn default_iters() -> u32 {
-        Self::DEFAULT_ITERS
-    }
-
-    /// Bytes of one n x n int8 matrix.
-    pub fn matrix_bytes(&self) -> u64 {
-        u64::from(self.n) * u64::from(self.n)
-    }
-
-    /// Memory the job needs on the host (CPU path), in MiB rounded up: `A`, the next `A` and
-    /// `B` as int8, room for one n x n int32 buffer (a packed copy of `B` or the products), plus
-    /// overhead. The CPU kernels must stay within it.
-    pub fn memory_mb(&self) -> u64 {
-        (7 * self.matrix_bytes()).div_ceil(1 << 20) + Self::OVERHEAD_MB
-    }
-
-    /// Device memory the GPU chain allocates (`aitbc-cuda`'s `Gpu::run_chain`), in bytes: the
-    /// one formula the Coordinator, the supervisor, the worker and the CUDA crate share. See
-    /// [`TorchBenchParams::vram_bytes_for`].
-    pub fn vram_bytes(&self) -> u64 {
-        Self::vram_bytes_for(self.n, true)
-    }
-
-    /// [`TorchBenchParams::vram_bytes`] in MiB, rounded up: the least `vram_mb` a GPU job of
-    /// these params may be given.
-    pub fn vram_mb(&self) -> u64 {
-        self.vram_bytes().div_ceil(1 << 20)
-    }
-
-    /// What the GPU chain of size `n` allocates on the device, exactly: `A` and `B` as int8 and
-    /// the int32 product buffer (`6n²` bytes), the chain's [`TorchBenchParams::GPU_STATE_BYTES`] and, when
-    /// cuBLAS computes the products, its [`TorchBenchParams::GPU_CUBLAS_WORKSPACE_BYTES`] (the
-    /// own-kernel path allocates that much less). Saturating: no `n` wraps. Not counted: the
-    /// CUDA context itself (a driver-dependent few hundred MiB per process), which NVML's
-    /// per-process figure includes.
-    pub fn vram_bytes_for(n: u32, cublas: bool) -> u64 {
-        let matrix = u64::from(n).saturating_mul(u64::from(n));
-        let workspace = if cublas {
-            Self::GPU_CUBLAS_WORKSPACE_BYTES
-        } else {
-            0
-        };
-        matrix
-            .saturating_mul(6)
-            .saturating_add(Self::GPU_STATE_BYTES)
-            .saturating_add(workspace)
-    }
-
-    /// Operations of the chain (int8 multiplies and adds): `2 n^3` per product.
-    pub fn flops(&self) -> u64 {
-        2 * u64::from(self.n).pow(3) * u64::from(self.iters)
-    }
-
-    /// Length of the hashed output in bytes: the final n x n int8 matrix.
-    pub fn output_len(&self) -> u64 {
-        self.matrix_bytes()
-    }
-}
-
-/// A workload with its parameters checked and typed: what a worker is asked to run.
+/// A workload with its parameters checked and typed: what a worker is asked to run. Adding a
+/// workload adds a variant here, its arm in [`WorkloadSpec::needs`] and in [`typed`].
 #[derive(Serialize, Deserialize, Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkloadSpec {
-    TorchBench(TorchBenchParams),
+    TorchBench(torch_bench::TorchBenchParams),
 }
 
 impl WorkloadSpec {
@@ -144,21 +80,37 @@ impl WorkloadSpec {
             WorkloadSpec::TorchBench(_) => Workload::TorchBench,
         }
     }
-    pub fn flops(&self) -> u64 {
+
+    /// The workload's own declaration of what the job needs.
+    pub fn needs(&self) -> &dyn Needs {
         match self {
-            WorkloadSpec::TorchBench(p) => p.flops(),
+            WorkloadSpec::TorchBench(p) => p,
         }
     }
+
+    pub fn flops(&self) -> u64 {
+        self.needs().flops()
+    }
     pub fn memory_mb(&self) -> u64 {
-        match self {
-            WorkloadSpec::TorchBench(p) => p.memory_mb(),
-        }
+        self.needs().memory_mb()
     }
     /// The least `vram_mb` a GPU worker accepts for this workload.
     pub fn vram_mb(&self) -> u64 {
-        match self {
-            WorkloadSpec::TorchBench(p) => p.vram_mb(),
+        self.needs().vram_mb()
+    }
+    pub fn describe(&self) -> String {
+        self.needs().describe()
+    }
+}
+
+/// The dispatch from a name to its typed params: the workload's own parser, or `None` for a
+/// workload protocol has no typed spec for yet.
+fn typed(w: Workload, params: &Value) -> Option<Result<WorkloadSpec, PlanError>> {
+    match w {
+        Workload::TorchBench => {
+            Some(torch_bench::TorchBenchParams::parse(params).map(WorkloadSpec::TorchBench))
         }
+        Workload::SdInfer | Workload::LlmGen => None,
     }
 }
 
@@ -221,45 +173,53 @@ pub fn check_limits(limits: &JobLimits) -> Result<(), PlanError> {
 
 /// "Are these params valid?": protocol's rules for every known workload, and nothing else.
 /// The Coordinator asks it of every submission; it never depends on which workloads any miner
-/// runs, so implementing a workload in a miner cannot make it stricter. `torch_bench`'s rules
-/// are its typed params and memory; a workload without a typed spec yet needs a JSON object.
+/// runs, so implementing a workload in a miner cannot make it stricter. A typed workload's rules
+/// are its params and its memory against `limits.ram_mb`; a workload without a typed spec yet
+/// needs a JSON object.
 pub fn validate_submission(
     workload: &str,
     params: &Value,
     limits: &JobLimits,
 ) -> Result<Workload, PlanError> {
-    let w = Workload::parse(workload).ok_or_else(|| PlanError::UnknownWorkload(workload.into()))?;
-    check_limits(limits)?;
-    match w {
-        Workload::TorchBench => torch_bench_spec(params, limits).map(|_| w),
-        Workload::SdInfer | Workload::LlmGen if params.is_object() => Ok(w),
-        Workload::SdInfer | Workload::LlmGen => Err(bad("params", params, "must be a JSON object")),
-    }
+    spec_of(workload, params, limits).map(|(w, _)| w)
 }
 
 /// A valid job ([`validate_submission`]) as the typed [`WorkloadSpec`] a worker runs, or
 /// [`PlanError::NoSpec`] for a workload protocol has no spec for. Whether this miner runs the
 /// workload is the miner's question, asked before this one.
 pub fn plan(workload: &str, params: &Value, limits: &JobLimits) -> Result<WorkloadSpec, PlanError> {
-    match validate_submission(workload, params, limits)? {
-        Workload::TorchBench => torch_bench_spec(params, limits),
-        other => Err(PlanError::NoSpec(other)),
+    match spec_of(workload, params, limits)? {
+        (_, Some(spec)) => Ok(spec),
+        (w, None) => Err(PlanError::NoSpec(w)),
     }
 }
 
-fn torch_bench_spec(params: &Value, limits: &JobLimits) -> Result<WorkloadSpec, PlanError> {
-    let p = torch_bench_params(params)?;
-    let needed_mb = p.memory_mb();
-    if needed_mb > limits.ram_mb {
-        return Err(PlanError::OverMemory {
-            needed_mb,
-            limit_mb: limits.ram_mb,
-        });
+fn spec_of(
+    workload: &str,
+    params: &Value,
+    limits: &JobLimits,
+) -> Result<(Workload, Option<WorkloadSpec>), PlanError> {
+    let w = Workload::parse(workload).ok_or_else(|| PlanError::UnknownWorkload(workload.into()))?;
+    check_limits(limits)?;
+    match typed(w, params) {
+        None if params.is_object() => Ok((w, None)),
+        None => Err(bad("params", params, "must be a JSON object")),
+        Some(spec) => {
+            let spec = spec?;
+            let needed_mb = spec.memory_mb();
+            if needed_mb > limits.ram_mb {
+                return Err(PlanError::OverMemory {
+                    needed_mb,
+                    limit_mb: limits.ram_mb,
+                });
+            }
+            Ok((w, Some(spec)))
+        }
     }
-    Ok(WorkloadSpec::TorchBench(p))
 }
 
-fn bad(field: &str, value: &Value, reason: &str) -> PlanError {
+/// A refusal naming `field` and its value (cut to 64 characters).
+pub(crate) fn bad(field: &str, value: &Value, reason: &str) -> PlanError {
     let mut value = value.to_string();
     if value.len() > 64 {
         value.truncate(61);
@@ -272,61 +232,6 @@ fn bad(field: &str, value: &Value, reason: &str) -> PlanError {
     }
 }
 
-fn torch_bench_params(params: &Value) -> Result<TorchBenchParams, PlanError> {
-    let obj = match params {
-        Value::Null => return Ok(TorchBenchParams::default()),
-        Value::Object(o) => o,
-        other => return Err(bad("params", other, "must be a JSON object")),
-    };
-    for key in obj.keys() {
-        if !matches!(key.as_str(), "n" | "iters" | "seed") {
-            return Err(bad(
-                &format!("params.{key}"),
-                &obj[key],
-                "unknown parameter (torch_bench takes n, iters, seed)",
-            ));
-        }
-    }
-    let int = |field: &str, default: u64, min: u64, max: u64| -> Result<u64, PlanError> {
-        match obj.get(field) {
-            None => Ok(default),
-            Some(v) => match v.as_u64() {
-                Some(x) if (min..=max).contains(&x) => Ok(x),
-                _ => Err(bad(
-                    &format!("params.{field}"),
-                    v,
-                    &format!("expected a whole number from {min} to {max}"),
-                )),
-            },
-        }
-    };
-    Ok(TorchBenchParams {
-        n: int(
-            "n",
-            TorchBenchParams::DEFAULT_N.into(),
-            1,
-            TorchBenchParams::MAX_N.into(),
-        )? as u32,
-        iters: int(
-            "iters",
-            TorchBenchParams::DEFAULT_ITERS.into(),
-            1,
-            TorchBenchParams::MAX_ITERS.into(),
-        )? as u32,
-        seed: int("seed", 0, 0, u64::MAX)?,
-    })
-}
-
-impl Default for TorchBenchParams {
-    fn default() -> Self {
-        TorchBenchParams {
-            n: Self::DEFAULT_N,
-            iters: Self::DEFAULT_ITERS,
-            seed: 0,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,65 +241,6 @@ mod tests {
         JobLimits {
             ram_mb,
             ..JobLimits::default()
-        }
-    }
-
-    #[test]
-    fn guide_defaults_fit_the_default_limits() {
-        let spec = plan("torch_bench", &json!({}), &JobLimits::default()).unwrap();
-        let WorkloadSpec::TorchBench(p) = spec;
-        assert_eq!((p.n, p.iters, p.seed), (1024, 100, 0));
-        assert_eq!(p.flops(), 2 * 1024u64.pow(3) * 100);
-        // A, the next A and B (1 MiB each) and one int32 buffer (4 MiB), plus overhead.
-        assert_eq!(p.memory_mb(), 7 + 32);
-    }
-
-    #[test]
-    fn vram_is_two_int8_matrices_an_int32_product_state_and_the_cublas_workspace() {
-        let p = |n| TorchBenchParams {
-            n,
-            iters: 1,
-            seed: 0,
-        };
-        let ws = TorchBenchParams::GPU_CUBLAS_WORKSPACE_BYTES;
-        assert_eq!(p(1).vram_bytes(), 6 + 16 + ws);
-        assert_eq!(p(1024).vram_bytes(), (6 << 20) + 16 + (32 << 20));
-        assert_eq!(p(8192).vram_bytes(), (384 << 20) + 16 + (32 << 20));
-        assert_eq!(
-            TorchBenchParams::vram_bytes_for(1024, false),
-            (6 << 20) + 16
-        );
-        // The state words push every size just past a whole MiB: rounded up.
-        assert_eq!(p(1024).vram_mb(), 6 + 32 + 1);
-        assert_eq!(p(8192).vram_mb(), 384 + 32 + 1);
-        assert_eq!(p(1).vram_mb(), 33);
-        assert_eq!(WorkloadSpec::TorchBench(p(1024)).vram_mb(), 39);
-        assert_eq!(
-            p(TorchBenchParams::MAX_N).vram_bytes(),
-            (3 << 29) + 16 + (32 << 20)
-        );
-        assert_eq!(TorchBenchParams::vram_bytes_for(u32::MAX, true), u64::MAX);
-        // vram_mb always covers vram_bytes, by less than one MiB.
-        for n in (1..=TorchBenchParams::MAX_N).step_by(997) {
-            let (b, mb) = (p(n).vram_bytes(), p(n).vram_mb());
-            assert!(mb << 20 >= b && (mb << 20) - b < 1 << 20, "n={n}");
-        }
-    }
-
-    #[test]
-    fn refusals_name_the_field_and_value() {
-        let cases = [
-            (json!({"n": 0}), "params.n = 0"),
-            (json!({"n": "big"}), "params.n = \"big\""),
-            (json!({"iters": -1}), "params.iters = -1"),
-            (json!({"n": 20000}), "params.n = 20000"),
-            (json!({"size": 3}), "params.size = 3"),
-            (json!([1, 2]), "params = [1,2]"),
-        ];
-        for (params, want) in cases {
-            let err = plan("torch_bench", &params, &limits(1 << 20)).unwrap_err();
-            assert!(err.to_string().starts_with(want), "{err} !~ {want}");
-            assert_eq!(err.fail_reason(), FailReason::BadParams);
         }
     }
 

@@ -38,10 +38,183 @@
 //! Known answers ([`KNOWN_ANSWERS`]) pin the recipe; `scripts/int8_chain.py` computes them
 //! independently in plain Python. Pure: no I/O, no floating point, nothing host-specific.
 
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use super::TorchBenchParams;
+use super::{bad, Needs, PlanError};
 use crate::merkle::{self, Digest};
+
+/// `torch_bench`: a chain of `iters` exact n x n int8 matrix products with int32 accumulation
+/// and an integer requantization between them, from inputs drawn from `seed`
+/// ([`torch_bench`] specifies it). The output is the final n x n int8 matrix, the same bytes on
+/// every machine.
+#[derive(Serialize, Deserialize, Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TorchBenchParams {
+    #[serde(default = "TorchBenchParams::default_n")]
+    pub n: u32,
+    #[serde(default = "TorchBenchParams::default_iters")]
+    pub iters: u32,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl TorchBenchParams {
+    /// The guide's chain: 1024 x 1024, 100 products.
+    pub const DEFAULT_N: u32 = 1024;
+    pub const DEFAULT_ITERS: u32 = 100;
+    pub const MAX_N: u32 = 16384;
+    pub const MAX_ITERS: u32 = 100_000;
+    /// Resident memory a worker needs besides the matrices (code, stacks, allocator slack).
+    pub const OVERHEAD_MB: u64 = 32;
+    /// The workspace the GPU chain hands cuBLAS (`cublasSetWorkspace`, NVIDIA's recommendation
+    /// for Hopper), so that cuBLAS allocates nothing of its own during a job.
+    pub const GPU_CUBLAS_WORKSPACE_BYTES: u64 = 32 << 20;
+    /// The GPU chain's device state besides its matrices (reserved for flags and counters).
+    pub const GPU_STATE_BYTES: u64 = 16;
+
+    /// The params of a submission: a JSON object of `n`, `iters` and `seed` (each optional;
+    /// `null` means all defaults), each a whole number in its range. A refusal names the field
+    /// and the value.
+    pub fn parse(params: &Value) -> Result<TorchBenchParams, PlanError> {
+        let obj = match params {
+            Value::Null => return Ok(TorchBenchParams::default()),
+            Value::Object(o) => o,
+            other => return Err(bad("params", other, "must be a JSON object")),
+        };
+        for key in obj.keys() {
+            if !matches!(key.as_str(), "n" | "iters" | "seed") {
+                return Err(bad(
+                    &format!("params.{key}"),
+                    &obj[key],
+                    "unknown parameter (torch_bench takes n, iters, seed)",
+                ));
+            }
+        }
+        let int = |field: &str, default: u64, min: u64, max: u64| -> Result<u64, PlanError> {
+            match obj.get(field) {
+                None => Ok(default),
+                Some(v) => match v.as_u64() {
+                    Some(x) if (min..=max).contains(&x) => Ok(x),
+                    _ => Err(bad(
+                        &format!("params.{field}"),
+                        v,
+                        &format!("expected a whole number from {min} to {max}"),
+                    )),
+                },
+            }
+        };
+        Ok(TorchBenchParams {
+            n: int(
+                "n",
+                TorchBenchParams::DEFAULT_N.into(),
+                1,
+                TorchBenchParams::MAX_N.into(),
+            )? as u32,
+            iters: int(
+                "iters",
+                TorchBenchParams::DEFAULT_ITERS.into(),
+                1,
+                TorchBenchParams::MAX_ITERS.into(),
+            )? as u32,
+            seed: int("seed", 0, 0, u64::MAX)?,
+        })
+    }
+
+    fn default_n() -> u32 {
+        Self::DEFAULT_N
+    }
+    fn default_iters() -> u32 {
+        Self::DEFAULT_ITERS
+    }
+
+    /// Bytes of one n x n int8 matrix.
+    pub fn matrix_bytes(&self) -> u64 {
+        u64::from(self.n) * u64::from(self.n)
+    }
+
+    /// Memory the job needs on the host (CPU path), in MiB rounded up: `A`, the next `A` and
+    /// `B` as int8, room for one n x n int32 buffer (a packed copy of `B` or the products), plus
+    /// overhead. The CPU kernels must stay within it.
+    pub fn memory_mb(&self) -> u64 {
+        (7 * self.matrix_bytes()).div_ceil(1 << 20) + Self::OVERHEAD_MB
+    }
+
+    /// Device memory the GPU chain allocates (`aitbc-cuda`'s `Gpu::run_chain`), in bytes: the
+    /// one formula the Coordinator, the supervisor, the worker and the CUDA crate share. See
+    /// [`TorchBenchParams::vram_bytes_for`].
+    pub fn vram_bytes(&self) -> u64 {
+        Self::vram_bytes_for(self.n, true)
+    }
+
+    /// [`TorchBenchParams::vram_bytes`] in MiB, rounded up: the least `vram_mb` a GPU job of
+    /// these params may be given.
+    pub fn vram_mb(&self) -> u64 {
+        self.vram_bytes().div_ceil(1 << 20)
+    }
+
+    /// What the GPU chain of size `n` allocates on the device, exactly: `A` and `B` as int8 and
+    /// the int32 product buffer (`6n²` bytes), the chain's [`TorchBenchParams::GPU_STATE_BYTES`] and, when
+    /// cuBLAS computes the products, its [`TorchBenchParams::GPU_CUBLAS_WORKSPACE_BYTES`] (the
+    /// own-kernel path allocates that much less). Saturating: no `n` wraps. Not counted: the
+    /// CUDA context itself (a driver-dependent few hundred MiB per process), which NVML's
+    /// per-process figure includes.
+    pub fn vram_bytes_for(n: u32, cublas: bool) -> u64 {
+        let matrix = u64::from(n).saturating_mul(u64::from(n));
+        let workspace = if cublas {
+            Self::GPU_CUBLAS_WORKSPACE_BYTES
+        } else {
+            0
+        };
+        matrix
+            .saturating_mul(6)
+            .saturating_add(Self::GPU_STATE_BYTES)
+            .saturating_add(workspace)
+    }
+
+    /// Operations of the chain (int8 multiplies and adds): `2 n^3` per product.
+    pub fn flops(&self) -> u64 {
+        2 * u64::from(self.n).pow(3) * u64::from(self.iters)
+    }
+
+    /// Length of the hashed output in bytes: the final n x n int8 matrix.
+    pub fn output_len(&self) -> u64 {
+        self.matrix_bytes()
+    }
+}
+
+impl Needs for TorchBenchParams {
+    fn memory_mb(&self) -> u64 {
+        TorchBenchParams::memory_mb(self)
+    }
+    fn vram_mb(&self) -> u64 {
+        TorchBenchParams::vram_mb(self)
+    }
+    fn flops(&self) -> u64 {
+        TorchBenchParams::flops(self)
+    }
+    fn output_len(&self) -> u64 {
+        TorchBenchParams::output_len(self)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "torch_bench n={} iters={} seed={}",
+            self.n, self.iters, self.seed
+        )
+    }
+}
+
+impl Default for TorchBenchParams {
+    fn default() -> Self {
+        TorchBenchParams {
+            n: Self::DEFAULT_N,
+            iters: Self::DEFAULT_ITERS,
+            seed: 0,
+        }
+    }
+}
 
 /// SplitMix64's increment, the golden ratio in 64-bit fixed point.
 pub const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -250,6 +423,9 @@ pub const KNOWN_ANSWERS: &[(u32, u32, u64, &str, &str)] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{FailReason, JobLimits};
+    use crate::workload::WorkloadSpec;
+    use serde_json::json;
 
     fn p(n: u32, iters: u32, seed: u64) -> TorchBenchParams {
         TorchBenchParams { n, iters, seed }
@@ -357,6 +533,73 @@ mod tests {
             let c = commit(&out, n as usize).unwrap();
             assert_eq!(hex(&c.output_sha), sha, "n={n} iters={iters} seed={seed}");
             assert_eq!(hex(&c.merkle_root), root, "n={n} iters={iters} seed={seed}");
+        }
+    }
+
+    #[test]
+    fn guide_defaults_fit_the_default_limits() {
+        let spec = crate::workload::plan("torch_bench", &json!({}), &JobLimits::default()).unwrap();
+        let WorkloadSpec::TorchBench(p) = spec;
+        assert_eq!((p.n, p.iters, p.seed), (1024, 100, 0));
+        assert_eq!(p.flops(), 2 * 1024u64.pow(3) * 100);
+        // A, the next A and B (1 MiB each) and one int32 buffer (4 MiB), plus overhead.
+        assert_eq!(p.memory_mb(), 7 + 32);
+    }
+
+    #[test]
+    fn vram_is_two_int8_matrices_an_int32_product_state_and_the_cublas_workspace() {
+        let p = |n| TorchBenchParams {
+            n,
+            iters: 1,
+            seed: 0,
+        };
+        let ws = TorchBenchParams::GPU_CUBLAS_WORKSPACE_BYTES;
+        assert_eq!(p(1).vram_bytes(), 6 + 16 + ws);
+        assert_eq!(p(1024).vram_bytes(), (6 << 20) + 16 + (32 << 20));
+        assert_eq!(p(8192).vram_bytes(), (384 << 20) + 16 + (32 << 20));
+        assert_eq!(
+            TorchBenchParams::vram_bytes_for(1024, false),
+            (6 << 20) + 16
+        );
+        // The state words push every size just past a whole MiB: rounded up.
+        assert_eq!(p(1024).vram_mb(), 6 + 32 + 1);
+        assert_eq!(p(8192).vram_mb(), 384 + 32 + 1);
+        assert_eq!(p(1).vram_mb(), 33);
+        assert_eq!(WorkloadSpec::TorchBench(p(1024)).vram_mb(), 39);
+        assert_eq!(
+            p(TorchBenchParams::MAX_N).vram_bytes(),
+            (3 << 29) + 16 + (32 << 20)
+        );
+        assert_eq!(TorchBenchParams::vram_bytes_for(u32::MAX, true), u64::MAX);
+        // vram_mb always covers vram_bytes, by less than one MiB.
+        for n in (1..=TorchBenchParams::MAX_N).step_by(997) {
+            let (b, mb) = (p(n).vram_bytes(), p(n).vram_mb());
+            assert!(mb << 20 >= b && (mb << 20) - b < 1 << 20, "n={n}");
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_value() {
+        let cases = [
+            (json!({"n": 0}), "params.n = 0"),
+            (json!({"n": "big"}), "params.n = \"big\""),
+            (json!({"iters": -1}), "params.iters = -1"),
+            (json!({"n": 20000}), "params.n = 20000"),
+            (json!({"size": 3}), "params.size = 3"),
+            (json!([1, 2]), "params = [1,2]"),
+        ];
+        for (params, want) in cases {
+            let err = crate::workload::plan(
+                "torch_bench",
+                &params,
+                &JobLimits {
+                    ram_mb: 1 << 20,
+                    ..JobLimits::default()
+                },
+            )
+            .unwrap_err();
+            assert!(err.to_string().starts_with(want), "{err} !~ {want}");
+            assert_eq!(err.fail_reason(), FailReason::BadParams);
         }
     }
 }
