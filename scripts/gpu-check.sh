@@ -66,7 +66,7 @@ run() {
   step "aitbc-cuda GPU tests"
   check cuda_gpu 180 "$dir/cuda_suite" gpu:: --test-threads 1 --nocapture
   step "worker GPU tests"
-  check worker_gpu 120 "$dir/worker_lib" torch_bench::gpu --test-threads 1 --nocapture
+  check worker_gpu 120 "$dir/worker_lib" workload::torch_bench::gpu --test-threads 1 --nocapture
   step "aitbc-miner bench --gpu against the CPU's hash"
   for n in 1024 4096; do
     local params="{\"n\":$n,\"iters\":20,\"seed\":7}" g c

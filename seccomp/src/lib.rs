@@ -1,5 +1,6 @@
 //! The worker's system-call policy: one allow-list per worker kind (`Profile::Cpu`,
-//! `Profile::Gpu`) written as data with a reason per rule (`rules`), compiled to BPF with
+//! `Profile::Gpu`) plus each served workload's fragment (`fragment`), written as data with a
+//! reason per rule (`rules`), compiled to BPF with
 //! seccompiler (`compile`), and installed on every thread of the process at once with a SIGSYS
 //! reporter that names a forbidden call before the worker dies of it (`install`).
 //!
@@ -19,6 +20,7 @@ mod names;
 mod policy;
 mod report;
 pub mod rule;
+mod workload;
 
 pub use error::SeccompError;
 pub use names::syscall_name;
@@ -26,6 +28,9 @@ pub use policy::rules;
 pub use report::REPORT_PREFIX;
 pub use rule::{decide, Action, Rule, Verdict};
 pub use seccompiler::BpfProgram;
+pub use workload::fragment;
+
+use aitbc_protocol::workload::Workload;
 
 /// Which allow-list a worker gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,15 +70,19 @@ impl Context {
 /// Compiles `profile` for context `cx` into BPF programs, in the order `install` applies them:
 /// the refusal filters (EPERM, ENOSYS) first, the allow-list (whose default is trap) last. The
 /// kernel runs all of them on every call and keeps the most restrictive answer, which makes the
-/// set behave exactly like `decide(&rules(profile), ..)`.
-pub fn compile(profile: Profile, cx: &Context) -> Result<Vec<BpfProgram>, SeccompError> {
-    Ok(compile::compile_rules(&rules(profile), cx)?
+/// set behave exactly like `decide(&rules(profile, workloads), ..)`.
+pub fn compile(
+    profile: Profile,
+    workloads: &[Workload],
+    cx: &Context,
+) -> Result<Vec<BpfProgram>, SeccompError> {
+    Ok(compile::compile_rules(&rules(profile, workloads), cx)?
         .into_iter()
         .map(|f| f.program)
         .collect())
 }
 
-/// Confines the calling process with `profile`: installs the SIGSYS reporter, then applies every
+/// Confines the calling process with `profile` and the fragments of the `workloads` it serves: installs the SIGSYS reporter, then applies every
 /// filter to all threads at once (TSYNC), so threads started earlier (rayon's pool, CUDA's
 /// helpers) are covered too.
 ///
@@ -81,8 +90,8 @@ pub fn compile(profile: Profile, cx: &Context) -> Result<Vec<BpfProgram>, Seccom
 /// dropping capabilities); this is checked and `SeccompError::NoNewPrivs` returned otherwise.
 /// Everything that allocates happens before the first filter is applied. On any error the
 /// process must not run a job: it may be partly confined.
-pub fn install(profile: Profile, cx: &Context) -> Result<(), SeccompError> {
-    let filters = compile::compile_rules(&rules(profile), cx)?;
+pub fn install(profile: Profile, workloads: &[Workload], cx: &Context) -> Result<(), SeccompError> {
+    let filters = compile::compile_rules(&rules(profile, workloads), cx)?;
     // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointer arguments.
     let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
     match nnp {

@@ -14,10 +14,25 @@
 
 use crate::rule::{eq32, eq64, masked32, ne32, ne64, not_own_pid, own_pid, Action, Cond, Rule};
 use crate::Profile;
+use aitbc_protocol::workload::Workload;
 
-/// The rules of `profile`, in the order they are documented. `Profile::Gpu` is the Cpu list plus
-/// what the CUDA driver needs.
-pub fn rules(profile: Profile) -> Vec<Rule> {
+/// The rules of a `profile` worker that serves `workloads`, in the order they are documented:
+/// the base list (`Profile::Gpu`'s is the Cpu list plus what the CUDA driver needs), then each
+/// workload's fragment ([`crate::fragment`]), once per workload.
+pub fn rules(profile: Profile, workloads: &[Workload]) -> Vec<Rule> {
+    let mut rules = base(profile);
+    let mut seen = Vec::new();
+    for &w in workloads {
+        if !seen.contains(&w) {
+            seen.push(w);
+            rules.extend(crate::fragment(w));
+        }
+    }
+    rules
+}
+
+/// What every worker of `profile` needs, whatever it computes.
+fn base(profile: Profile) -> Vec<Rule> {
     let mut rules = Vec::new();
     io(&mut rules);
     files(&mut rules);
@@ -32,7 +47,7 @@ pub fn rules(profile: Profile) -> Vec<Rule> {
     rules
 }
 
-fn allow(syscall: i64, reason: &'static str) -> Rule {
+pub(crate) fn allow_rule(syscall: i64, reason: &'static str) -> Rule {
     Rule {
         syscall,
         when: Vec::new(),
@@ -41,7 +56,7 @@ fn allow(syscall: i64, reason: &'static str) -> Rule {
     }
 }
 
-fn allow_if(syscall: i64, when: &[Cond], reason: &'static str) -> Rule {
+pub(crate) fn allow_if_rule(syscall: i64, when: &[Cond], reason: &'static str) -> Rule {
     Rule {
         syscall,
         when: when.to_vec(),
@@ -49,6 +64,9 @@ fn allow_if(syscall: i64, when: &[Cond], reason: &'static str) -> Rule {
         reason,
     }
 }
+
+use allow_if_rule as allow_if;
+use allow_rule as allow;
 
 fn refuse(syscall: i64, errno: i32, reason: &'static str) -> Rule {
     Rule {
@@ -250,11 +268,6 @@ fn threads(r: &mut Vec<Rule>) {
             SYS_sigaltstack,
             "std's stack-overflow handler stack, per thread",
         ),
-        allow(SYS_sched_yield, "rayon's idle workers yield while spinning"),
-        allow(
-            SYS_sched_getaffinity,
-            "rayon and std::thread::available_parallelism",
-        ),
         allow(SYS_gettid, "std's thread ids; the SIGSYS reporter's tgkill"),
         allow(SYS_getpid, "the SIGSYS reporter's tgkill; abort()"),
         allow(SYS_exit, "a thread ends"),
@@ -262,11 +275,6 @@ fn threads(r: &mut Vec<Rule>) {
         allow(
             SYS_restart_syscall,
             "the kernel resumes an interrupted sleep or futex wait",
-        ),
-        allow_if(
-            SYS_prctl,
-            &[eq32(0, PR_SET_NAME as u64)],
-            "std names threads (aitbc-compute-N)",
         ),
         allow_if(
             SYS_prctl,
@@ -633,9 +641,10 @@ fn gpu(r: &mut Vec<Rule>) {
 
 #[cfg(test)]
 mod tests {
-    use super::rules;
+    use super::{base, rules};
     use crate::rule::{decide, Action, Cmp, Cond, Rule, Value, Verdict, Width};
     use crate::{compile, syscall_name, Context, Profile};
+    use aitbc_protocol::workload::Workload;
 
     const BOTH: [Profile; 2] = [Profile::Cpu, Profile::Gpu];
     const CX: Context = Context { pid: 4242 };
@@ -647,13 +656,13 @@ mod tests {
     }
 
     fn verdict(p: Profile, nr: i64, a: &[u64]) -> Verdict {
-        decide(&rules(p), nr, &args(a), &CX)
+        decide(&rules(p, &Workload::ALL), nr, &args(a), &CX)
     }
 
     #[test]
     fn both_profiles_compile_into_refusal_filters_then_the_allow_list() {
         for p in BOTH {
-            let programs = compile(p, &CX).unwrap();
+            let programs = compile(p, &Workload::ALL, &CX).unwrap();
             // EPERM, ENOSYS, allow-list.
             assert_eq!(programs.len(), 3, "{p:?}");
             // The kernel caps a filter at BPF_MAXINSNS (4096) instructions.
@@ -670,7 +679,7 @@ mod tests {
     #[test]
     fn every_rule_has_a_reason_a_name_and_valid_arguments() {
         for p in BOTH {
-            for rule in rules(p) {
+            for rule in rules(p, &Workload::ALL) {
                 assert!(!rule.reason.trim().is_empty(), "{p:?}: {rule}");
                 assert!(!rule.reason.contains('\n'), "one line: {rule}");
                 assert!(
@@ -700,7 +709,7 @@ mod tests {
     #[test]
     fn no_system_call_has_contradicting_rules() {
         for p in BOTH {
-            let all = rules(p);
+            let all = rules(p, &Workload::ALL);
             for (i, a) in all.iter().enumerate() {
                 for b in &all[i + 1..] {
                     if a.syscall != b.syscall {
@@ -906,8 +915,8 @@ mod tests {
 
     #[test]
     fn gpu_is_cpu_plus_more() {
-        let cpu = rules(Profile::Cpu);
-        let gpu = rules(Profile::Gpu);
+        let cpu = base(Profile::Cpu);
+        let gpu = base(Profile::Gpu);
         assert!(gpu.len() > cpu.len());
         assert_eq!(&gpu[..cpu.len()], &cpu[..]);
         // The additions only ever allow.
@@ -924,5 +933,30 @@ mod tests {
         };
         assert!(c.holds(&args(&[4242]), &CX));
         assert!(!c.holds(&args(&[4243]), &CX));
+    }
+
+    #[test]
+    fn a_fragment_is_the_workloads_own_and_only_allows() {
+        for w in Workload::ALL {
+            for rule in crate::fragment(w) {
+                assert_eq!(rule.action, Action::Allow, "{}: {rule}", w.as_str());
+                assert!(
+                    rule.reason.starts_with(&format!("{}: ", w.as_str())),
+                    "a fragment rule names its workload: {rule}"
+                );
+            }
+        }
+        // torch_bench's fragment is what lets its compute pool run: without it, a yield traps.
+        for p in BOTH {
+            let yield_ =
+                |w: &[Workload]| decide(&rules(p, w), libc::SYS_sched_yield, &args(&[]), &CX);
+            assert_eq!(yield_(&[]), Verdict::Trap, "{p:?}");
+            assert_eq!(yield_(&[Workload::TorchBench]), Verdict::Allow, "{p:?}");
+            // Each fragment is added once, however often its workload is named.
+            assert_eq!(
+                rules(p, &[Workload::TorchBench, Workload::TorchBench]).len(),
+                rules(p, &[Workload::TorchBench]).len()
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! A filter is irreversible and process-wide, so it must never be installed in the test harness
 //! itself: only in a child, and never by forking the multi-threaded harness.
 
+use aitbc_protocol::workload::Workload;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -196,7 +197,7 @@ fn child(mode: &str) -> i32 {
 }
 
 fn confine(profile: Profile) {
-    if let Err(e) = install(profile, &Context::current()) {
+    if let Err(e) = install(profile, &Workload::ALL, &Context::current()) {
         println!("install failed: {e}");
         let _ = std::io::stdout().flush();
         // SAFETY: ends the process at once.
@@ -390,7 +391,7 @@ fn child_without_no_new_privs() -> i32 {
         return 0;
     }
     let mut c = Checks { failed: 0 };
-    match install(Profile::Cpu, &Context::current()) {
+    match install(Profile::Cpu, &Workload::ALL, &Context::current()) {
         Err(e @ SeccompError::NoNewPrivs) => {
             let text = e.to_string();
             c.expect(

@@ -96,7 +96,7 @@ fn bench_runs_one_job_through_the_worker_and_reports_json() {
     assert!(m["wall_ms"].as_u64().is_some(), "{m}");
     assert_eq!(m["output_len"], 7 * 7);
     // The chain is exact: the same hash as protocol's plain reference computes.
-    let p = aitbc_protocol::workload::TorchBenchParams {
+    let p = aitbc_protocol::workload::torch_bench::TorchBenchParams {
         n: 7,
         iters: 3,
         seed: 42,

@@ -24,7 +24,7 @@ use aitbc_protocol::api::Mode;
 use aitbc_protocol::wire::{
     read_frame, write_frame, FromWorker, Hello, JobSpec, ToWorker, WIRE_VERSION,
 };
-use aitbc_protocol::workload::{TorchBenchParams, WorkloadSpec};
+use aitbc_protocol::workload::{torch_bench::TorchBenchParams, WorkloadSpec};
 
 /// How long a worker may take to confine itself and say Hello, or to answer a small job.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(60);
@@ -285,7 +285,7 @@ fn job_and_expected_hash() -> (JobSpec, [u8; 32]) {
         iters: 4,
         seed: 11,
     };
-    let want = aitbc_worker::torch_bench::run_cpu(&p, 2).expect("the unconfined run");
+    let want = aitbc_worker::workload::torch_bench::run_cpu(&p, 2).expect("the unconfined run");
     let job = JobSpec {
         job_id: "confined-1".into(),
         spec: WorkloadSpec::TorchBench(p),

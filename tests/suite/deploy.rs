@@ -265,7 +265,7 @@ fn every_system_call_a_worker_needs_passes_the_units_filter() {
     let allowed = allowed_syscalls(&t[0]);
     let mut missing = Vec::new();
     for profile in [Profile::Cpu, Profile::Gpu] {
-        for rule in rules(profile) {
+        for rule in rules(profile, aitbc_worker::workload::SERVED) {
             let name = syscall_name(rule.syscall)
                 .unwrap_or_else(|| panic!("unnamed system call {}", rule.syscall));
             // A refusal with EPERM reads the same whether the worker's filter or the unit's
@@ -296,7 +296,7 @@ fn every_system_call_a_worker_needs_passes_the_units_filter() {
         missing.join("\n  ")
     );
     for (name, profile, why) in EPERM_BY_THE_UNIT {
-        let in_policy = rules(*profile)
+        let in_policy = rules(*profile, aitbc_worker::workload::SERVED)
             .iter()
             .any(|r| syscall_name(r.syscall) == Some(name) && r.action == Action::Allow);
         assert!(

@@ -302,7 +302,7 @@ async fn against_a_real_coordinator_the_key_is_accepted_or_refused_with_the_reas
 #[test]
 fn the_known_answer_is_what_any_thread_count_and_a_scalar_loop_compute() {
     use aitbc_protocol::workload::torch_bench::{commit, reference_output};
-    use aitbc_worker::torch_bench;
+    use aitbc_worker::workload::torch_bench;
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     for threads in 1..=4 {
         let run = torch_bench::run_cpu(&KNOWN_PARAMS, threads).expect("the CPU chain runs");

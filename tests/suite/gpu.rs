@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use aitbc_protocol::api::{EnergySource, JobState, Mode};
-use aitbc_protocol::workload::TorchBenchParams;
+use aitbc_protocol::workload::torch_bench::TorchBenchParams;
 use aitbc_supervisor::config::AccelMode;
 use aitbc_supervisor::Event;
 use serde_json::{json, Value};

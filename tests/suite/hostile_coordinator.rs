@@ -621,12 +621,12 @@ pub fn small_job(id: &str) -> Job {
 fn small_sha() -> &'static str {
     static SHA: OnceLock<String> = OnceLock::new();
     SHA.get_or_init(|| {
-        let p = aitbc_protocol::workload::TorchBenchParams {
+        let p = aitbc_protocol::workload::torch_bench::TorchBenchParams {
             n: 8,
             iters: 2,
             seed: 0,
         };
-        let run = aitbc_worker::torch_bench::run_cpu(&p, 1).expect("torch_bench runs");
+        let run = aitbc_worker::workload::torch_bench::run_cpu(&p, 1).expect("torch_bench runs");
         run.output_sha.iter().map(|b| format!("{b:02x}")).collect()
     })
 }

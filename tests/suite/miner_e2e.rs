@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aitbc_protocol::api::{FailReason, JobState, JobView};
 use aitbc_protocol::args::FsMode;
-use aitbc_protocol::workload::TorchBenchParams;
+use aitbc_protocol::workload::torch_bench::TorchBenchParams;
 use aitbc_supervisor::config::{AccelMode, ApiKey, MaxLimits};
 use aitbc_supervisor::{Config, Event, Summary, WorkerCommand};
 use serde_json::json;
@@ -207,7 +207,7 @@ pub(crate) async fn settled(c: &TestCoordinator, id: &str, within: Duration) -> 
 }
 
 fn expected_sha(p: &TorchBenchParams) -> String {
-    let run = aitbc_worker::torch_bench::run_cpu(p, 1).expect("the reference chain runs");
+    let run = aitbc_worker::workload::torch_bench::run_cpu(p, 1).expect("the reference chain runs");
     run.output_sha.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -545,12 +545,12 @@ async fn proofs_left_in_the_spool_by_a_previous_run_are_delivered_at_start_and_c
             .next(&c.miner_key, "spool-miner", 1.0)
             .await
             .expect("a job");
-        let params = aitbc_protocol::workload::TorchBenchParams {
+        let params = aitbc_protocol::workload::torch_bench::TorchBenchParams {
             n: 8,
             iters: 1,
             seed: 0,
         };
-        let run = aitbc_worker::torch_bench::run_cpu(&params, 1).unwrap();
+        let run = aitbc_worker::workload::torch_bench::run_cpu(&params, 1).unwrap();
         let entry = Entry::proof(Proof {
             id: job.id.clone(),
             miner_id: Some("spool-miner".into()),

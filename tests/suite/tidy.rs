@@ -122,3 +122,15 @@ fn every_source_file_starts_with_a_module_doc() {
         "files without a //! module doc: {missing:?}"
     );
 }
+
+/// One pre-started worker serves every workload of the build (worker/src/workload/mod.rs), so
+/// what the worker serves and what the supervisor declares and admits are the same list.
+#[test]
+fn the_worker_serves_exactly_what_the_supervisor_declares() {
+    assert_eq!(
+        aitbc_worker::workload::SERVED,
+        aitbc_supervisor::policy::RUNS,
+        "aitbc_worker::workload::SERVED and aitbc_supervisor::policy::RUNS must list the same \
+         workloads"
+    );
+}

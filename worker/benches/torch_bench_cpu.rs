@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-use aitbc_protocol::workload::TorchBenchParams;
-use aitbc_worker::torch_bench::{run_cpu_with, CpuChain, Kernel};
+use aitbc_protocol::workload::torch_bench::TorchBenchParams;
+use aitbc_worker::workload::torch_bench::{run_cpu_with, CpuChain, Kernel};
 
 struct Args {
     sizes: Vec<u32>,

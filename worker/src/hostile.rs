@@ -11,7 +11,7 @@
 //! have it, since the sandbox may refuse `getppid` itself; without one they ask `getppid`.
 //!
 //! Every act makes a real attempt and reports what happened, honestly:
-//! * the attack worked: `Ok(ChainRun)` (the job ends `Done`, so a test expecting a failure
+//! * the attack worked: `Ok(Output)` (the job ends `Done`, so a test expecting a failure
 //!   fails) after a line `aitbc-hostile: ESCAPED: <what>` on stderr, which the supervisor logs;
 //! * a confinement layer refused it: `Err(WorkerError::SandboxDenied)`, naming the target and
 //!   the error, so the job fails `SANDBOX_VIOLATION`;
@@ -34,7 +34,7 @@ use aitbc_protocol::wire::JobSpec;
 use aitbc_protocol::workload::WorkloadSpec;
 use sha2::{Digest, Sha256};
 
-use crate::torch_bench::ChainRun;
+use crate::workload::Output;
 use crate::WorkerError;
 
 /// The high 32 bits of a hostile seed: ASCII "HOST".
@@ -160,7 +160,7 @@ pub fn target_params(pid: u32) -> (u16, u32) {
 
 /// The hook the worker calls before running a torch_bench job: `Some(outcome)` when the seed
 /// selects an act (see the module docs), `None` for a normal job.
-pub fn intercept(job: &JobSpec) -> Option<Result<ChainRun, WorkerError>> {
+pub fn intercept(job: &JobSpec) -> Option<Result<Output, WorkerError>> {
     let WorkloadSpec::TorchBench(p) = job.spec;
     let (act, arg) = Act::from_seed(p.seed)?;
     eprintln!(
@@ -269,7 +269,7 @@ fn dedup(paths: Vec<PathBuf>) -> Vec<PathBuf> {
     out
 }
 
-fn run(act: Act, arg: u16, job: &JobSpec, args: &Args) -> Result<ChainRun, WorkerError> {
+fn run(act: Act, arg: u16, job: &JobSpec, args: &Args) -> Result<Output, WorkerError> {
     let t0 = Instant::now();
     match act {
         Act::TcpConnect => tcp_connect(arg, t0),
@@ -297,9 +297,9 @@ fn run(act: Act, arg: u16, job: &JobSpec, args: &Args) -> Result<ChainRun, Worke
 }
 
 /// The attack worked: say so on stderr and answer `Done` with a hash of the description.
-fn escaped(what: String, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn escaped(what: String, t0: Instant) -> Result<Output, WorkerError> {
     eprintln!("aitbc-hostile: ESCAPED: {what}");
-    Ok(ChainRun {
+    Ok(Output {
         output_sha: Sha256::digest(what.as_bytes()).into(),
         merkle_root: [0; 32],
         output_len: what.len() as u64,
@@ -311,7 +311,7 @@ fn escaped(what: String, t0: Instant) -> Result<ChainRun, WorkerError> {
 }
 
 /// The attack was refused: say so on stderr and fail the job as a sandbox violation.
-fn contained(what: String, source: io::Error) -> Result<ChainRun, WorkerError> {
+fn contained(what: String, source: io::Error) -> Result<Output, WorkerError> {
     eprintln!("aitbc-hostile: contained: {what}: {source}");
     Err(WorkerError::SandboxDenied { what, source })
 }
@@ -330,7 +330,7 @@ fn refusals(list: Vec<(String, io::Error)>) -> io::Error {
     }
 }
 
-fn tcp_connect(port: u16, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn tcp_connect(port: u16, t0: Instant) -> Result<Output, WorkerError> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
         Ok(mut s) => {
@@ -341,7 +341,7 @@ fn tcp_connect(port: u16, t0: Instant) -> Result<ChainRun, WorkerError> {
     }
 }
 
-fn udp_send(port: u16, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn udp_send(port: u16, t0: Instant) -> Result<Output, WorkerError> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let sock = match UdpSocket::bind(("127.0.0.1", 0)) {
         Ok(s) => s,
@@ -353,7 +353,7 @@ fn udp_send(port: u16, t0: Instant) -> Result<ChainRun, WorkerError> {
     }
 }
 
-fn exec_shell() -> Result<ChainRun, WorkerError> {
+fn exec_shell() -> Result<Output, WorkerError> {
     const SH: &CStr = c"/bin/sh";
     const DASH_C: &CStr = c"-c";
     const SCRIPT: &CStr = c"echo 'aitbc-hostile: ESCAPED: /bin/sh runs in place of the worker' >&2";
@@ -370,7 +370,7 @@ fn exec_shell() -> Result<ChainRun, WorkerError> {
     contained("execve /bin/sh".into(), io::Error::last_os_error())
 }
 
-fn write_outside(job_dir: &Path, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn write_outside(job_dir: &Path, t0: Instant) -> Result<Output, WorkerError> {
     let mut wrote = Vec::new();
     let mut refused = Vec::new();
     for p in write_targets(job_dir) {
@@ -406,7 +406,7 @@ fn write_outside(job_dir: &Path, t0: Instant) -> Result<ChainRun, WorkerError> {
     )
 }
 
-fn read_config(job_dir: &Path, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn read_config(job_dir: &Path, t0: Instant) -> Result<Output, WorkerError> {
     let mut refused = Vec::new();
     for p in config_targets(job_dir) {
         match std::fs::read(&p) {
@@ -445,7 +445,7 @@ fn supervisor(args: &Args) -> Result<libc::pid_t, WorkerError> {
     Ok(ppid)
 }
 
-fn ptrace_parent(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn ptrace_parent(ppid: libc::pid_t, t0: Instant) -> Result<Output, WorkerError> {
     let null = std::ptr::null_mut::<libc::c_void>();
     // SAFETY: PTRACE_ATTACH takes a pid and ignores addr and data.
     let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, ppid, null, null) };
@@ -470,7 +470,7 @@ fn ptrace_parent(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerError
     )
 }
 
-fn kill_parent(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn kill_parent(ppid: libc::pid_t, t0: Instant) -> Result<Output, WorkerError> {
     // SAFETY: kill has no memory-safety preconditions.
     if unsafe { libc::kill(ppid, libc::SIGKILL) } == 0 {
         return escaped(format!("sent SIGKILL to the supervisor (pid {ppid})"), t0);
@@ -478,7 +478,7 @@ fn kill_parent(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerError> 
     contained(format!("kill({ppid}, SIGKILL)"), io::Error::last_os_error())
 }
 
-fn parent_mem_file(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn parent_mem_file(ppid: libc::pid_t, t0: Instant) -> Result<Output, WorkerError> {
     let path = format!("/proc/{ppid}/mem");
     match std::fs::File::open(&path) {
         Ok(_) => escaped(format!("opened {path}"), t0),
@@ -489,7 +489,7 @@ fn parent_mem_file(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerErr
 /// What [`Act::ParentMemRead`] aims at in the supervisor.
 static TARGET: [u8; 64] = [0; 64];
 
-fn parent_mem_read(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn parent_mem_read(ppid: libc::pid_t, t0: Instant) -> Result<Output, WorkerError> {
     let mut buf = [0u8; 64];
     let local = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -520,7 +520,7 @@ fn parent_mem_read(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerErr
     contained(format!("process_vm_readv({ppid})"), e)
 }
 
-fn parent_environ(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn parent_environ(ppid: libc::pid_t, t0: Instant) -> Result<Output, WorkerError> {
     let path = format!("/proc/{ppid}/environ");
     match std::fs::read(&path) {
         Ok(bytes) => escaped(
@@ -535,7 +535,7 @@ fn parent_environ(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerErro
     }
 }
 
-fn parent_fds(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn parent_fds(ppid: libc::pid_t, t0: Instant) -> Result<Output, WorkerError> {
     let path = format!("/proc/{ppid}/fd");
     match std::fs::read_dir(&path) {
         Ok(entries) => {
@@ -560,7 +560,7 @@ fn parent_fds(ppid: libc::pid_t, t0: Instant) -> Result<ChainRun, WorkerError> {
     }
 }
 
-fn fork_bomb(t0: Instant) -> Result<ChainRun, WorkerError> {
+fn fork_bomb(t0: Instant) -> Result<Output, WorkerError> {
     let mut children = 0u32;
     let mut error = None;
     while children < FORK_CAP {
@@ -585,7 +585,7 @@ fn fork_bomb(t0: Instant) -> Result<ChainRun, WorkerError> {
     }
 }
 
-fn thread_bomb(t0: Instant) -> Result<ChainRun, WorkerError> {
+fn thread_bomb(t0: Instant) -> Result<Output, WorkerError> {
     let mut started = 0u32;
     while started < THREAD_CAP {
         let spawned = std::thread::Builder::new()
@@ -606,7 +606,7 @@ fn thread_bomb(t0: Instant) -> Result<ChainRun, WorkerError> {
     escaped(format!("started {started} threads, none refused"), t0)
 }
 
-fn alloc_past_ram(ram_mb: u64, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn alloc_past_ram(ram_mb: u64, t0: Instant) -> Result<Output, WorkerError> {
     const CHUNK: usize = 16 << 20;
     let target = ram_mb.saturating_mul(4).max(256) << 20;
     let mut held: Vec<Vec<u8>> = Vec::new();
@@ -635,7 +635,7 @@ fn alloc_past_ram(ram_mb: u64, t0: Instant) -> Result<ChainRun, WorkerError> {
     )
 }
 
-fn spin(threads: u32, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn spin(threads: u32, t0: Instant) -> Result<Output, WorkerError> {
     let spinner = move || {
         let mut x = 0u64;
         while t0.elapsed() < UNSTOPPED_AFTER {
@@ -665,7 +665,7 @@ fn spin(threads: u32, t0: Instant) -> Result<ChainRun, WorkerError> {
     )
 }
 
-fn sleep_until_stopped(t0: Instant) -> Result<ChainRun, WorkerError> {
+fn sleep_until_stopped(t0: Instant) -> Result<Output, WorkerError> {
     while t0.elapsed() < UNSTOPPED_AFTER {
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -675,7 +675,7 @@ fn sleep_until_stopped(t0: Instant) -> Result<ChainRun, WorkerError> {
     )
 }
 
-fn segfault() -> Result<ChainRun, WorkerError> {
+fn segfault() -> Result<Output, WorkerError> {
     // A non-null, aligned address in the never-mapped first page (below mmap_min_addr).
     let p = std::ptr::dangling_mut::<u64>();
     // SAFETY: deliberately not safe: the write faults and the kernel kills the process with
@@ -709,7 +709,7 @@ fn write_mb(path: &Path, mb: u64) -> (u64, Option<io::Error>) {
     }
 }
 
-fn file_too_big(job_dir: &Path, limit_mb: u64, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn file_too_big(job_dir: &Path, limit_mb: u64, t0: Instant) -> Result<Output, WorkerError> {
     // A real attacker ignores SIGXFSZ, so that writes past the limit fail with EFBIG instead of
     // killing the process.
     // SAFETY: installs SIG_IGN for SIGXFSZ; no handler code runs.
@@ -731,7 +731,7 @@ fn file_too_big(job_dir: &Path, limit_mb: u64, t0: Instant) -> Result<ChainRun, 
     }
 }
 
-fn fill_disk(job_dir: &Path, limit_mb: u64, t0: Instant) -> Result<ChainRun, WorkerError> {
+fn fill_disk(job_dir: &Path, limit_mb: u64, t0: Instant) -> Result<Output, WorkerError> {
     // SAFETY: installs SIG_IGN for SIGXFSZ; no handler code runs.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let per_file = limit_mb.max(1);
@@ -759,7 +759,7 @@ fn fill_disk(job_dir: &Path, limit_mb: u64, t0: Instant) -> Result<ChainRun, Wor
     )
 }
 
-fn open_devices(t0: Instant) -> Result<ChainRun, WorkerError> {
+fn open_devices(t0: Instant) -> Result<Output, WorkerError> {
     let mut opened = Vec::new();
     let mut refused = Vec::new();
     for dev in DEVICES {

@@ -5,8 +5,9 @@
 //! * [`worker_main`]: the whole process: parse the command line ([`args`]), confine
 //!   ([`confine`], in its one documented order), then serve fd 3.
 //! * [`serve_fd`] / [`serve`]: the conversation (hello, one order, one answer).
-//! * [`torch_bench`]: the matrix-product chain, its input generator, and its two backends: the
-//!   CPU (`gemm` on a thread pool) and an NVIDIA GPU (`aitbc-cuda`, opened during confinement).
+//! * [`workload`]: the one dispatch to the workloads, one folder each (`workload/torch_bench/`:
+//!   the exact int8 chain on the CPU's kernels or an NVIDIA GPU through `aitbc-cuda`), with
+//!   their warm-ups, GPU modules, checks and runs.
 //!
 //! Architecture invariant: the worker depends on no async runtime (a test checks `cargo tree`),
 //! never opens a network socket, never talks to the Coordinator, never reads configuration,
@@ -20,11 +21,11 @@ mod error;
 #[cfg(feature = "hostile")]
 pub mod hostile;
 mod serve;
-pub mod torch_bench;
+pub mod workload;
 
 pub use entry::{worker_main, EXIT_SETUP, EXIT_USAGE, WORKER_FD};
 pub use error::WorkerError;
-pub use serve::{answer, check_job, serve, serve_fd, EXIT_BAD_FD, EXIT_CONVERSATION};
+pub use serve::{answer, serve, serve_fd, EXIT_BAD_FD, EXIT_CONVERSATION};
 
 /// Whether `libcuda.so.1` loads on this host (`aitbc_cuda::driver_present`: a cached `dlopen`
 /// probe that initialises nothing): what a GPU worker's device step checks first. For tests

@@ -6,7 +6,7 @@
 //! selects one.
 //!
 //! The decisions (is this job acceptable, what does an outcome become on the wire) are the pure
-//! functions [`check_job`] and [`answer`]; [`serve`] only moves frames. This module must never
+//! functions `workload::check` and [`answer`]; [`serve`] only moves frames. This module must never
 //! open a socket of its own, start an async runtime, answer more than one job, or panic on
 //! anything the supervisor sends.
 
@@ -16,15 +16,12 @@ use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
 
-use aitbc_protocol::api::Mode;
+use crate::workload::{self, Device, Output};
+use crate::WorkerError;
 use aitbc_protocol::wire::{
     read_frame, write_frame, FromWorker, Hello, JobOutput, JobSpec, ToWorker, WorkerFailure,
     WIRE_VERSION,
 };
-use aitbc_protocol::workload::{TorchBenchParams, WorkloadSpec};
-
-use crate::torch_bench::{check_params, check_threads, Backend, ChainRun, Device};
-use crate::WorkerError;
 
 /// Exit code when the descriptor is unusable (the supervisor started us wrongly).
 pub const EXIT_BAD_FD: u8 = 2;
@@ -169,52 +166,16 @@ fn converse(
     }
 }
 
-/// The worker's re-check of a job for a worker of `kind`: parameters in range, a usable
-/// thread count, and the job's memory need within its cap: on a CPU worker `ram_mb` against
-/// `memory_mb()`; on a GPU worker `vram_mb` against `TorchBenchParams::vram_mb()` (the
-/// matrices live on the device; the host holds the CUDA context and two 1 MiB staging
-/// buffers, which the supervisor's cgroup bounds). Returns what to run.
-pub fn check_job(job: &JobSpec, kind: Mode) -> Result<(Backend, TorchBenchParams), WorkerError> {
-    let WorkloadSpec::TorchBench(p) = job.spec;
-    check_params(&p)?;
-    let threads = check_threads(job.threads)?;
-    match kind {
-        Mode::Cpu => {
-            let needed = job.spec.memory_mb();
-            if needed > job.ram_mb {
-                return Err(WorkerError::BadParams {
-                    field: "ram_mb",
-                    value: job.ram_mb.to_string(),
-                    reason: format!("the job needs {needed} MiB (n = {})", p.n),
-                });
-            }
-            Ok((Backend::Cpu { threads }, p))
-        }
-        Mode::Gpu => {
-            let needed = p.vram_mb();
-            if needed > job.vram_mb {
-                return Err(WorkerError::BadParams {
-                    field: "vram_mb",
-                    value: job.vram_mb.to_string(),
-                    reason: format!("the job needs {needed} MiB of GPU memory (n = {})", p.n),
-                });
-            }
-            let vram_cap_bytes = job.vram_mb.saturating_mul(1 << 20);
-            Ok((Backend::Gpu { vram_cap_bytes }, p))
-        }
-    }
-}
-
 /// Checks and runs one job, turning a panic into an error. A job that passed the re-check is
 /// first offered to the hostile hook (test builds only).
-fn run_job(job: &JobSpec, device: &Device) -> Result<ChainRun, WorkerError> {
-    let (backend, p) = check_job(job, device.kind())?;
+fn run_job(job: &JobSpec, device: &Device) -> Result<Output, WorkerError> {
+    let backend = workload::check(job, device.kind())?;
     catch_unwind(AssertUnwindSafe(|| {
         #[cfg(feature = "hostile")]
         if let Some(outcome) = crate::hostile::intercept(job) {
             return outcome;
         }
-        backend.run(&p, device)
+        workload::run(&job.spec, backend, device)
     }))
     .unwrap_or_else(|panic| {
         let what = panic
@@ -229,7 +190,7 @@ fn run_job(job: &JobSpec, device: &Device) -> Result<ChainRun, WorkerError> {
 }
 
 /// The frame that reports a job's outcome.
-pub fn answer(outcome: Result<ChainRun, WorkerError>) -> FromWorker {
+pub fn answer(outcome: Result<Output, WorkerError>) -> FromWorker {
     match outcome {
         Ok(run) => FromWorker::Done(JobOutput {
             output_sha: run.output_sha,
@@ -256,7 +217,10 @@ mod tests {
     use aitbc_protocol::wire::{WireError, WorkerFailReason};
 
     use super::*;
-    use crate::torch_bench::run_cpu;
+    use crate::workload::torch_bench::run_cpu;
+    use crate::workload::{check, Backend};
+    use aitbc_protocol::api::Mode;
+    use aitbc_protocol::workload::{torch_bench::TorchBenchParams, WorkloadSpec};
 
     fn job(n: u32, iters: u32, threads: u32, ram_mb: u64) -> JobSpec {
         JobSpec {
@@ -349,32 +313,31 @@ mod tests {
         };
         // n = 1024 needs 6 x 1 MiB (A, B, the i32 product), 16 bytes of state and cuBLAS's
         // 32 MiB: 39 MiB rounded up.
-        let (backend, p) = check_job(&gpu_job(1024, 39), Mode::Gpu).unwrap();
+        let backend = check(&gpu_job(1024, 39), Mode::Gpu).unwrap();
         assert_eq!(
             backend,
             Backend::Gpu {
                 vram_cap_bytes: 39 << 20
             }
         );
-        assert_eq!(p.n, 1024);
         assert_eq!(backend.kind(), Mode::Gpu);
-        let e = check_job(&gpu_job(1024, 38), Mode::Gpu).unwrap_err();
+        let e = check(&gpu_job(1024, 38), Mode::Gpu).unwrap_err();
         assert_eq!(e.fail_reason(), WorkerFailReason::BadParams);
         assert_eq!(
             e.to_string(),
-            "vram_mb = 38: the job needs 39 MiB of GPU memory (n = 1024)"
+            "vram_mb = 38: the job needs 39 MiB of GPU memory (torch_bench n=1024 iters=10 seed=3)"
         );
-        let e = check_job(&gpu_job(8, 0), Mode::Gpu).unwrap_err();
+        let e = check(&gpu_job(8, 0), Mode::Gpu).unwrap_err();
         assert!(e.to_string().starts_with("vram_mb = 0: "), "{e}");
         // ram_mb is the CPU's cap: a GPU job is not refused for it, a CPU job is.
         // (n = 8192: 480 MiB of host memory, 417 MiB of GPU memory.)
-        assert!(check_job(&gpu_job(8192, 479), Mode::Gpu).is_ok());
-        assert!(check_job(&gpu_job(8192, 479), Mode::Cpu).is_err());
+        assert!(check(&gpu_job(8192, 479), Mode::Gpu).is_ok());
+        assert!(check(&gpu_job(8192, 479), Mode::Cpu).is_err());
         // Parameters and threads are checked on both kinds, before the cap.
-        let e = check_job(&job(0, 1, 1, 64), Mode::Gpu).unwrap_err();
+        let e = check(&job(0, 1, 1, 64), Mode::Gpu).unwrap_err();
         assert!(e.to_string().starts_with("params.n = 0"), "{e}");
         // A huge cap saturates instead of wrapping.
-        let (backend, _) = check_job(&gpu_job(8, u64::MAX), Mode::Gpu).unwrap();
+        let backend = check(&gpu_job(8, u64::MAX), Mode::Gpu).unwrap();
         assert_eq!(
             backend,
             Backend::Gpu {
@@ -390,17 +353,20 @@ mod tests {
             iters: 1,
             seed: 0,
         };
-        let e = Backend::Gpu {
-            vram_cap_bytes: 1 << 30,
-        }
-        .run(&p, &Device::Cpu)
+        let e = workload::run(
+            &WorkloadSpec::TorchBench(p),
+            Backend::Gpu {
+                vram_cap_bytes: 1 << 30,
+            },
+            &Device::Cpu,
+        )
         .unwrap_err();
         assert_eq!(e.fail_reason(), WorkerFailReason::Internal);
     }
 
     #[test]
     fn the_compute_time_reported_is_the_device_time_when_there_is_one() {
-        let run = ChainRun {
+        let run = Output {
             output_sha: [7; 32],
             merkle_root: [8; 32],
             output_len: 4,
@@ -414,7 +380,7 @@ mod tests {
         };
         assert_eq!((out.compute_us, out.kind), (1234, Mode::Gpu));
         assert_eq!((out.output_sha, out.merkle_root), ([7; 32], [8; 32]));
-        let cpu = ChainRun {
+        let cpu = Output {
             device_time: None,
             kind: Mode::Cpu,
             ..run
@@ -525,7 +491,7 @@ mod tests {
     proptest::proptest! {
         /// The re-check accepts exactly the jobs whose every field is in range, and never panics.
         #[test]
-        fn check_job_accepts_exactly_the_sane_jobs(
+        fn the_check_accepts_exactly_the_sane_jobs(
             n in 0u32..20_000,
             iters in 0u32..200_000,
             threads in 0u32..5000,
@@ -534,13 +500,12 @@ mod tests {
             let j = job(n, iters, threads, ram_mb);
             let sane = (1..=TorchBenchParams::MAX_N).contains(&n)
                 && (1..=TorchBenchParams::MAX_ITERS).contains(&iters)
-                && (1..=crate::torch_bench::MAX_THREADS).contains(&threads)
+                && (1..=crate::workload::MAX_THREADS).contains(&threads)
                 && j.spec.memory_mb() <= ram_mb;
-            match check_job(&j, Mode::Cpu) {
-                Ok((backend, p)) => {
+            match check(&j, Mode::Cpu) {
+                Ok(backend) => {
                     proptest::prop_assert!(sane);
                     proptest::prop_assert_eq!(backend, Backend::Cpu { threads: threads as usize });
-                    proptest::prop_assert_eq!(p.n, n);
                 }
                 Err(e) => {
                     proptest::prop_assert!(!sane, "refused a sane job: {}", e);

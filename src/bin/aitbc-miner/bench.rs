@@ -37,7 +37,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let vram_mb = if args.gpu {
         match aitbc_protocol::workload::plan(&args.workload, &params, &JobLimits::default()) {
-            Ok(aitbc_protocol::workload::WorkloadSpec::TorchBench(p)) => p.vram_mb(),
+            Ok(spec) => spec.vram_mb(),
             Err(e) => anyhow::bail!("--params {}: {e}", args.params),
         }
     } else {

@@ -125,8 +125,7 @@ fn gpu_for_jobs(spec: &WorkloadSpec) -> Option<(u64, u64)> {
     }
     let report = aitbc_supervisor::gpu::detect();
     let device = report.usable().ok()?;
-    let WorkloadSpec::TorchBench(p) = spec;
-    Some((p.vram_mb(), device.vram_mb))
+    Some((spec.vram_mb(), device.vram_mb))
 }
 
 async fn run(

@@ -1,11 +1,11 @@
 //! Step 6 (device): a GPU worker initialises CUDA, after Landlock and before seccomp.
 //!
 //! In this order: [`aitbc_cuda::driver_present`] (a `dlopen` probe; cudarc panics when libcuda
-//! is missing, so nothing else of CUDA runs before it says yes), then `Gpu::open` (context,
-//! compute and copy streams, the embedded PTX JIT-compiled by the driver, cuBLAS when
-//! `libcublas.so.12` loads, two pinned staging buffers), then `Gpu::warm_up` (a tiny chain on
-//! every SGEMM path, so whatever the driver and cuBLAS do lazily happens before seccomp). The
-//! opened GPU is kept for the job. Every failure is a [`WorkerError::SetupRefused`] naming the
+//! is missing, so nothing else of CUDA runs before it says yes), then each served workload's GPU
+//! module (`crate::workload::open_gpu`; torch_bench's: context, compute and copy streams, the
+//! embedded PTX JIT-compiled by the driver, cuBLAS when `libcublas.so.12` loads, pinned staging
+//! buffers, and a tiny chain on every GEMM path, so whatever the driver and cuBLAS do lazily
+//! happens before seccomp). The opened modules are kept for the job. Every failure is a [`WorkerError::SetupRefused`] naming the
 //! step: the worker prints it and exits before Hello, so the supervisor reports that the worker
 //! could not start, with the reason.
 //!
@@ -13,9 +13,10 @@
 //! broken driver, and never run after seccomp (CUDA's set-up needs system calls a job may not
 //! make). Which system calls and files the driver uses here is **unverified on a GPU**.
 
-use aitbc_cuda::{CudaError, GemmPath, Gpu};
+use aitbc_cuda::CudaError;
 
 use crate::confine::Step;
+use crate::workload::GpuModules;
 use crate::WorkerError;
 
 /// The device a GPU worker opens: CUDA ordinal 0 of what the driver shows it. Workers start
@@ -23,34 +24,14 @@ use crate::WorkerError;
 /// one must confine the worker to it (a later `--gpu` flag or the cgroup's device list).
 pub const GPU_ORDINAL: usize = 0;
 
-/// Opens and warms up GPU `ordinal`; returns it and the Hello line's summary of it.
-pub fn open_gpu(ordinal: usize) -> Result<(Gpu, String), WorkerError> {
+/// Opens GPU `ordinal` for every served workload (`crate::workload::open_gpu`: each workload's
+/// module, warmed up) once the driver probe says libcuda loads; returns them and the Hello
+/// line's summary.
+pub fn open_gpu(ordinal: usize) -> Result<(GpuModules, String), WorkerError> {
     if !aitbc_cuda::driver_present() {
         return Err(refused(CudaError::NoDriver.to_string()));
     }
-    let gpu = Gpu::open(ordinal).map_err(|e| refused(format!("opening GPU {ordinal}: {e}")))?;
-    gpu.warm_up()
-        .map_err(|e| refused(format!("warming up GPU {ordinal} ({}): {e}", gpu.name())))?;
-    let summary = describe(
-        gpu.ordinal(),
-        gpu.name(),
-        gpu.default_gemm(),
-        gpu.cublas_unavailable().is_some(),
-    );
-    Ok((gpu, summary))
-}
-
-/// `cuda gpu0 "NVIDIA H100 80GB HBM3" igemm cublas` (or `igemm own kernel (no cuBLAS)`).
-/// The name comes from the driver: control characters are dropped and it is cut at 64
-/// characters, so the Hello line stays one short line.
-pub fn describe(ordinal: usize, name: &str, gemm: GemmPath, cublas_missing: bool) -> String {
-    let name: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
-    let gemm = match (gemm, cublas_missing) {
-        (GemmPath::Cublas, _) => "igemm cublas",
-        (GemmPath::OwnKernel, true) => "igemm own kernel (no cuBLAS)",
-        (GemmPath::OwnKernel, false) => "igemm own kernel",
-    };
-    format!("cuda gpu{ordinal} {name:?} {gemm}")
+    crate::workload::open_gpu(ordinal).map_err(refused)
 }
 
 fn refused(reason: String) -> WorkerError {
@@ -89,19 +70,5 @@ mod tests {
                 ..
             }
         ));
-    }
-
-    #[test]
-    fn the_summary_names_the_device_and_the_igemm() {
-        assert_eq!(
-            describe(0, "NVIDIA H100 80GB HBM3", GemmPath::Cublas, false),
-            "cuda gpu0 \"NVIDIA H100 80GB HBM3\" igemm cublas"
-        );
-        assert_eq!(
-            describe(1, "X\n;y", GemmPath::OwnKernel, true),
-            "cuda gpu1 \"X;y\" igemm own kernel (no cuBLAS)"
-        );
-        let long = describe(0, &"A".repeat(300), GemmPath::OwnKernel, false);
-        assert_eq!(long.len(), "cuda gpu0 \"\" igemm own kernel".len() + 64);
     }
 }

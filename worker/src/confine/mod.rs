@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 pub use self::landlock::kernel_abi as landlock_kernel_abi;
 pub use self::rlimits::{apply_job as apply_job_limits, Limits, NPROC};
-use crate::torch_bench::Device;
+use crate::workload::Device;
 use crate::WorkerError;
 use aitbc_protocol::api::Mode;
 use aitbc_protocol::args::{FsMode, WorkerArgs};
@@ -297,7 +297,7 @@ impl<'a> Start<'a> {
         self.0.run(Step::Prepare, |plan| {
             close_above_3()?;
             check_job_dir(plan)?;
-            crate::torch_bench::warm_up();
+            crate::workload::warm_up();
             Ok(((), None))
         })?;
         Ok(Prepared(self.0))
@@ -415,9 +415,11 @@ impl DeviceReady<'_> {
             let cx = aitbc_seccomp::Context {
                 pid: std::process::id(),
             };
-            aitbc_seccomp::install(profile, &cx).map_err(|e| WorkerError::SetupRefused {
-                step: Step::Seccomp,
-                reason: e.to_string(),
+            aitbc_seccomp::install(profile, crate::workload::SERVED, &cx).map_err(|e| {
+                WorkerError::SetupRefused {
+                    step: Step::Seccomp,
+                    reason: e.to_string(),
+                }
             })?;
             Ok(((), Some(name.to_string())))
         })?;

@@ -16,7 +16,7 @@
 use std::io;
 
 use crate::confine::Step;
-use crate::torch_bench::MAX_THREADS;
+use crate::workload::MAX_THREADS;
 use crate::WorkerError;
 use aitbc_protocol::api::Mode;
 

@@ -30,13 +30,14 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use aitbc_protocol::api::Mode;
+use aitbc_protocol::workload::torch_bench::TorchBenchParams;
 use aitbc_protocol::workload::torch_bench::{
     element_of, stream_key, Commitment, Committer, MATRIX_A0, MATRIX_B,
 };
-use aitbc_protocol::workload::TorchBenchParams;
 use rayon::prelude::*;
 
-use super::{check_params, ChainRun};
+use super::check_params;
+use crate::workload::Output;
 use crate::WorkerError;
 
 /// An int8 GEMM kernel of the CPU chain.
@@ -850,7 +851,7 @@ pub fn chain_cpu_with(
 
 /// Runs the chain for `p` with the fastest kernel and commits to its output; `elapsed` covers
 /// everything but the checks.
-pub fn run_cpu(p: &TorchBenchParams, threads: usize) -> Result<ChainRun, WorkerError> {
+pub fn run_cpu(p: &TorchBenchParams, threads: usize) -> Result<Output, WorkerError> {
     run_cpu_with(Kernel::detect(), p, threads)
 }
 
@@ -859,14 +860,14 @@ pub fn run_cpu_with(
     kernel: Kernel,
     p: &TorchBenchParams,
     threads: usize,
-) -> Result<ChainRun, WorkerError> {
+) -> Result<Output, WorkerError> {
     check_params(p)?;
     let start = Instant::now();
     let mut chain = CpuChain::with_kernel(kernel, p, threads)?;
     chain.run(p.iters)?;
     let c = chain.commit()?;
     let elapsed = start.elapsed();
-    Ok(ChainRun {
+    Ok(Output {
         output_sha: c.output_sha,
         merkle_root: c.merkle_root,
         output_len: p.output_len(),

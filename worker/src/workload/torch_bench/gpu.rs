@@ -12,12 +12,43 @@
 
 use std::time::{Duration, Instant};
 
-use aitbc_cuda::Gpu;
+use aitbc_cuda::{GemmPath, Gpu};
 use aitbc_protocol::api::Mode;
-use aitbc_protocol::workload::TorchBenchParams;
+use aitbc_protocol::workload::torch_bench::TorchBenchParams;
 
-use super::{check_params, ChainRun};
+use super::check_params;
+use crate::workload::Output;
 use crate::WorkerError;
+
+/// torch_bench's GPU module on device `ordinal` (confinement step 6, after the driver probe):
+/// `Gpu::open` (context, streams, the embedded PTX, cuBLAS when it loads, staging buffers) and
+/// `Gpu::warm_up` (a tiny chain on every GEMM path, so nothing lazy is left for after seccomp).
+/// Returns it and the Hello line's summary; an error names the device and the failing part.
+pub fn open_gpu(ordinal: usize) -> Result<(Gpu, String), String> {
+    let gpu = Gpu::open(ordinal).map_err(|e| format!("opening GPU {ordinal}: {e}"))?;
+    gpu.warm_up()
+        .map_err(|e| format!("warming up GPU {ordinal} ({}): {e}", gpu.name()))?;
+    let summary = describe(
+        gpu.ordinal(),
+        gpu.name(),
+        gpu.default_gemm(),
+        gpu.cublas_unavailable().is_some(),
+    );
+    Ok((gpu, summary))
+}
+
+/// `cuda gpu0 "NVIDIA H100 80GB HBM3" igemm cublas` (or `igemm own kernel (no cuBLAS)`).
+/// The name comes from the driver: control characters are dropped and it is cut at 64
+/// characters, so the Hello line stays one short line.
+pub fn describe(ordinal: usize, name: &str, gemm: GemmPath, cublas_missing: bool) -> String {
+    let name: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+    let gemm = match (gemm, cublas_missing) {
+        (GemmPath::Cublas, _) => "igemm cublas",
+        (GemmPath::OwnKernel, true) => "igemm own kernel (no cuBLAS)",
+        (GemmPath::OwnKernel, false) => "igemm own kernel",
+    };
+    format!("cuda gpu{ordinal} {name:?} {gemm}")
+}
 
 /// Runs the chain for `p` on `gpu`, allocating at most `vram_cap_bytes` of device memory
 /// (a job whose chain needs more is refused before anything is allocated).
@@ -25,7 +56,7 @@ pub fn run_gpu(
     gpu: &Gpu,
     p: &TorchBenchParams,
     vram_cap_bytes: u64,
-) -> Result<ChainRun, WorkerError> {
+) -> Result<Output, WorkerError> {
     check_params(p)?;
     let start = Instant::now();
     // aitbc-cuda feeds each chunk to the protocol's `Committer` before handing it here; the
@@ -46,7 +77,7 @@ pub fn run_gpu(
             stats.output_len, stats.flops, p.n, p.iters, want.0, want.1
         )));
     }
-    Ok(ChainRun {
+    Ok(Output {
         output_sha: stats.commitment.output_sha,
         merkle_root: stats.commitment.merkle_root,
         output_len: streamed,
@@ -158,5 +189,19 @@ mod tests {
         assert_eq!(device_time(-1.0), None);
         assert_eq!(device_time(f32::NAN), None);
         assert_eq!(device_time(f32::INFINITY), None);
+    }
+
+    #[test]
+    fn the_summary_names_the_device_and_the_igemm() {
+        assert_eq!(
+            describe(0, "NVIDIA H100 80GB HBM3", GemmPath::Cublas, false),
+            "cuda gpu0 \"NVIDIA H100 80GB HBM3\" igemm cublas"
+        );
+        assert_eq!(
+            describe(1, "X\n;y", GemmPath::OwnKernel, true),
+            "cuda gpu1 \"X;y\" igemm own kernel (no cuBLAS)"
+        );
+        let long = describe(0, &"A".repeat(300), GemmPath::OwnKernel, false);
+        assert_eq!(long.len(), "cuda gpu0 \"\" igemm own kernel".len() + 64);
     }
 }
