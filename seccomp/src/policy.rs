@@ -109,7 +109,7 @@ fn io(r: &mut Vec<Rule>) {
         allow(SYS_lseek, "seek in job-directory files"),
         allow(
             SYS_close,
-            "close what it opened; gemm's cache probe opens and closes files",
+            "close what it opened",
         ),
         allow(
             SYS_recvfrom,
@@ -142,11 +142,11 @@ fn files(r: &mut Vec<Rule>) {
         allow(SYS_fstat, "fstat on an open file"),
         allow(
             SYS_statx,
-            "std's File::metadata and fs::read's size hint; gemm's cache probe",
+            "std's File::metadata and fs::read's size hint",
         ),
         allow(
             SYS_getdents64,
-            "list a directory (gemm reads /sys/devices/system/cpu/*/cache)",
+            "list a directory in the job directory (std's fs::read_dir)",
         ),
         allow(
             SYS_unlinkat,
@@ -207,7 +207,7 @@ fn files(r: &mut Vec<Rule>) {
     }
 }
 
-/// Memory: the allocator, thread stacks, gemm's packing buffers.
+/// Memory: the allocator, thread stacks, the chain's matrices and packed buffers.
 fn memory(r: &mut Vec<Rule>) {
     use libc::*;
     r.extend([
