@@ -4,10 +4,11 @@
 //!
 //! Map: [`config`] and [`logging`] set the miner up; [`runtime`] is the main loop (heartbeat,
 //! dispatcher, slots, outbox); [`client`] speaks HTTP; [`spool`] keeps results durable until the
-//! Coordinator has them; [`worker_proc`] starts, feeds and reaps workers; [`local`] runs a job
-//! with no Coordinator; [`status`] keeps what the daemon is doing for `aitbc-miner status` and
+//! Coordinator has them; [`plan`] decides everything a job is held to, [`execute`] runs a
+//! planned job on a worker and [`worker_proc`] starts, feeds and reaps workers; [`local`] runs a
+//! job with no Coordinator; [`status`] keeps what the daemon is doing for `aitbc-miner status` and
 //! the Prometheus metrics, and [`notify`] tells systemd (ready, status, watchdog, stopping).
-//! The decisions ([`policy`], [`backoff`], `client::classify`) are pure
+//! The decisions ([`plan`], [`policy`], [`backoff`], `client::classify`) are pure
 //! functions, unit-tested without sockets or processes.
 //!
 //! Architecture invariants: only this crate talks to the Coordinator; it never runs job code in
@@ -23,10 +24,12 @@ pub mod config;
 pub mod doctor;
 pub mod ending;
 mod error;
+pub mod execute;
 pub mod gpu;
 pub mod local;
 pub mod logging;
 pub mod notify;
+pub mod plan;
 pub mod policy;
 pub mod privilege;
 pub mod runtime;

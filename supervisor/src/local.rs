@@ -1,21 +1,20 @@
 //! One job through the real worker path with no Coordinator: plan the job, start a worker, wait
 //! for its Hello, hand it the job, read the answer, reap it. `aitbc-miner bench` and the
 //! overhead benchmark use it; the timings separate process start-up from the per-job hand-off.
-//! The worker gets a cgroup only when the [`WorkerCommand`] carries a subtree, and is a GPU
-//! worker when the command's kind says so (then `limits.vram_mb` must cover the workload and
-//! the energy comes from NVML; a CPU job's from RAPL where readable).
+//! The job is planned ([`plan_job`]) and run ([`execute`]) as the daemon's are, held to its own
+//! limits. The worker gets a cgroup only when the [`WorkerCommand`] carries a subtree, and is a
+//! GPU worker when the command's kind says so and the job asks for device memory (then
+//! `limits.vram_mb` must cover the workload, the VRAM watch holds it to that and the energy
+//! comes from NVML; a CPU job's from RAPL where readable).
 //!
 //! It must never talk to the network or touch the spool.
 
 use std::time::{Duration, Instant};
 
-use protocol::api::Mode;
 use protocol::api::{JobLimits, Metrics};
-use protocol::wire::JobSpec;
-use protocol::workload::plan;
 
-use crate::ending::Ending;
-use crate::policy;
+use crate::execute::{execute, Done, Failed, Meters, DEFAULT_GPU_POLL};
+use crate::plan::{own_job, plan_job};
 use crate::runtime::WORKER_START_TIMEOUT;
 use crate::worker_proc::{WorkerCommand, WorkerProcess};
 use crate::Error;
@@ -33,7 +32,8 @@ pub struct LocalRun {
     pub handoff_to_answer: Duration,
 }
 
-/// Runs `workload` with `params` under `limits` on a fresh worker with `threads` threads.
+/// Runs `workload` with `params` under `limits` on a fresh worker with `threads` threads, of
+/// the kind `worker` says (a job with no `limits.vram_mb` runs on a CPU worker).
 pub async fn run_local(
     worker: &WorkerCommand,
     workload: &str,
@@ -41,58 +41,37 @@ pub async fn run_local(
     limits: JobLimits,
     threads: u32,
 ) -> Result<LocalRun, Error> {
-    let spec = plan(workload, params, &limits).map_err(|e| Error::Job {
-        reason: e.fail_reason(),
-        message: e.to_string(),
-    })?;
-    let vram_mb = match worker.kind {
-        Mode::Gpu => policy::check_vram(&spec, &limits).map_err(|r| Error::Job {
-            reason: r.reason,
-            message: r.message,
-        })?,
-        Mode::Cpu => 0,
+    let refused = |r: crate::policy::Refusal| Error::Job {
+        reason: r.reason,
+        message: r.message,
     };
-    let nvml = match worker.kind {
-        Mode::Gpu => crate::gpu::nvml::Nvml::get().ok(),
-        Mode::Cpu => None,
-    };
-    let rapl = crate::gpu::rapl::Rapl::open(std::path::Path::new(crate::gpu::rapl::POWERCAP));
+    let (job, max) = own_job(
+        "local",
+        workload,
+        params.clone(),
+        limits,
+        worker.file_size_mb,
+    );
+    let plan = plan_job(&job, &max, threads, worker.kind).map_err(refused)?;
+    let meters = Meters::open(plan.kind == protocol::api::Mode::Gpu, DEFAULT_GPU_POLL);
     let t0 = Instant::now();
-    let w = WorkerProcess::start(worker, WORKER_START_TIMEOUT).await?;
+    let w = WorkerProcess::start(&worker.with_kind(plan.kind), WORKER_START_TIMEOUT).await?;
     let spawn_to_ready = t0.elapsed();
-    let deadline = Duration::from_secs(limits.max_runtime_s);
-    let job = JobSpec {
-        job_id: "local".into(),
-        spec,
-        threads: threads.max(1),
-        ram_mb: limits.ram_mb,
-        cpu_time_s: limits.cpu_time_s,
-        address_space_bytes: None,
-        vram_mb,
-    };
-    let meter = crate::runtime::EnergyMeter::start(w.hello().kind, nvml, rapl.as_ref()).await;
-    let f = w.run(job, deadline, std::future::pending()).await;
-    let (energy_mj, energy_source) = meter.finish().await;
-    match &f.ending {
-        Ending::Done(out) => Ok(LocalRun {
-            output_sha: crate::runtime::hex(&out.output_sha),
-            output_len: out.output_len,
-            metrics: Metrics {
-                wall_ms: Some(f.handoff_to_answer.as_millis() as u64),
-                cpu_ms: Some(f.usage.cpu_ms),
-                flops: Some(out.flops),
-                gflops: Some(policy::gflops(out.flops, out.compute_us)),
-                peak_rss_mb: Some(f.usage.peak_rss_mb),
-                energy_mj,
-                energy_source: Some(energy_source),
-                tflops: Some(policy::tflops(out.flops, out.compute_us)),
-            },
+    let plan = plan
+        .for_worker(w.hello().kind, &job, &max)
+        .map_err(refused)?;
+    match execute(w, &plan, &meters, std::future::pending()).await {
+        Ok(Done {
+            output,
+            metrics,
+            handoff,
+        }) => Ok(LocalRun {
+            output_sha: crate::runtime::hex(&output.output_sha),
+            output_len: output.output_len,
+            metrics,
             spawn_to_ready,
-            handoff_to_answer: f.handoff_to_answer,
+            handoff_to_answer: handoff,
         }),
-        _ => {
-            let (reason, message) = f.failure(&limits);
-            Err(Error::Job { reason, message })
-        }
+        Err(Failed { reason, message }) => Err(Error::Job { reason, message }),
     }
 }

@@ -1,23 +1,24 @@
-//! The supervisor's decisions as plain functions over plain values: which jobs a slot accepts
-//! (the workload plan plus the operator's caps), which mode the miner declares, how a worker's
-//! end (answer, exit status, signal, timeout) becomes a [`FailReason`], whether a job id is safe
-//! to use as a file name, and how long to pause between empty polls.
+//! The supervisor's decisions as plain functions over plain values: the workloads this build
+//! runs ([`RUNS`]), which mode the miner declares, how a worker's end (answer, exit status,
+//! signal, timeout) becomes a [`FailReason`], whether a job id is safe to use as a file name,
+//! and how long to pause between empty polls. Whether a job is taken, and what it is held to,
+//! is [`crate::plan`]'s.
 //!
 //! Nothing here does I/O, reads a clock or spawns anything; the runtime calls these functions
 //! and the unit tests below pin their behaviour.
 
 use std::time::Duration;
 
-use protocol::api::{FailReason, Job, JobLimits, MinerLimits, Mode};
+use protocol::api::{FailReason, JobLimits, MinerLimits, Mode};
 use protocol::wire::{WorkerFailReason, WorkerFailure, SECCOMP_REPORT_PREFIX};
-use protocol::workload::{plan, validate_submission, Workload, WorkloadSpec};
+use protocol::workload::Workload;
 
 use crate::config::{AccelMode, MaxLimits};
 use crate::ending::{Ending, ExitStatus};
 use crate::gpu::GpuReport;
 
 /// The workloads this build runs: the miner's capability, declared in the heartbeat and checked
-/// by [`admit`]. Names come from protocol's registry ([`Workload`]); which of them are valid is
+/// by [`crate::plan::plan_job`]. Names come from protocol's registry ([`Workload`]); which of them are valid is
 /// protocol's question alone.
 pub const RUNS: &[Workload] = &[Workload::TorchBench];
 
@@ -26,87 +27,6 @@ pub const RUNS: &[Workload] = &[Workload::TorchBench];
 pub struct Refusal {
     pub reason: FailReason,
     pub message: String,
-}
-
-/// Turns a job into what a worker runs, or refuses it, all before any process is touched:
-/// protocol's validity check (unknown workload, bad params, memory over `limits.ram_mb`), then
-/// this build's capability ([`RUNS`]; `UNKNOWN_WORKLOAD`), then the typed plan, then the
-/// operator's maxima (`CAPS_REFUSED`).
-pub fn admit(job: &Job, max: &MaxLimits) -> Result<WorkloadSpec, Refusal> {
-    let refusal = |e: protocol::workload::PlanError| Refusal {
-        reason: e.fail_reason(),
-        message: e.to_string(),
-    };
-    let w = validate_submission(&job.workload, &job.params, &job.limits).map_err(refusal)?;
-    if !RUNS.contains(&w) {
-        return Err(Refusal {
-            reason: FailReason::UnknownWorkload,
-            message: format!("workload {:?} is not run by this miner", w.as_str()),
-        });
-    }
-    let spec = plan(&job.workload, &job.params, &job.limits).map_err(refusal)?;
-    check_caps(&job.limits, max)?;
-    Ok(spec)
-}
-
-/// The operator clamp: every job limit must be within this miner's maxima.
-pub fn check_caps(limits: &JobLimits, max: &MaxLimits) -> Result<(), Refusal> {
-    let checks = [
-        ("ram_mb", limits.ram_mb, max.ram_mb, "MAX_JOB_RAM_MB"),
-        ("vram_mb", limits.vram_mb, max.vram_mb, "MAX_JOB_VRAM_MB"),
-        (
-            "max_runtime_s",
-            limits.max_runtime_s,
-            max.runtime_s,
-            "MAX_JOB_RUNTIME_SECS",
-        ),
-        (
-            "cpu_time_s",
-            limits.cpu_time_s,
-            max.cpu_time_s,
-            "MAX_JOB_CPU_SECS",
-        ),
-    ];
-    for (field, asked, allowed, key) in checks {
-        if asked > allowed {
-            return Err(Refusal {
-                reason: FailReason::CapsRefused,
-                message: format!("limits.{field} = {asked} exceeds this miner's {key} = {allowed}"),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Which kind of worker runs a job the miner admitted: on a GPU miner a job that asks for
-/// device memory (`limits.vram_mb > 0`) runs on the GPU; one that asks for none runs on the
-/// CPU (the same result, computed where the job's limits say). A CPU miner runs everything on
-/// the CPU.
-pub fn job_kind(mode: Mode, limits: &JobLimits) -> Mode {
-    match mode {
-        Mode::Gpu if limits.vram_mb > 0 => Mode::Gpu,
-        _ => Mode::Cpu,
-    }
-}
-
-/// The GPU check of an admitted job that will run on the GPU: its `limits.vram_mb` (already
-/// within `MAX_JOB_VRAM_MB`, see [`check_caps`]) must cover what the workload allocates on the
-/// device, or it is refused with `BAD_PARAMS` before any process is touched. Returns the cap
-/// the worker gets (`JobSpec.vram_mb`).
-pub fn check_vram(spec: &WorkloadSpec, limits: &JobLimits) -> Result<u64, Refusal> {
-    let WorkloadSpec::TorchBench(p) = spec;
-    let need = p.vram_mb();
-    if limits.vram_mb < need {
-        return Err(Refusal {
-            reason: FailReason::BadParams,
-            message: format!(
-                "limits.vram_mb = {} is below the {need} MiB torch_bench with params.n = {} \
-                 allocates on the GPU",
-                limits.vram_mb, p.n
-            ),
-        });
-    }
-    Ok(limits.vram_mb)
 }
 
 /// What the heartbeat declares as this miner's limits: the operator's maxima; no device
@@ -318,7 +238,6 @@ pub fn gflops(flops: u64, micros: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn max() -> MaxLimits {
         MaxLimits {
@@ -328,78 +247,6 @@ mod tests {
             vram_mb: 0,
             disk_mb: 1024,
         }
-    }
-
-    fn job(workload: &str, params: serde_json::Value, limits: JobLimits) -> Job {
-        Job {
-            id: "j1".into(),
-            workload: workload.into(),
-            params,
-            limits,
-            reward: 1,
-            attempt: 1,
-            lease_expires_at: time::OffsetDateTime::UNIX_EPOCH,
-            created_at: time::OffsetDateTime::UNIX_EPOCH,
-        }
-    }
-
-    #[test]
-    fn admits_a_job_within_caps() {
-        let j = job(
-            "torch_bench",
-            json!({"n": 64, "iters": 2}),
-            JobLimits::default(),
-        );
-        let WorkloadSpec::TorchBench(p) = admit(&j, &max()).unwrap();
-        assert_eq!((p.n, p.iters), (64, 2));
-    }
-
-    #[test]
-    fn refusals_carry_the_right_reason() {
-        let over = |f: fn(&mut JobLimits)| {
-            let mut l = JobLimits::default();
-            f(&mut l);
-            admit(&job("torch_bench", json!({"n": 8}), l), &max()).unwrap_err()
-        };
-        let r = over(|l| l.ram_mb = 4096);
-        assert_eq!(r.reason, FailReason::CapsRefused);
-        assert_eq!(
-            r.message,
-            "limits.ram_mb = 4096 exceeds this miner's MAX_JOB_RAM_MB = 2048"
-        );
-        assert_eq!(over(|l| l.vram_mb = 1).reason, FailReason::CapsRefused);
-        assert!(over(|l| l.max_runtime_s = 601)
-            .message
-            .contains("MAX_JOB_RUNTIME_SECS = 600"));
-        assert!(over(|l| l.cpu_time_s = 1201)
-            .message
-            .contains("MAX_JOB_CPU_SECS"));
-
-        let unknown = admit(&job("bitcoin", json!({}), JobLimits::default()), &max());
-        assert_eq!(unknown.unwrap_err().reason, FailReason::UnknownWorkload);
-        let sd = admit(&job("sd_infer", json!({}), JobLimits::default()), &max()).unwrap_err();
-        assert_eq!(sd.reason, FailReason::UnknownWorkload);
-        assert_eq!(sd.message, "workload \"sd_infer\" is not run by this miner");
-        // Every workload this build runs has a typed spec in protocol.
-        for w in RUNS {
-            let j = job(w.as_str(), json!({}), JobLimits::default());
-            assert_eq!(admit(&j, &max()).map(|s| s.workload()), Ok(*w));
-        }
-        let bad = admit(
-            &job("torch_bench", json!({"n": "x"}), JobLimits::default()),
-            &max(),
-        );
-        let bad = bad.unwrap_err();
-        assert_eq!(bad.reason, FailReason::BadParams);
-        assert!(bad.message.contains("params.n"), "{}", bad.message);
-        // Limits exactly at the maxima are fine.
-        let l = JobLimits {
-            ram_mb: 2048,
-            vram_mb: 0,
-            cpu_time_s: 1200,
-            max_runtime_s: 600,
-        };
-        assert!(check_caps(&l, &max()).is_ok());
     }
 
     #[test]
@@ -645,41 +492,6 @@ mod tests {
             Mode::Cpu,
             "nothing probed, nothing used"
         );
-    }
-
-    #[test]
-    fn gpu_jobs_need_vram_covering_the_workload() {
-        let l = |vram_mb| JobLimits {
-            vram_mb,
-            ..JobLimits::default()
-        };
-        assert_eq!(job_kind(Mode::Cpu, &l(4096)), Mode::Cpu);
-        assert_eq!(job_kind(Mode::Gpu, &l(0)), Mode::Cpu);
-        assert_eq!(job_kind(Mode::Gpu, &l(1)), Mode::Gpu);
-        let j = job("torch_bench", json!({"n": 1024, "iters": 2}), l(0));
-        let mut big = max();
-        big.vram_mb = 1 << 20;
-        let spec = admit(&j, &big).unwrap();
-        let WorkloadSpec::TorchBench(p) = spec;
-        let need = p.vram_mb();
-        assert!(need >= 12, "three 4 MiB matrices at least: {need}");
-        assert_eq!(check_vram(&spec, &l(need)), Ok(need));
-        assert_eq!(check_vram(&spec, &l(need + 100)), Ok(need + 100));
-        let r = check_vram(&spec, &l(need - 1)).unwrap_err();
-        assert_eq!(r.reason, FailReason::BadParams);
-        assert_eq!(
-            r.message,
-            format!(
-                "limits.vram_mb = {} is below the {need} MiB torch_bench with params.n = 1024 \
-                 allocates on the GPU",
-                need - 1
-            )
-        );
-        // Above the operator's maximum: refused by the caps before the VRAM check.
-        let j = job("torch_bench", json!({"n": 1024}), l(big.vram_mb + 1));
-        let r = admit(&j, &big).unwrap_err();
-        assert_eq!(r.reason, FailReason::CapsRefused);
-        assert!(r.message.contains("limits.vram_mb") && r.message.contains("MAX_JOB_VRAM_MB"));
     }
 
     #[test]

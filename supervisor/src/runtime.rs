@@ -1,10 +1,12 @@
 //! The miner's main loop: heartbeat, fetch, one task per job slot with a pre-started worker,
-//! the outbox sender, and the drain on shutdown. It wires the pure decisions of [`crate::policy`]
-//! and [`crate::backoff`] to the I/O of [`crate::client`], [`crate::spool`] and
-//! [`crate::worker_proc`]. Unless the caller's [`WorkerCommand`] brings a cgroup subtree (the
-//! `run` command's, into whose leaf the supervisor has moved), `run` makes one for its workers
-//! only ([`crate::cgroup::workers_subtree`]: the calling process stays where it is, since it may
-//! host other code); without root or delegation it warns once and workers go without cgroups.
+//! the outbox sender, and the drain on shutdown. It wires the pure decisions of [`crate::plan`],
+//! [`crate::policy`] and [`crate::backoff`] to the I/O of [`crate::client`], [`crate::spool`]
+//! and [`crate::worker_proc`]; a job is planned by [`plan_job`] and run by [`execute`], as
+//! `bench` and the doctor's self-test run theirs. Unless the caller's [`WorkerCommand`] brings
+//! a cgroup subtree (the `run` command's, into whose leaf the supervisor has moved), `run` makes
+//! one for its workers only ([`crate::cgroup::workers_subtree`]: the calling process stays
+//! where it is, since it may host other code); without root or delegation it warns once and
+//! workers go without cgroups.
 //! Each slot keeps one worker pre-started; the worker's own job directory is the job's scratch
 //! space.
 //!
@@ -13,9 +15,8 @@
 //! `--kind gpu` workers; a slot whose GPU worker cannot set up (exit 3) falls back to CPU
 //! workers (warned once). Each heartbeat carries the GPUs and a fresh health reading; while the
 //! GPU is unhealthy the dispatcher fetches nothing, with one log line per change. During a GPU
-//! job the VRAM watch polls NVML for the worker's used device memory every `GPU_POLL_MS` and
-//! kills it past its `vram_mb`. Energy: NVML's counter around a GPU job, RAPL around a CPU
-//! job where readable, otherwise `energy_source = unavailable` and no figure.
+//! job [`execute`]'s VRAM watch polls NVML every `GPU_POLL_MS`, and it reads the energy
+//! counters around each job.
 //!
 //! What the daemon is doing is kept in one [`Status`] record, updated here where slots change,
 //! heartbeats finish and results are spooled or delivered; [`crate::status`] serves it on
@@ -36,20 +37,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::api::{
-    ts, EnergySource, FailReport, GpuFlag, GpuHealth, Job, Metrics, MinerCapabilities, Mode, Proof,
+    ts, EnergySource, FailReport, GpuFlag, GpuHealth, Job, MinerCapabilities, Mode, Proof,
 };
-use protocol::wire::JobSpec;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::client::{CallError, Client, REQUEST_TIMEOUT};
-use crate::ending::Ending;
-use crate::gpu::nvml::Nvml;
-use crate::gpu::rapl::Rapl;
+use crate::execute::{execute, Done, Failed, Meters};
 use crate::gpu::{self, GpuReport, HealthLimits};
 use crate::notify::{self, Liveness};
-use crate::policy::{self, admit};
+use crate::plan::plan_job;
+use crate::policy;
 use crate::spool::{Entry, Spool};
 use crate::status::{self, Status};
 use crate::worker_proc::{WorkerCommand, WorkerProcess};
@@ -78,10 +77,8 @@ struct Ctx {
     mode: Mode,
     /// What the GPU probe found (empty when `ACCEL_MODE=cpu`).
     report: GpuReport,
-    /// NVML, when it answered: health, the VRAM watch, GPU energy.
-    nvml: Option<Nvml>,
-    /// The CPU packages' energy counters, when readable.
-    rapl: Option<Rapl>,
+    /// NVML (health, the VRAM watch, GPU energy) when it answered, RAPL when readable.
+    meters: Meters,
     /// Per slot: its GPU worker could not set up, so it runs CPU workers.
     cpu_fallback: Vec<AtomicBool>,
     /// The fall-back warning has been logged.
@@ -177,17 +174,12 @@ pub async fn run(
              refused; set MAX_JOB_VRAM_MB (MiB) to accept GPU jobs"
         );
     }
-    let nvml = if report.available {
-        Nvml::get().ok()
-    } else {
-        None
-    };
-    if let Some(n) = nvml {
+    let meters = Meters::open(report.available, config.gpu_poll);
+    if let Some(n) = meters.nvml {
         if let Err(why) = n.watch_xids() {
             info!("GPU health without XID errors: {why}");
         }
     }
-    let rapl = Rapl::open(std::path::Path::new(gpu::rapl::POWERCAP));
     let slots = usize::try_from(config.max_concurrency.max(1)).unwrap_or(1);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let (gpu_ok, _) = watch::channel(true);
@@ -206,8 +198,7 @@ pub async fn run(
         events,
         mode,
         report,
-        nvml,
-        rapl,
+        meters,
         cpu_fallback: (0..slots).map(|_| AtomicBool::new(false)).collect(),
         fallback_warned: AtomicBool::new(false),
         gpu_ok,
@@ -392,7 +383,7 @@ async fn refresh_health(
     last: &mut Option<GpuHealth>,
     xid_seen: &mut u64,
 ) -> Option<GpuHealth> {
-    let nvml = ctx.nvml?;
+    let nvml = ctx.meters.nvml?;
     let readings = tokio::task::spawn_blocking(move || nvml.readings())
         .await
         .unwrap_or_else(|e| gpu::Readings {
@@ -793,83 +784,47 @@ async fn run_job(
     });
     // Refusals come before any process is touched: the slot's worker stays ready, and the
     // dispatcher backs off (see `Ctx::refused_in_row`).
-    let refuse = |refusal: policy::Refusal| {
-        let _ = ctx
-            .refused_in_row
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_add(1))
-            });
-        report_failure(ctx, &job, refusal.reason, refusal.message)
-    };
-    let spec = match admit(&job, &ctx.config.job_limits_max) {
-        Ok(spec) => spec,
-        Err(refusal) => return refuse(refusal).await,
-    };
-    let kind = match (policy::job_kind(ctx.mode, &job.limits), ctx.slot_kind(slot)) {
-        (Mode::Gpu, Mode::Gpu) => Mode::Gpu,
-        _ => Mode::Cpu,
-    };
-    let vram_mb = match kind {
-        Mode::Gpu => match policy::check_vram(&spec, &job.limits) {
-            Ok(v) => v,
-            Err(r) => return refuse(r).await,
-        },
-        Mode::Cpu => 0,
+    let max = &ctx.config.job_limits_max;
+    let plan = match plan_job(&job, max, ctx.config.threads_per_job, ctx.slot_kind(slot)) {
+        Ok(plan) => plan,
+        Err(refusal) => {
+            let _ = ctx
+                .refused_in_row
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_add(1))
+                });
+            return report_failure(ctx, &job, refusal.reason, refusal.message).await;
+        }
     };
     ctx.refused_in_row.store(0, Ordering::Relaxed);
-    let worker = take_worker(ctx, slot, ready, kind).await;
-    let worker = match worker {
+    let worker = match take_worker(ctx, slot, ready, plan.kind).await {
         Ok(w) => w,
         Err(e) => {
             let msg = format!("cannot start a worker: {e}");
             return report_failure(ctx, &job, protocol::api::FailReason::Internal, msg).await;
         }
     };
-    // The worker that came may be a CPU one after a fall-back.
-    let kind = worker.hello().kind;
-    ctx.status.slot_busy(slot, kind);
-    info!(job = %job.id, workload = %job.workload, slot, attempt = job.attempt, worker_pid = worker.pid(), kind = ?kind, "job started");
-    if let Err(e) = worker.limit_cpu(job.limits.cpu_time_s) {
-        // A root supervisor without CAP_SYS_RESOURCE cannot set it on a worker that switched
-        // to another user; the worker lowers its own limit from the JobSpec before computing.
-        debug!(job = %job.id, "setting the worker's CPU-time limit from outside: {e}; the worker sets it itself");
-    }
-    let deadline = Duration::from_secs(job.limits.max_runtime_s);
-    let run = JobSpec {
-        job_id: job.id.clone(),
-        spec,
-        threads: ctx.config.threads_per_job.max(1),
-        ram_mb: job.limits.ram_mb,
-        cpu_time_s: job.limits.cpu_time_s,
-        // Filled in by `WorkerProcess::run`, which knows the worker's kind.
-        address_space_bytes: None,
-        vram_mb: if kind == Mode::Gpu { vram_mb } else { 0 },
+    // The worker that came may be a CPU one after a fall-back: the plan follows the worker.
+    let plan = match plan.for_worker(worker.hello().kind, &job, max) {
+        Ok(plan) => plan,
+        Err(r) => return report_failure(ctx, &job, r.reason, r.message).await,
     };
-    let pid = u32::try_from(worker.pid()).unwrap_or(0);
-    let meter = EnergyMeter::start(kind, ctx.nvml, ctx.rapl.as_ref()).await;
+    ctx.status.slot_busy(slot, plan.kind);
+    info!(job = %job.id, workload = %job.workload, slot, attempt = job.attempt, worker_pid = worker.pid(), kind = ?plan.kind, "job started");
     // The worker's own job directory (created with it, removed when it is reaped) is the
     // job's scratch space.
-    let finished = match (kind, ctx.nvml) {
-        (Mode::Gpu, Some(nvml)) => {
-            // What the worker holds before the job (its CUDA context) is not the job's.
-            let baseline = tokio::task::spawn_blocking(move || nvml.process_vram_bytes(pid))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten()
-                .unwrap_or(0);
-            let watch = vram_watch(nvml, pid, baseline, vram_mb, ctx.config.gpu_poll);
-            worker.run_watched(run, deadline, raised(kill), watch).await
-        }
-        _ => worker.run(run, deadline, raised(kill)).await,
-    };
+    let executed = execute(worker, &plan, &ctx.meters, raised(kill)).await;
     let finished_at = ts::now();
-    match &finished.ending {
-        Ending::Done(out) => {
-            let (energy_mj, energy_source) = meter.finish().await;
-            let wall_ms = finished.handoff_to_answer.as_millis() as u64;
-            let gflops = policy::gflops(out.flops, out.compute_us);
-            let tflops = policy::tflops(out.flops, out.compute_us);
+    match executed {
+        Ok(Done {
+            output: out,
+            metrics,
+            ..
+        }) => {
+            let wall_ms = metrics.wall_ms.unwrap_or(0);
+            let gflops = metrics.gflops.unwrap_or(0.0);
+            let energy = metrics.energy_source.unwrap_or(EnergySource::Unavailable);
+            info!(job = %job.id, workload = %job.workload, ms = wall_ms, gflops, energy_mj = metrics.energy_mj, energy = energy.as_str(), "job done");
             let proof = Proof {
                 id: job.id.clone(),
                 miner_id: Some(ctx.config.miner_id.clone()),
@@ -878,20 +833,10 @@ async fn run_job(
                 output_sha: hex(&out.output_sha),
                 merkle_root: Some(hex(&out.merkle_root)),
                 output_len: Some(out.output_len),
-                metrics: Metrics {
-                    wall_ms: Some(wall_ms),
-                    cpu_ms: Some(finished.usage.cpu_ms),
-                    flops: Some(out.flops),
-                    gflops: Some(gflops),
-                    peak_rss_mb: Some(finished.usage.peak_rss_mb),
-                    energy_mj,
-                    energy_source: Some(energy_source),
-                    tflops: Some(tflops),
-                },
+                metrics,
                 started_at: Some(started_at),
                 finished_at: Some(finished_at),
             };
-            info!(job = %job.id, workload = %job.workload, ms = wall_ms, gflops, energy_mj, energy = energy_source.as_str(), "job done");
             ctx.jobs_done.fetch_add(1, Ordering::Relaxed);
             ctx.status.job_done();
             ctx.emit(Event::JobDone {
@@ -901,86 +846,8 @@ async fn run_job(
             });
             enqueue(ctx, Entry::proof(proof)).await;
         }
-        _ => {
-            let (reason, message) = finished.failure(&job.limits);
+        Err(Failed { reason, message }) => {
             report_failure(ctx, &job, reason, message).await;
-        }
-    }
-}
-
-/// The VRAM watch of one GPU job: every `every`, NVML's used device memory of process `pid`;
-/// resolves with the fail message once it exceeds `baseline` by more than `cap_mb` (never
-/// otherwise). A failed reading is logged once and polling goes on.
-async fn vram_watch(nvml: Nvml, pid: u32, baseline: u64, cap_mb: u64, every: Duration) -> String {
-    let mut complained = false;
-    loop {
-        tokio::time::sleep(every).await;
-        match tokio::task::spawn_blocking(move || nvml.process_vram_bytes(pid)).await {
-            Ok(Ok(used)) => {
-                if let Some(message) = gpu::vram_over(used, baseline, cap_mb) {
-                    return message;
-                }
-            }
-            Ok(Err(e)) if !complained => {
-                complained = true;
-                warn!(
-                    worker_pid = pid,
-                    "VRAM watch: cannot read the worker's device memory: {e}"
-                );
-            }
-            Ok(Err(_)) | Err(_) => {}
-        }
-    }
-}
-
-/// An energy counter read before a job, to be read again after it.
-pub(crate) enum EnergyMeter {
-    Nvml(Nvml, u64),
-    Rapl(Rapl, gpu::rapl::Sample),
-    Unavailable,
-}
-
-impl EnergyMeter {
-    /// NVML's counter for a GPU job, RAPL's for a CPU job, when readable.
-    pub(crate) async fn start(kind: Mode, nvml: Option<Nvml>, rapl: Option<&Rapl>) -> EnergyMeter {
-        match (kind, nvml, rapl) {
-            (Mode::Gpu, Some(nvml), _) => {
-                match tokio::task::spawn_blocking(move || nvml.energy_mj()).await {
-                    Ok(Ok(mj)) => EnergyMeter::Nvml(nvml, mj),
-                    _ => EnergyMeter::Unavailable,
-                }
-            }
-            (Mode::Cpu, _, Some(rapl)) => match rapl.sample() {
-                Some(s) => EnergyMeter::Rapl(rapl.clone(), s),
-                None => EnergyMeter::Unavailable,
-            },
-            _ => EnergyMeter::Unavailable,
-        }
-    }
-
-    /// The energy since [`EnergyMeter::start`] and where it came from; no figure when a
-    /// counter could not be read.
-    pub(crate) async fn finish(self) -> (Option<u64>, EnergySource) {
-        match self {
-            EnergyMeter::Nvml(nvml, before) => {
-                match tokio::task::spawn_blocking(move || nvml.energy_mj()).await {
-                    Ok(Ok(after)) => (
-                        Some(gpu::energy_delta(before, after, u64::MAX)),
-                        EnergySource::Nvml,
-                    ),
-                    _ => (None, EnergySource::Unavailable),
-                }
-            }
-            EnergyMeter::Rapl(rapl, before) => {
-                match rapl
-                    .sample()
-                    .and_then(|after| rapl.delta_mj(&before, &after))
-                {
-                    Some(mj) => (Some(mj), EnergySource::Rapl),
-                    None => (None, EnergySource::Unavailable),
-                }
-            }
-            EnergyMeter::Unavailable => (None, EnergySource::Unavailable),
         }
     }
 }

@@ -13,9 +13,12 @@
 //! The worker then runs `worker` with [`WorkerArgs::to_args`] (`--job-dir DIR --fs ..
 //! --file-size-mb N --kind ..`) and confines the rest itself.
 //!
-//! Hand-off ([`WorkerProcess::run`]): the cgroup's memory (swap off), pids and CPU limits for
-//! the job, and RLIMIT_AS for CPU workers (see [`address_space_limit`]); RLIMIT_CPU comes from
-//! [`WorkerProcess::limit_cpu`].
+//! Hand-off ([`WorkerProcess::run`]): the job's [`JobPlan`] is applied as it is, nothing here
+//! computes a limit: the cgroup's memory (swap off), pids and CPU limits (`plan.cgroup`),
+//! RLIMIT_AS for CPU workers (`plan.spec.address_space_bytes`) and RLIMIT_CPU (`plan.cpu_time`)
+//! from outside where the kernel lets us, then `Run(plan.spec)`, from which the worker lowers
+//! its own RLIMIT_AS and RLIMIT_CPU before it touches the job; the deadline is
+//! `plan.deadline`.
 //!
 //! Reaping: once the answer is in (or the socket closed, or the deadline passed), a blocking
 //! `waitid(WEXITED | WNOWAIT)` on `spawn_blocking` waits for the leader to exit without reaping
@@ -47,16 +50,15 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 use protocol::api::Mode;
-use protocol::wire::{
-    self, FromWorker, Hello, JobSpec, ToWorker, WireError, HEADER_LEN, WIRE_VERSION,
-};
+use protocol::wire::{self, FromWorker, Hello, ToWorker, WireError, HEADER_LEN, WIRE_VERSION};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use protocol::args::{FsMode, WorkerArgs, DEFAULT_FILE_SIZE_MB};
 
-use crate::cgroup::{CgroupStats, Limits, Subtree, WorkerCgroup};
+use crate::cgroup::{CgroupStats, Subtree, WorkerCgroup};
 use crate::ending::{Ending, ExitStatus};
+use crate::plan::JobPlan;
 use crate::Error;
 
 /// The fd number the worker finds its socket on.
@@ -153,24 +155,6 @@ impl WorkerCommand {
         }
         Ok(cmd)
     }
-}
-
-/// The address-space limit (RLIMIT_AS) of a CPU worker running a job of `ram_mb` MiB on
-/// `threads` compute threads, in bytes: a generous backstop behind the cgroup's memory limit,
-/// not the limit itself (address space is not memory). The formula:
-/// `ram_mb` + 256 MiB (the binary, its libraries, the loader's and the kernel's mappings) +
-/// 72 MiB for each thread including the main one (glibc reserves up to 64 MiB of address space
-/// per malloc arena, one arena per thread at most, and a thread's stack is at most 8 MiB).
-/// Saturates to "unlimited". GPU workers get none: CUDA reserves about twice the device memory
-/// in host address space.
-pub fn address_space_limit(ram_mb: u64, threads: u32) -> u64 {
-    const MIB: u64 = 1 << 20;
-    let per_thread = 72 * MIB;
-    let threads = u64::from(threads.max(1)) + 1;
-    ram_mb
-        .saturating_mul(MIB)
-        .saturating_add(256 * MIB)
-        .saturating_add(per_thread.saturating_mul(threads))
 }
 
 /// Resource usage of a reaped worker.
@@ -503,13 +487,6 @@ impl WorkerProcess {
         matches!(self.sock.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
-    /// Caps the worker's CPU time at `secs` from now on (RLIMIT_CPU via prlimit(2)): the kernel
-    /// sends SIGXCPU at the soft limit and SIGKILL one second later. Set when the job is handed
-    /// over, because the worker was started before the job was known.
-    pub fn limit_cpu(&self, secs: u64) -> std::io::Result<()> {
-        set_rlimit(self.pid, libc::RLIMIT_CPU, secs, secs.saturating_add(1))
-    }
-
     /// The worker's cgroup directory, when it has one (v1: the freezer's, else the first).
     pub fn cgroup_path(&self) -> Option<&Path> {
         self.res.cgroup.as_ref().map(WorkerCgroup::path)
@@ -520,21 +497,24 @@ impl WorkerProcess {
         self.res.job_dir.as_deref()
     }
 
-    /// The job's limits on the worker, set when it is handed over (the worker was started
-    /// before the job was known): the cgroup's memory, pids and CPU quota, and for a CPU worker
-    /// RLIMIT_AS ([`address_space_limit`]), which also goes into `spec` so the worker lowers
-    /// itself to it before computing. From outside, RLIMIT_AS is set where the kernel lets us
-    /// (same user, or CAP_SYS_RESOURCE); a refusal is only logged, since the worker applies the
-    /// same limit to itself before it touches the job.
-    fn confine(&self, spec: &mut JobSpec) -> Result<(), String> {
-        if let Some(cg) = &self.res.cgroup {
-            cg.set_limits(&Limits::for_job(spec.ram_mb, spec.threads))
-                .map_err(|e| e.to_string())?;
+    /// Applies `plan` to the worker when its job is handed over (the worker was started before
+    /// the job was known): the cgroup's limits, then RLIMIT_AS (CPU workers) and RLIMIT_CPU from
+    /// outside. Those two are set where the kernel lets us (same user, or CAP_SYS_RESOURCE); a
+    /// refusal is only logged, since the worker applies the same limits to itself from the
+    /// `JobSpec` before it touches the job. A plan for another kind of worker is refused: a CPU
+    /// worker must not run without its address-space limit.
+    fn confine(&self, plan: &JobPlan) -> Result<(), String> {
+        if plan.kind != self.hello.kind {
+            return Err(format!(
+                "the job was planned for a {} worker but this is a {} worker (supervisor bug)",
+                plan.kind.as_str(),
+                self.hello.kind.as_str()
+            ));
         }
-        if self.hello.kind == Mode::Cpu {
-            // Saturated to u64::MAX, which is RLIM_INFINITY.
-            let bytes = address_space_limit(spec.ram_mb, spec.threads);
-            spec.address_space_bytes = Some(bytes);
+        if let Some(cg) = &self.res.cgroup {
+            cg.set_limits(&plan.cgroup).map_err(|e| e.to_string())?;
+        }
+        if let Some(bytes) = plan.spec.address_space_bytes {
             if let Err(e) = set_rlimit(self.pid, libc::RLIMIT_AS, bytes, bytes) {
                 tracing::debug!(
                     worker_pid = self.pid,
@@ -542,19 +522,24 @@ impl WorkerProcess {
                 );
             }
         }
+        let (soft, hard) = plan.cpu_time;
+        if let Err(e) = set_rlimit(self.pid, libc::RLIMIT_CPU, soft, hard) {
+            // A root supervisor without CAP_SYS_RESOURCE cannot set it on a worker that
+            // switched to another user.
+            tracing::debug!(
+                worker_pid = self.pid,
+                job = %plan.spec.job_id,
+                "setting the worker's CPU-time limit from outside: {e}; the worker sets it itself"
+            );
+        }
         Ok(())
     }
 
-    /// Runs one job: sends `Run`, waits for one answer for at most `deadline` (or until
-    /// `cancel` resolves), then makes sure the process and its group are gone and reaped.
-    pub async fn run(
-        self,
-        spec: JobSpec,
-        deadline: Duration,
-        cancel: impl Future<Output = ()>,
-    ) -> Finished {
-        self.run_watched(spec, deadline, cancel, std::future::pending())
-            .await
+    /// Runs one job: applies `plan`, sends `Run(plan.spec)`, waits for one answer for at most
+    /// `plan.deadline` (or until `cancel` resolves), then makes sure the process and its group
+    /// are gone and reaped.
+    pub async fn run(self, plan: &JobPlan, cancel: impl Future<Output = ()>) -> Finished {
+        self.run_watched(plan, cancel, std::future::pending()).await
     }
 
     /// [`WorkerProcess::run`] with a `watch` beside the job: when it resolves before the
@@ -562,17 +547,16 @@ impl WorkerProcess {
     /// are killed and the attempt ends as [`Ending::Stopped`] with the watch's message.
     pub async fn run_watched(
         mut self,
-        mut spec: JobSpec,
-        deadline: Duration,
+        plan: &JobPlan,
         cancel: impl Future<Output = ()>,
         watch: impl Future<Output = String>,
     ) -> Finished {
         if let Ok(mut t) = self.stderr.lock() {
-            t.job = Some(spec.job_id.clone());
+            t.job = Some(plan.spec.job_id.clone());
         }
         let started = Instant::now();
-        let confined = self.confine(&mut spec);
-        let frame = wire::encode(&ToWorker::Run(spec));
+        let confined = self.confine(plan);
+        let frame = wire::encode(&ToWorker::Run(plan.spec.clone()));
         let ending = match (confined, frame) {
             (Err(e), _) => Ending::Confinement(e),
             (Ok(()), Err(e)) => Ending::Protocol(format!("cannot encode the job: {e}")),
@@ -588,7 +572,7 @@ impl WorkerProcess {
                             Err(WireError::Closed) | Err(WireError::Io(_)) => Ending::Crashed,
                             Err(e) => Ending::Protocol(e.to_string()),
                         },
-                        () = tokio::time::sleep(deadline) => Ending::TimedOut,
+                        () = tokio::time::sleep(plan.deadline) => Ending::TimedOut,
                         () = cancel => Ending::Cancelled,
                         why = watch => Ending::Stopped(why),
                     }
@@ -863,7 +847,6 @@ fn spawn_stderr_reader(
 mod tests {
     //! Real processes: small bash scripts stand in for workers that misbehave in exact ways.
     use super::*;
-    use protocol::workload::{TorchBenchParams, WorkloadSpec};
 
     struct Fake {
         dir: tempfile::TempDir,
@@ -905,20 +888,18 @@ mod tests {
         }
     }
 
-    fn job() -> JobSpec {
-        JobSpec {
-            job_id: "j1".into(),
-            spec: WorkloadSpec::TorchBench(TorchBenchParams {
-                n: 4,
-                iters: 1,
-                seed: 0,
-            }),
-            threads: 1,
+    /// The plan of a small CPU job (64 MiB, one thread, 60 s of CPU time) with `deadline`.
+    fn plan(deadline: Duration) -> JobPlan {
+        let limits = protocol::api::JobLimits {
             ram_mb: 64,
-            cpu_time_s: 60,
-            address_space_bytes: None,
             vram_mb: 0,
-        }
+            cpu_time_s: 60,
+            max_runtime_s: 60,
+        };
+        let params = serde_json::json!({"n": 4, "iters": 1});
+        let (job, max) = crate::plan::own_job("j1", "torch_bench", params, limits, 0);
+        let plan = crate::plan::plan_job(&job, &max, 1, Mode::Cpu).expect("a valid job");
+        JobPlan { deadline, ..plan }
     }
 
     fn alive(pid: i32) -> bool {
@@ -932,7 +913,7 @@ mod tests {
             .unwrap();
         assert!(w.is_ready());
         let pid = w.pid();
-        (w.run(job(), deadline, std::future::pending()).await, pid)
+        (w.run(&plan(deadline), std::future::pending()).await, pid)
     }
 
     #[tokio::test]
@@ -1025,10 +1006,11 @@ mod tests {
         let w = WorkerProcess::start(&cmd, Duration::from_secs(10))
             .await
             .unwrap();
-        w.limit_cpu(1).unwrap();
-        let fin = w
-            .run(job(), Duration::from_secs(30), std::future::pending())
-            .await;
+        let plan = JobPlan {
+            cpu_time: (1, 2),
+            ..plan(Duration::from_secs(30))
+        };
+        let fin = w.run(&plan, std::future::pending()).await;
         assert_eq!(fin.ending, Ending::Crashed);
         assert_eq!(fin.exit, Some(ExitStatus::Signaled(libc::SIGXCPU)));
         // The kernel stops it at 1 s of tick-sampled CPU time; rusage reports the precise
@@ -1045,8 +1027,7 @@ mod tests {
         let pid = w.pid();
         let fin = w
             .run(
-                job(),
-                Duration::from_secs(60),
+                &plan(Duration::from_secs(60)),
                 tokio::time::sleep(Duration::from_millis(50)),
             )
             .await;
@@ -1113,8 +1094,7 @@ mod tests {
         };
         let fin = w
             .run_watched(
-                job(),
-                Duration::from_secs(60),
+                &plan(Duration::from_secs(60)),
                 std::future::pending(),
                 watch,
             )
@@ -1180,13 +1160,52 @@ mod tests {
         }
     }
 
-    #[test]
-    fn address_space_backstop() {
-        const MIB: u64 = 1 << 20;
-        assert_eq!(address_space_limit(1024, 1), (1024 + 256 + 2 * 72) * MIB);
-        assert_eq!(address_space_limit(64, 0), address_space_limit(64, 1));
-        assert_eq!(address_space_limit(64, 8), (64 + 256 + 9 * 72) * MIB);
-        assert_eq!(address_space_limit(u64::MAX / 2, 4), u64::MAX);
+    #[tokio::test]
+    async fn the_plan_is_applied_as_it_is_and_only_to_its_kind_of_worker() {
+        // The fake reads the Run header, then reports the limits it is held to.
+        let (_f, cmd) = Fake::new(
+            r"head -c 4 <&3 >/dev/null; grep -E 'Max (cpu time|address space)' /proc/$$/limits >&2",
+        );
+        let (fin, _) = run(&cmd, Duration::from_secs(10)).await;
+        let limits: Vec<Vec<&str>> = fin
+            .stderr_tail
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let bytes = plan(Duration::ZERO).spec.address_space_bytes.unwrap();
+        assert_eq!(bytes, (64 + 256 + 2 * 72) << 20);
+        assert!(
+            limits.contains(&vec!["Max", "cpu", "time", "60", "61", "seconds"]),
+            "{}",
+            fin.stderr_tail
+        );
+        assert!(
+            limits.contains(&vec![
+                "Max",
+                "address",
+                "space",
+                &bytes.to_string(),
+                &bytes.to_string(),
+                "bytes"
+            ]),
+            "{}",
+            fin.stderr_tail
+        );
+        // A plan for a GPU worker is not applied to a CPU one.
+        let w = WorkerProcess::start(&cmd, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let pid = w.pid();
+        let gpu = JobPlan {
+            kind: Mode::Gpu,
+            ..plan(Duration::from_secs(10))
+        };
+        let fin = w.run(&gpu, std::future::pending()).await;
+        match &fin.ending {
+            Ending::Confinement(m) => assert!(m.contains("planned for a gpu worker"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!alive(pid));
     }
 
     #[tokio::test]
@@ -1281,7 +1300,7 @@ mod tests {
             };
             let _ = tx.send((v1, seen));
         };
-        let fin = w.run(job(), Duration::from_secs(30), probe).await;
+        let fin = w.run(&plan(Duration::from_secs(30)), probe).await;
         assert_eq!(fin.ending, Ending::Cancelled);
         let (v1, (mem, pids, cpu)) = rx.await.unwrap();
         if v1 {

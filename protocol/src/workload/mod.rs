@@ -23,8 +23,6 @@ use crate::api::{FailReason, JobLimits};
 
 pub mod torch_bench;
 
-pub use torch_bench::TorchBenchParams;
-
 /// Every workload name the API accepts (guide section 5).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]

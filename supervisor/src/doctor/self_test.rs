@@ -1,8 +1,9 @@
 //! The doctor's live self-test: one real confined worker, started the way the supervisor
 //! starts them ([`WorkerProcess::start`], its own cgroup, the run-as user), handed one tiny
-//! `torch_bench` job through the real hand-off ([`WorkerProcess::run`]), and its answer's hash
-//! compared with a known answer committed here. On a host with a usable GPU the same job runs
-//! on a GPU worker too and must give the same hash.
+//! `torch_bench` job planned and run as the daemon's are ([`plan_job`], [`execute`]: the real
+//! hand-off, without energy meters or the VRAM watch), and its answer's hash compared with a
+//! known answer committed here. On a host with a usable GPU the same job runs on a GPU worker
+//! too and must give the same hash.
 //!
 //! # The known answer
 //!
@@ -22,13 +23,14 @@ use std::time::{Duration, Instant};
 
 use protocol::api::JobLimits;
 use protocol::api::Mode;
-use protocol::wire::JobSpec;
 use protocol::workload::torch_bench::KNOWN_ANSWERS;
-use protocol::workload::TorchBenchParams;
+use protocol::workload::{torch_bench::TorchBenchParams, WorkloadSpec};
 
 use super::{Line, Status};
 use crate::config::Config;
-use crate::ending::Ending;
+use crate::execute::{execute, Done, Failed, Meters};
+use crate::plan::{own_job, plan_job};
+use crate::policy::Refusal;
 use crate::worker_proc::{WorkerCommand, WorkerProcess};
 
 /// The self-test's known answer: `(n, iters, seed, output_sha, merkle_root)`.
@@ -89,9 +91,7 @@ fn run(
     start_timeout: Duration,
     job_timeout: Duration,
 ) -> Result<SelfTest, String> {
-    let mut cmd = WorkerCommand::for_config(config)
-        .map_err(|e| e.to_string())?
-        .with_kind(kind);
+    let mut cmd = WorkerCommand::for_config(config).map_err(|e| e.to_string())?;
     // Its job directory goes to a fresh temporary directory, not the operator's WORK_DIR;
     // a root doctor's worker runs as RUN_AS_USER, which must pass through it (0711).
     let scratch = TempDir::new().map_err(|e| format!("creating a temporary directory: {e}"))?;
@@ -109,23 +109,32 @@ fn run(
         "iters": KNOWN_PARAMS.iters,
         "seed": KNOWN_PARAMS.seed,
     });
-    let mut limits = JobLimits {
+    let limits = JobLimits {
         max_runtime_s: job_timeout.as_secs().max(1),
         cpu_time_s: job_timeout.as_secs().max(1),
+        vram_mb: match kind {
+            Mode::Gpu => WorkloadSpec::TorchBench(KNOWN_PARAMS).vram_mb(),
+            Mode::Cpu => 0,
+        },
         ..JobLimits::default()
     };
-    let spec = protocol::workload::plan("torch_bench", &params, &limits)
-        .map_err(|e| format!("the self-test job does not plan (a bug): {e}"))?;
-    if kind == Mode::Gpu {
-        limits.vram_mb = spec.vram_mb();
-    }
+    let (job, max) = own_job(
+        "doctor-self-test",
+        "torch_bench",
+        params,
+        limits,
+        cmd.file_size_mb,
+    );
+    let not_planned =
+        |r: Refusal| format!("the self-test job does not plan (a bug): {}", r.message);
+    let plan = plan_job(&job, &max, THREADS, kind).map_err(not_planned)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting a runtime: {e}"))?;
     rt.block_on(async {
         let t0 = Instant::now();
-        let worker = WorkerProcess::start(&cmd, start_timeout)
+        let worker = WorkerProcess::start(&cmd.with_kind(plan.kind), start_timeout)
             .await
             .map_err(|e| e.to_string())?;
         let start = t0.elapsed();
@@ -134,31 +143,25 @@ fn run(
             "{} (pid {}, {:?} worker, {where_})",
             hello.sandbox, hello.pid, hello.kind
         );
-        let job = JobSpec {
-            job_id: "doctor-self-test".into(),
-            spec,
-            threads: THREADS,
-            ram_mb: limits.ram_mb,
-            cpu_time_s: limits.cpu_time_s,
-            address_space_bytes: None,
-            vram_mb: limits.vram_mb,
-        };
-        let finished = worker.run(job, job_timeout, std::future::pending()).await;
-        Ok(match &finished.ending {
-            Ending::Done(out) => SelfTest::Ran {
-                sandbox,
-                output_sha: crate::runtime::hex(&out.output_sha),
-                handoff: finished.handoff_to_answer,
-                start,
-            },
-            _ => {
-                let (reason, message) = finished.failure(&limits);
-                SelfTest::JobFailed {
+        let plan = plan
+            .for_worker(hello.kind, &job, &max)
+            .map_err(not_planned)?;
+        Ok(
+            match execute(worker, &plan, &Meters::none(), std::future::pending()).await {
+                Ok(Done {
+                    output, handoff, ..
+                }) => SelfTest::Ran {
+                    sandbox,
+                    output_sha: crate::runtime::hex(&output.output_sha),
+                    handoff,
+                    start,
+                },
+                Err(Failed { reason, message }) => SelfTest::JobFailed {
                     sandbox,
                     message: format!("{}: {message}", reason.as_str()),
-                }
-            }
-        })
+                },
+            },
+        )
     })
 }
 
