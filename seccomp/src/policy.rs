@@ -107,10 +107,7 @@ fn io(r: &mut Vec<Rule>) {
         allow(SYS_pread64, "positioned read of job-directory files"),
         allow(SYS_pwrite64, "positioned write of job-directory files"),
         allow(SYS_lseek, "seek in job-directory files"),
-        allow(
-            SYS_close,
-            "close what it opened",
-        ),
+        allow(SYS_close, "close what it opened"),
         allow(
             SYS_recvfrom,
             "std's UnixStream::read on fd 3 is recv(2), i.e. recvfrom (strace)",
@@ -140,10 +137,7 @@ fn files(r: &mut Vec<Rule>) {
         ),
         allow(SYS_newfstatat, "stat by path or fd (glibc's fstat/stat)"),
         allow(SYS_fstat, "fstat on an open file"),
-        allow(
-            SYS_statx,
-            "std's File::metadata and fs::read's size hint",
-        ),
+        allow(SYS_statx, "std's File::metadata and fs::read's size hint"),
         allow(
             SYS_getdents64,
             "list a directory in the job directory (std's fs::read_dir)",
