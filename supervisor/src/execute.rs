@@ -94,7 +94,7 @@ pub async fn execute(
                 .and_then(Result::ok)
                 .flatten()
                 .unwrap_or(0);
-            let watch = vram_watch(nvml, pid, baseline, plan.vram_cap_mb, meters.gpu_poll);
+            let watch = vram_watch(nvml, pid, baseline, plan.vram_cap_mb(), meters.gpu_poll);
             worker.run_watched(plan, cancel, watch).await
         }
         _ => worker.run(plan, cancel).await,

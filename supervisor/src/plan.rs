@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use protocol::api::{FailReason, Job, JobLimits, Mode};
 use protocol::wire::JobSpec;
-use protocol::workload::{plan, validate_submission, WorkloadSpec};
+use protocol::workload::{plan, PlanError, Workload, WorkloadSpec};
 
 use crate::cgroup::Limits;
 use crate::config::MaxLimits;
@@ -35,14 +35,17 @@ pub struct JobPlan {
     pub cpu_time: (u64, u64),
     /// How long the supervisor waits for the answer before it kills the worker's cgroup.
     pub deadline: Duration,
-    /// The device memory the job may use in MiB, what the VRAM watch holds it to (0 on the
-    /// CPU).
-    pub vram_cap_mb: u64,
     /// The job's own limits, which the fail messages quote.
     pub limits: JobLimits,
 }
 
 impl JobPlan {
+    /// The device memory the job may use in MiB, what the VRAM watch holds it to (0 on the
+    /// CPU): the `vram_mb` the worker is sent, so the two cannot differ.
+    pub fn vram_cap_mb(&self) -> u64 {
+        self.spec.vram_mb
+    }
+
     /// This plan for the worker that came, of `kind`: itself when it was made for that kind,
     /// else `job` planned again for it (a GPU slot whose worker fell back to the CPU runs the
     /// job as a CPU job), so that the plan always matches the worker.
@@ -94,7 +97,6 @@ pub fn plan_job(job: &Job, max: &MaxLimits, threads: u32, slot: Mode) -> Result<
         cgroup: Limits::for_job(limits.ram_mb, threads),
         cpu_time: (limits.cpu_time_s, limits.cpu_time_s.saturating_add(1)),
         deadline: Duration::from_secs(limits.max_runtime_s),
-        vram_cap_mb,
         limits,
     })
 }
@@ -131,20 +133,24 @@ pub fn own_job(
 }
 
 /// Steps 1 to 3 of [`plan_job`]: the typed workload of a job this miner runs within its
-/// maxima.
+/// maxima. Protocol's [`plan`] parses the params once: a valid job of a workload protocol has
+/// no spec for comes back as [`PlanError::NoSpec`], which is a capability refusal here.
 fn admit(job: &Job, max: &MaxLimits) -> Result<WorkloadSpec, Refusal> {
-    let refusal = |e: protocol::workload::PlanError| Refusal {
-        reason: e.fail_reason(),
-        message: e.to_string(),
+    let not_run = |w: Workload| Refusal {
+        reason: FailReason::UnknownWorkload,
+        message: format!("workload {:?} is not run by this miner", w.as_str()),
     };
-    let w = validate_submission(&job.workload, &job.params, &job.limits).map_err(refusal)?;
-    if !RUNS.contains(&w) {
-        return Err(Refusal {
-            reason: FailReason::UnknownWorkload,
-            message: format!("workload {:?} is not run by this miner", w.as_str()),
-        });
-    }
-    let spec = plan(&job.workload, &job.params, &job.limits).map_err(refusal)?;
+    let spec = match plan(&job.workload, &job.params, &job.limits) {
+        Ok(spec) if RUNS.contains(&spec.workload()) => spec,
+        Ok(spec) => return Err(not_run(spec.workload())),
+        Err(PlanError::NoSpec(w)) => return Err(not_run(w)),
+        Err(e) => {
+            return Err(Refusal {
+                reason: e.fail_reason(),
+                message: e.to_string(),
+            })
+        }
+    };
     check_caps(&job.limits, max)?;
     Ok(spec)
 }
@@ -264,7 +270,7 @@ mod tests {
             (2, 512, 30)
         );
         assert_eq!(p.spec.address_space_bytes, Some((512 + 256 + 3 * 72) * MIB));
-        assert_eq!((p.spec.vram_mb, p.vram_cap_mb), (0, 0));
+        assert_eq!((p.spec.vram_mb, p.vram_cap_mb()), (0, 0));
         assert_eq!(p.cgroup, Limits::for_job(512, 2));
         assert_eq!(p.cgroup.memory_bytes, 512 * MIB);
         assert_eq!(p.cpu_time, (30, 31));
@@ -285,7 +291,7 @@ mod tests {
         let j = job("torch_bench", json!({"n": 1024}), 100);
         let p = plan_job(&j, &max(4096), 2, Mode::Gpu).unwrap();
         assert_eq!(p.kind, Mode::Gpu);
-        assert_eq!((p.spec.vram_mb, p.vram_cap_mb), (100, 100));
+        assert_eq!((p.spec.vram_mb, p.vram_cap_mb()), (100, 100));
         assert_eq!(p.spec.address_space_bytes, None);
         assert_eq!(p.cgroup, Limits::for_job(512, 2));
         assert_eq!(
@@ -294,7 +300,7 @@ mod tests {
         );
         // The same job for a CPU worker (a GPU slot whose worker fell back) is a CPU plan.
         let p = plan_job(&j, &max(4096), 2, Mode::Cpu).unwrap();
-        assert_eq!((p.kind, p.spec.vram_mb, p.vram_cap_mb), (Mode::Cpu, 0, 0));
+        assert_eq!((p.kind, p.spec.vram_mb, p.vram_cap_mb()), (Mode::Cpu, 0, 0));
         assert_eq!(
             p.spec.address_space_bytes,
             Some(address_space_limit(512, 2))
@@ -316,7 +322,7 @@ mod tests {
     #[test]
     fn a_job_without_device_memory_runs_on_the_cpu_of_a_gpu_slot() {
         let p = plan_job(&job("torch_bench", json!({}), 0), &max(4096), 2, Mode::Gpu).unwrap();
-        assert_eq!((p.kind, p.vram_cap_mb), (Mode::Cpu, 0));
+        assert_eq!((p.kind, p.vram_cap_mb()), (Mode::Cpu, 0));
         assert!(p.spec.address_space_bytes.is_some());
     }
 
@@ -428,7 +434,7 @@ mod tests {
         for (vram_mb, planned) in [(need, true), (need + 100, true), (need - 1, false)] {
             let j = job("torch_bench", json!({"n": 1024, "iters": 2}), vram_mb);
             let p = plan_job(&j, &max(1 << 20), 1, Mode::Gpu);
-            assert_eq!(p.map(|p| p.vram_cap_mb).ok(), planned.then_some(vram_mb));
+            assert_eq!(p.map(|p| p.vram_cap_mb()).ok(), planned.then_some(vram_mb));
         }
     }
 
