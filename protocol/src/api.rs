@@ -233,12 +233,16 @@ impl Default for JobLimits {
 }
 
 /// Where a job is in its life. The only transitions are
-/// queued -> assigned -> (completed | failed | queued again, with attempt + 1).
+/// queued -> assigned -> (verifying | failed | queued again, with attempt + 1), and
+/// verifying -> (completed | queued again | failed): a proof is checked (audited, or held for
+/// the Coordinator's holding window) before its credit settles.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
     Assigned,
+    /// A proof is in and its credit pending: the job is being audited or held until it settles.
+    Verifying,
     Completed,
     Failed,
 }
@@ -248,6 +252,7 @@ impl JobState {
         match self {
             JobState::Queued => "queued",
             JobState::Assigned => "assigned",
+            JobState::Verifying => "verifying",
             JobState::Completed => "completed",
             JobState::Failed => "failed",
         }
@@ -257,6 +262,7 @@ impl JobState {
         Some(match s {
             "queued" => JobState::Queued,
             "assigned" => JobState::Assigned,
+            "verifying" => JobState::Verifying,
             "completed" => JobState::Completed,
             "failed" => JobState::Failed,
             _ => return None,
@@ -397,7 +403,11 @@ pub fn is_sha256_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Answer to an accepted proof: the job is completed and `credited` base units went to `wallet`.
+/// Answer to an accepted proof: `credited` base units are credited to `wallet`, pending until
+/// the job settles. `state` is `verifying` (or `completed` when the Coordinator runs with
+/// verification off, and the credit settled at once). `audit`, when present, is the challenge
+/// the miner must answer by `audit.answer_by` (`POST /v1/miner/audit`); without it the job was
+/// not chosen for audit and settles at `settles_at`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ProofAck {
     pub id: String,
@@ -405,6 +415,135 @@ pub struct ProofAck {
     pub attempt: u32,
     pub wallet: String,
     pub credited: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditChallenge>,
+    #[serde(default, with = "ts::option", skip_serializing_if = "Option::is_none")]
+    pub settles_at: Option<OffsetDateTime>,
+}
+
+/// An audit: the Coordinator asks the miner whose proof a job holds to open these rows of the
+/// committed output (torch_bench: rows of the final matrix, leaves of the proof's
+/// `merkle_root`). Chosen by the Coordinator after the proof arrived, from a secret the miner
+/// never sees, so a miner cannot steer them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AuditChallenge {
+    pub id: String,
+    pub attempt: u32,
+    /// Row indexes, ascending and distinct.
+    pub rows: Vec<u64>,
+    /// An answer after this is too late: the job is requeued and the credit forfeited.
+    #[serde(with = "ts")]
+    pub answer_by: OffsetDateTime,
+}
+
+/// One opened row of an audit answer: the row's bytes and its inclusion proof.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OpenedRow {
+    pub index: u64,
+    /// The row's bytes (torch_bench: its `n` int8 values as two's-complement bytes), lower-case
+    /// hex.
+    pub data: String,
+    /// The RFC 9162 audit path of the row's leaf, leaf up, each a lower-case hex SHA-256.
+    pub path: Vec<String>,
+}
+
+/// `POST /v1/miner/audit` body: the opened rows of a challenge, in the challenge's order.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditAnswer {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miner_id: Option<String>,
+    pub attempt: u32,
+    pub rows: Vec<OpenedRow>,
+}
+
+/// How an audit ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditVerdict {
+    /// Every opened row was the committed one and equal to the Coordinator's recomputation:
+    /// the credit settled.
+    Passed,
+    /// The answer did not hold (or came too late): the credit is forfeited and the job
+    /// requeued for another miner.
+    Failed,
+}
+
+/// Answer to `POST /v1/miner/audit` (and to its replays): the verdict and the job's state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AuditAck {
+    pub id: String,
+    pub attempt: u32,
+    pub verdict: AuditVerdict,
+    pub state: JobState,
+    /// Why, for a failed audit (the first row that did not hold).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Where the check of a job's proof stands, as its client sees it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum VerificationStatus {
+    /// Not chosen for audit: the credit settles when the holding window ends (`settles_at`).
+    Holding,
+    /// An audit is open: the miner must answer by `answer_by`.
+    Challenged,
+    /// The audit passed; the credit settled.
+    Passed,
+    /// Not audited; the holding window ended and the credit settled.
+    Unaudited,
+    /// The audit failed or timed out; the credit was forfeited and the job requeued.
+    Failed,
+    /// The Coordinator runs with verification off: the credit settled at once, unchecked.
+    Off,
+}
+
+impl VerificationStatus {
+    pub const ALL: [VerificationStatus; 6] = [
+        VerificationStatus::Holding,
+        VerificationStatus::Challenged,
+        VerificationStatus::Passed,
+        VerificationStatus::Unaudited,
+        VerificationStatus::Failed,
+        VerificationStatus::Off,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationStatus::Holding => "holding",
+            VerificationStatus::Challenged => "challenged",
+            VerificationStatus::Passed => "passed",
+            VerificationStatus::Unaudited => "unaudited",
+            VerificationStatus::Failed => "failed",
+            VerificationStatus::Off => "off",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<VerificationStatus> {
+        VerificationStatus::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// The check of the proof a job holds (the latest attempt's).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Verification {
+    pub status: VerificationStatus,
+    /// The attempt whose proof is checked.
+    pub attempt: u32,
+    /// The rows an audit opened (or asks for), when audited.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_rows: Vec<u64>,
+    #[serde(default, with = "ts::option", skip_serializing_if = "Option::is_none")]
+    pub answer_by: Option<OffsetDateTime>,
+    #[serde(default, with = "ts::option", skip_serializing_if = "Option::is_none")]
+    pub settles_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// Why a job did not produce a proof. A closed vocabulary, used by the miner's fail report, the
@@ -434,6 +573,12 @@ pub enum FailReason {
     AttemptsExhausted,
     /// Anything else on the miner's side.
     Internal,
+    /// Set by the Coordinator: the miner's answer to an audit did not hold (a row that is not
+    /// the committed one, or not the correct one). The credit is forfeited.
+    AuditFailed,
+    /// Set by the Coordinator: the miner did not answer an audit in time. The credit is
+    /// forfeited.
+    AuditTimeout,
 }
 
 /// What the Coordinator does with a failed attempt.
@@ -446,7 +591,7 @@ pub enum Disposition {
 }
 
 impl FailReason {
-    pub const ALL: [FailReason; 11] = [
+    pub const ALL: [FailReason; 13] = [
         FailReason::WorkerCrashed,
         FailReason::TimedOut,
         FailReason::SandboxViolation,
@@ -458,6 +603,8 @@ impl FailReason {
         FailReason::MinerShutdown,
         FailReason::AttemptsExhausted,
         FailReason::Internal,
+        FailReason::AuditFailed,
+        FailReason::AuditTimeout,
     ];
 
     /// Whether another miner could plausibly succeed where this attempt failed.
@@ -473,7 +620,9 @@ impl FailReason {
             | FailReason::UnknownWorkload
             | FailReason::ProtocolError
             | FailReason::MinerShutdown
-            | FailReason::Internal => Disposition::Requeue,
+            | FailReason::Internal
+            | FailReason::AuditFailed
+            | FailReason::AuditTimeout => Disposition::Requeue,
         }
     }
 
@@ -490,6 +639,8 @@ impl FailReason {
             FailReason::MinerShutdown => "MINER_SHUTDOWN",
             FailReason::AttemptsExhausted => "ATTEMPTS_EXHAUSTED",
             FailReason::Internal => "INTERNAL",
+            FailReason::AuditFailed => "AUDIT_FAILED",
+            FailReason::AuditTimeout => "AUDIT_TIMEOUT",
         }
     }
 
@@ -574,6 +725,9 @@ pub struct JobView {
     /// The last failure, if any (also set while requeued after a failed attempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// The check of the latest proof, once one arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
 }
 
 /// A miner as the Coordinator last heard from it: one entry of `GET /v1/admin/miners`.
@@ -586,16 +740,36 @@ pub struct MinerView {
     #[serde(with = "ts")]
     pub last_seen: OffsetDateTime,
     pub capabilities: MinerCapabilities,
+    /// The standing of the key that owns this miner id: failed audits so far, and whether it
+    /// is suspended from `next` (until an admin reinstates it).
+    #[serde(default)]
+    pub strikes: u32,
+    #[serde(default)]
+    pub suspended: bool,
 }
 
-/// `GET /v1/wallet/balance` answer.
+/// `POST /v1/admin/miners/{id}/reinstate` answer: the owning key's standing afterwards.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Standing {
+    pub miner_id: String,
+    pub strikes: u32,
+    pub suspended: bool,
+}
+
+/// `GET /v1/wallet/balance` answer. `balance` is what has settled; `pending` is credited but
+/// not yet settled (its jobs are being verified); `forfeited` was credited and taken back
+/// because a proof failed its audit. All integer base units.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Balance {
     pub wallet: String,
-    /// Integer base units.
+    /// Settled base units.
     pub balance: u64,
-    /// Number of ledger credits that make up the balance.
+    /// Number of settled credits that make up the balance.
     pub credits: u64,
+    #[serde(default)]
+    pub pending: u64,
+    #[serde(default)]
+    pub forfeited: u64,
 }
 
 /// Machine-readable error codes carried in [`ErrorBody`]. Clients must treat an unknown code
@@ -633,6 +807,11 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     /// 429: too many requests; wait for `Retry-After` seconds.
     RateLimited,
+    /// 403: the key failed too many audits and is suspended from taking jobs until an admin
+    /// reinstates it.
+    MinerSuspended,
+    /// 409: the job has no open audit for this attempt (none was asked, or it was decided).
+    NoAudit,
     /// 500: the Coordinator failed; the request may be retried.
     Internal,
     /// 503: the Coordinator is shutting down or its store is unavailable.

@@ -9,6 +9,11 @@
 //! 2. the supervisor checks the version and, when a job arrives, sends [`ToWorker::Run`]
 //!    (or [`ToWorker::Shutdown`] to retire an idle worker);
 //! 3. the worker answers with exactly one [`FromWorker::Done`] or [`FromWorker::Failed`] and exits.
+//!    Before a `Done` it sends the Merkle leaf hashes of its output in [`FromWorker::Leaves`]
+//!    frames of at most [`MAX_LEAVES_PER_FRAME`] each, in row order, exactly
+//!    `JobSpec.spec.rows()` of them in all: what the supervisor keeps to answer an audit. The
+//!    supervisor refuses more than that, fewer, or leaves whose root is not `Done.merkle_root`
+//!    (a protocol error).
 //!
 //! Framing is split the mini-redis way: [`frame_len`] answers "how long is the frame whose header
 //! this is, and is that allowed?", [`decode_payload`] parses a whole payload, and [`decode`] does
@@ -25,9 +30,14 @@ use crate::workload::WorkloadSpec;
 /// Bumped whenever a message changes shape. Both ends must agree exactly.
 /// Version 2: `Hello.sandbox` and [`WorkerFailReason::SandboxViolation`].
 /// Version 3: `JobSpec.vram_mb`; `JobOutput.compute_us` is the device time on GPU workers.
-pub const WIRE_VERSION: u32 = 4;
+/// Version 4: `JobOutput.merkle_root`.
+/// Version 5: [`FromWorker::Leaves`] before `Done`.
+pub const WIRE_VERSION: u32 = 5;
 /// Largest payload either side accepts, in bytes.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
+/// Most leaf hashes in one [`FromWorker::Leaves`] frame: 32 KiB of digests, well inside
+/// [`MAX_FRAME_LEN`].
+pub const MAX_LEAVES_PER_FRAME: usize = 1024;
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
 /// The start of the line a worker's seccomp reporter writes to stderr just before the worker
@@ -72,8 +82,18 @@ pub struct JobSpec {
 #[derive(Encode, Decode, Clone, Debug, PartialEq)]
 pub enum FromWorker {
     Hello(Hello),
+    /// The next Merkle leaf hashes of the output's rows (at most [`MAX_LEAVES_PER_FRAME`]),
+    /// sent before `Done`.
+    Leaves(Vec<[u8; 32]>),
     Done(JobOutput),
     Failed(WorkerFailure),
+}
+
+/// The output's leaves as the frames that carry them, in order.
+pub fn leaf_frames(leaves: &[[u8; 32]]) -> impl Iterator<Item = FromWorker> + '_ {
+    leaves
+        .chunks(MAX_LEAVES_PER_FRAME)
+        .map(|c| FromWorker::Leaves(c.to_vec()))
 }
 
 /// The worker's first frame: it is set up and waiting for a job.
@@ -296,6 +316,37 @@ mod tests {
             let frame = encode(&m).unwrap();
             assert_eq!(decode::<FromWorker>(&frame).unwrap().unwrap().0, m);
         }
+    }
+
+    #[test]
+    fn a_full_leaves_frame_fits_and_the_leaves_split_in_order() {
+        let leaves: Vec<[u8; 32]> = (0..2500u32)
+            .map(|i| {
+                let mut d = [0u8; 32];
+                d[..4].copy_from_slice(&i.to_le_bytes());
+                d
+            })
+            .collect();
+        let frames: Vec<FromWorker> = leaf_frames(&leaves).collect();
+        assert_eq!(frames.len(), 3);
+        let mut back = Vec::new();
+        for f in &frames {
+            let bytes = encode(f).unwrap();
+            assert!(bytes.len() - HEADER_LEN <= MAX_FRAME_LEN);
+            let (FromWorker::Leaves(l), _) = decode::<FromWorker>(&bytes).unwrap().unwrap() else {
+                panic!("not a Leaves frame");
+            };
+            assert!(l.len() <= MAX_LEAVES_PER_FRAME);
+            back.extend(l);
+        }
+        assert_eq!(back, leaves);
+        assert_eq!(leaf_frames(&[]).count(), 0);
+        // A frame of twice the allowed leaves does not fit a frame at all.
+        let too_many = FromWorker::Leaves(vec![[0; 32]; 2 * MAX_LEAVES_PER_FRAME + 1]);
+        assert!(matches!(
+            encode(&too_many),
+            Err(WireError::TooLarge { .. }) | Err(WireError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -99,6 +99,15 @@ impl WorkloadSpec {
     pub fn describe(&self) -> String {
         self.needs().describe()
     }
+
+    /// The number of rows the job's output is committed to: the leaves of its Merkle root
+    /// (torch_bench: `n`), each of which an audit may open. A worker sends exactly this many
+    /// leaf hashes with its answer (`wire::FromWorker::Leaves`).
+    pub fn rows(&self) -> u64 {
+        match self {
+            WorkloadSpec::TorchBench(p) => u64::from(p.n),
+        }
+    }
 }
 
 /// The dispatch from a name to its typed params: the workload's own parser, or `None` for a

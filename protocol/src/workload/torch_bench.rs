@@ -303,6 +303,168 @@ pub fn output_row(p: &TorchBenchParams, b: &[i8], row: usize) -> Vec<i8> {
     a
 }
 
+/// Output rows `rows` (each `< n`) of the chain, in the order given: what an audit opens, and
+/// what both its verifier and the miner answering it recompute. The same bytes as
+/// [`output_row`] for each (the tests compare them), fast enough that opening `k` rows costs a
+/// small fraction of the job (`k * iters * n^2` multiply-adds against `iters * n^3`): the
+/// product runs as dot products of the rows with the columns of `B` (drawn transposed, so it
+/// holds `n^2` bytes besides the rows), four
+/// rows by two columns at a time so each load serves several products, compiled for the
+/// baseline and for AVX2 and chosen at run time. Integer arithmetic throughout, so every path
+/// gives the same bytes; only the speed is host-specific.
+pub fn output_rows(p: &TorchBenchParams, rows: &[usize]) -> Vec<Vec<i8>> {
+    let n = p.n as usize;
+    let bt = transposed_b(p.seed, n);
+    // Padded to a multiple of four rows; the padding rows are computed and dropped.
+    let padded = rows.len().div_ceil(4) * 4;
+    let mut a: Vec<Vec<i8>> = (0..padded)
+        .map(|i| input_row(p.seed, MATRIX_A0, n, rows.get(i).copied().unwrap_or(0)))
+        .collect();
+    let mut next = vec![vec![0i8; n]; padded];
+    for _ in 0..p.iters {
+        step(&a, &bt, n, &mut next);
+        std::mem::swap(&mut a, &mut next);
+    }
+    a.truncate(rows.len());
+    a
+}
+
+/// `B` transposed (`bt[j * n + t] = B[t][j]`), drawn straight from the counter-based inputs
+/// in 64 x 64 tiles (the draws in row order within a tile, the writes within the tile), so
+/// only one `n x n` matrix is ever held.
+fn transposed_b(seed: u64, n: usize) -> Vec<i8> {
+    const T: usize = 64;
+    let key = stream_key(seed, MATRIX_B);
+    let mut bt = vec![0i8; n * n];
+    for t0 in (0..n).step_by(T) {
+        for j0 in (0..n).step_by(T) {
+            for t in t0..(t0 + T).min(n) {
+                for j in j0..(j0 + T).min(n) {
+                    bt[j * n + t] = element_of(key, (t * n + j) as u64);
+                }
+            }
+        }
+    }
+    bt
+}
+
+/// One step of the chain for `a.len()` (a multiple of 4) rows: `out[r][j] =
+/// requant(a[r] . column j of B)`.
+fn step(a: &[Vec<i8>], bt: &[i8], n: usize, out: &mut [Vec<i8>]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of
+        // `step_avx2`'s target feature; its body is safe Rust.
+        unsafe { step_avx2(a, bt, n, out) };
+        return;
+    }
+    step_portable(a, bt, n, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn step_avx2(a: &[Vec<i8>], bt: &[i8], n: usize, out: &mut [Vec<i8>]) {
+    step_portable(a, bt, n, out);
+}
+
+#[inline(always)]
+fn step_portable(a: &[Vec<i8>], bt: &[i8], n: usize, out: &mut [Vec<i8>]) {
+    let pairs = n / 2;
+    for jj in 0..pairs {
+        let (c0, c1) = (
+            &bt[2 * jj * n..(2 * jj + 1) * n],
+            &bt[(2 * jj + 1) * n..(2 * jj + 2) * n],
+        );
+        for (ra, ro) in a.chunks_exact(4).zip(out.chunks_exact_mut(4)) {
+            let s = dot4x2([&ra[0], &ra[1], &ra[2], &ra[3]], c0, c1);
+            for k in 0..4 {
+                ro[k][2 * jj] = requant(s[0][k]);
+                ro[k][2 * jj + 1] = requant(s[1][k]);
+            }
+        }
+    }
+    if n % 2 == 1 {
+        let c = &bt[(n - 1) * n..n * n];
+        for (r, o) in a.iter().zip(out.iter_mut()) {
+            o[n - 1] = requant(
+                r.iter()
+                    .zip(c)
+                    .map(|(&x, &y)| i32::from(x) * i32::from(y))
+                    .sum(),
+            );
+        }
+    }
+}
+
+/// Four rows against two columns: eight exact i32 dot products in one pass over `t`.
+#[inline(always)]
+fn dot4x2(a: [&[i8]; 4], b0: &[i8], b1: &[i8]) -> [[i32; 4]; 2] {
+    let n = b0.len();
+    let (a0, a1, a2, a3, b1) = (&a[0][..n], &a[1][..n], &a[2][..n], &a[3][..n], &b1[..n]);
+    let mut s = [[0i32; 4]; 2];
+    for t in 0..n {
+        let (y0, y1) = (i32::from(b0[t]), i32::from(b1[t]));
+        let x = [
+            i32::from(a0[t]),
+            i32::from(a1[t]),
+            i32::from(a2[t]),
+            i32::from(a3[t]),
+        ];
+        for r in 0..4 {
+            s[0][r] += x[r] * y0;
+            s[1][r] += x[r] * y1;
+        }
+    }
+    s
+}
+
+/// Why an opened row does not hold.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpeningFault {
+    #[error("row {index} is not a row of an {n} x {n} output")]
+    NoSuchRow { index: u64, n: u32 },
+    #[error("row {index} has {got} bytes, not {n}")]
+    WrongLength { index: u64, got: usize, n: u32 },
+    #[error("row {index}'s audit path does not lead to the proof's merkle_root")]
+    NotCommitted { index: u64 },
+    #[error("row {index} is committed but is not the chain's row {index} (first wrong byte at column {column})")]
+    WrongRow { index: u64, column: usize },
+}
+
+/// Checks one opened row against a proof: it is row `index` of the tree under `root` (its
+/// `path` leads there), and it equals `expected`, the row the chain gives
+/// ([`output_rows`]). The verifier's whole decision about one row; pure.
+pub fn check_opening(
+    p: &TorchBenchParams,
+    root: &Digest,
+    index: u64,
+    row: &[u8],
+    path: &[Digest],
+    expected: &[i8],
+) -> Result<(), OpeningFault> {
+    if index >= u64::from(p.n) {
+        return Err(OpeningFault::NoSuchRow { index, n: p.n });
+    }
+    if row.len() != p.n as usize {
+        return Err(OpeningFault::WrongLength {
+            index,
+            got: row.len(),
+            n: p.n,
+        });
+    }
+    if !merkle::verify(root, u64::from(p.n), index, &merkle::leaf_hash(row), path) {
+        return Err(OpeningFault::NotCommitted { index });
+    }
+    match row.iter().zip(expected).position(|(&x, &y)| x != y as u8) {
+        Some(column) => Err(OpeningFault::WrongRow { index, column }),
+        None if expected.len() == row.len() => Ok(()),
+        None => Err(OpeningFault::WrongRow {
+            index,
+            column: expected.len().min(row.len()),
+        }),
+    }
+}
+
 /// The whole output, row by row in plain loops: the reference for small `n` (it costs
 /// `iters * n^3` multiply-adds, with no blocking or SIMD to get wrong).
 pub fn reference_output(p: &TorchBenchParams) -> Vec<i8> {
@@ -377,13 +539,23 @@ impl Committer {
 
     /// The commitment, once all `n` rows are in (`None` before).
     pub fn finish(self) -> Option<Commitment> {
+        self.finish_with_leaves().map(|(c, _)| c)
+    }
+
+    /// [`Committer::finish`] and the row leaves the root is over: what a miner keeps to
+    /// answer an audit (`32 n` bytes; an opened row is recomputed, its path built from these).
+    pub fn finish_with_leaves(self) -> Option<(Commitment, Vec<Digest>)> {
         if self.n == 0 || self.leaves.len() != self.n {
             return None;
         }
-        Some(Commitment {
-            output_sha: self.sha.finalize().into(),
-            merkle_root: merkle::root(&self.leaves)?,
-        })
+        let merkle_root = merkle::root(&self.leaves)?;
+        Some((
+            Commitment {
+                output_sha: self.sha.finalize().into(),
+                merkle_root,
+            },
+            self.leaves,
+        ))
     }
 }
 
@@ -433,6 +605,96 @@ mod tests {
 
     fn hex(d: &[u8]) -> String {
         d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The fast rows are the plain reference's bytes, for odd and even n, every row count
+    /// (padding), repeated rows, and both code paths.
+    #[test]
+    fn equals_the_reference_on_every_path() {
+        for (n, iters, seed) in [(1u32, 3u32, 1u64), (7, 3, 2), (33, 5, 2026), (64, 2, 42)] {
+            let p = TorchBenchParams { n, iters, seed };
+            let b = input(seed, MATRIX_B, n as usize);
+            for k in 0..=9usize {
+                let rows: Vec<usize> = (0..k).map(|i| (i * 5 + 3) % n as usize).collect();
+                let want = rows
+                    .iter()
+                    .map(|&r| output_row(&p, &b, r))
+                    .collect::<Vec<_>>();
+                assert_eq!(output_rows(&p, &rows), want, "n={n} k={k}");
+            }
+            // The portable path alone, where the dispatch would pick AVX2.
+            let rows = [0usize, n as usize - 1, 0, n as usize / 2];
+            let bt = transposed_b(seed, n as usize);
+            let mut a: Vec<Vec<i8>> = rows
+                .iter()
+                .map(|&r| input_row(seed, MATRIX_A0, n as usize, r))
+                .collect();
+            let mut next = vec![vec![0i8; n as usize]; 4];
+            for _ in 0..iters {
+                step_portable(&a, &bt, n as usize, &mut next);
+                std::mem::swap(&mut a, &mut next);
+            }
+            assert_eq!(
+                a,
+                rows.iter()
+                    .map(|&r| output_row(&p, &b, r))
+                    .collect::<Vec<_>>(),
+                "portable n={n}"
+            );
+        }
+    }
+
+    #[test]
+    fn batched_rows_equal_single_rows_and_openings_check_all_three_ways() {
+        let q = p(33, 5, 2026);
+        let b = input(q.seed, MATRIX_B, 33);
+        let out = reference_output(&q);
+        let rows = [32usize, 0, 7, 7];
+        for (r, got) in rows.iter().zip(output_rows(&q, &rows)) {
+            assert_eq!(got, output_row(&q, &b, *r));
+            assert_eq!(got, out[r * 33..(r + 1) * 33]);
+        }
+        let leaves: Vec<Digest> = out.chunks(33).map(row_leaf).collect();
+        let root = merkle::root(&leaves).unwrap();
+        let path = merkle::inclusion_proof(&leaves, 7).unwrap();
+        let expected = output_row(&q, &b, 7);
+        let row = row_bytes(&out[7 * 33..8 * 33]);
+        assert_eq!(check_opening(&q, &root, 7, &row, &path, &expected), Ok(()));
+        // A committed row that is wrong: a tree over a forged output.
+        let mut forged = out.clone();
+        forged[7 * 33 + 4] ^= 1;
+        let fl: Vec<Digest> = forged.chunks(33).map(row_leaf).collect();
+        let froot = merkle::root(&fl).unwrap();
+        let fpath = merkle::inclusion_proof(&fl, 7).unwrap();
+        let frow = row_bytes(&forged[7 * 33..8 * 33]);
+        assert_eq!(
+            check_opening(&q, &froot, 7, &frow, &fpath, &expected),
+            Err(OpeningFault::WrongRow {
+                index: 7,
+                column: 4
+            })
+        );
+        // The right row under the wrong path, or as another index.
+        assert_eq!(
+            check_opening(&q, &root, 8, &row, &path, &expected),
+            Err(OpeningFault::NotCommitted { index: 8 })
+        );
+        assert_eq!(
+            check_opening(&q, &froot, 7, &row, &fpath, &expected),
+            Err(OpeningFault::NotCommitted { index: 7 })
+        );
+        assert_eq!(
+            check_opening(&q, &root, 7, &row[..32], &path, &expected),
+            Err(OpeningFault::WrongLength {
+                index: 7,
+                got: 32,
+                n: 33
+            })
+        );
+        assert_eq!(
+            check_opening(&q, &root, 33, &row, &path, &expected),
+            Err(OpeningFault::NoSuchRow { index: 33, n: 33 })
+        );
     }
 
     #[test]
