@@ -120,13 +120,14 @@ pub fn status_of(code: ErrorCode) -> u16 {
     match code {
         ErrorCode::BadRequest => 400,
         ErrorCode::Unauthorized => 401,
-        ErrorCode::Forbidden | ErrorCode::MinerIdTaken => 403,
+        ErrorCode::Forbidden | ErrorCode::MinerIdTaken | ErrorCode::MinerSuspended => 403,
         ErrorCode::NotFound => 404,
         ErrorCode::JobFinished
         | ErrorCode::NotAssigned
         | ErrorCode::StaleAttempt
         | ErrorCode::UnknownMiner
-        | ErrorCode::WalletFull => 409,
+        | ErrorCode::WalletFull
+        | ErrorCode::NoAudit => 409,
         ErrorCode::PayloadTooLarge => 413,
         ErrorCode::ValidationFailed | ErrorCode::IdempotencyKeyReused => 422,
         ErrorCode::RateLimited => 429,

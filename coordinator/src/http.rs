@@ -9,9 +9,11 @@
 use std::sync::Arc;
 
 use aitbc_protocol::api::{
-    ErrorCode, FailReport, HeartbeatAck, MinerCapabilities, MinerView, Proof, SubmitJob,
-    IDEMPOTENCY_HEADER,
+    AuditAck, AuditAnswer, AuditVerdict, ErrorCode, FailReason, FailReport, HeartbeatAck,
+    MinerCapabilities, MinerView, Proof, SubmitJob, VerificationStatus, IDEMPOTENCY_HEADER,
 };
+use aitbc_protocol::workload::torch_bench::TorchBenchParams;
+use aitbc_protocol::workload::Workload;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -25,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{self, KeyInfo, Scope};
 use crate::error::{Answer, Error, Refusal};
-use crate::store::{IdemKey, Matcher, MinerRecord, NewJob, Store};
+use crate::store::{AuditClaim, AuditTarget, IdemKey, Matcher, MinerRecord, NewJob, Store};
 use crate::{now_ms, stopped, validate, Inner};
 
 type App = Arc<Inner>;
@@ -42,12 +44,15 @@ pub(crate) fn router(inner: App) -> Router {
         .route("/v1/miner/next", get(next))
         .route("/v1/miner/proof", post(proof))
         .route("/v1/miner/fail", post(fail))
+        .route("/v1/miner/audits", get(audits))
+        .route("/v1/miner/audit", post(audit))
         .route("/v1/client/jobs", post(submit))
         .route("/v1/client/jobs/{id}", get(job))
         .route("/v1/wallet/balance", get(balance))
         .route("/v1/wallet/ledger", get(ledger))
         .route("/v1/admin/jobs", get(admin_jobs))
         .route("/v1/admin/miners", get(admin_miners))
+        .route("/v1/admin/miners/{id}/reinstate", post(reinstate))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .with_state(inner)
@@ -188,7 +193,11 @@ async fn authenticate(inner: &App, headers: &HeaderMap, need: Option<Scope>) -> 
 
 /// Reads the body, refusing more than `max_body_bytes` with 413.
 async fn read_body(inner: &App, headers: &HeaderMap, body: Body) -> Result<Bytes> {
-    let limit = inner.config.max_body_bytes;
+    read_body_up_to(headers, body, inner.config.max_body_bytes).await
+}
+
+/// Reads the body, refusing more than `limit` bytes with 413.
+async fn read_body_up_to(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes> {
     let too_large = || {
         Refusal::new(
             ErrorCode::PayloadTooLarge,
@@ -319,6 +328,20 @@ async fn next(
             Some(m) => Matcher::for_miner(m),
         }
     };
+    let suspended = inner
+        .suspended
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&key.id);
+    if suspended {
+        return Err(Refusal::new(
+            ErrorCode::MinerSuspended,
+            "this miner key is suspended after failing audits; an admin can reinstate it \
+             (aitbc-coordinator admin reinstate)"
+                .to_string(),
+        )
+        .into());
+    }
     let deadline = tokio::time::Instant::now() + q.wait;
     let margin = i64::try_from(inner.config.lease_margin.as_millis()).unwrap_or(i64::MAX);
     let mut queued = inner.queued.subscribe();
@@ -382,7 +405,11 @@ async fn proof(State(inner): State<App>, headers: HeaderMap, body: Body) -> Resu
     }
     validate::metrics(&p.metrics)?;
     let now = now_ms();
-    let outcome = blocking(&inner, move |s| s.proof(key.id, &p, idem.as_ref(), now)).await?;
+    let policy = inner.policy.clone();
+    let outcome = blocking(&inner, move |s| {
+        s.proof(key.id, &p, &policy, idem.as_ref(), now)
+    })
+    .await?;
     if outcome.requeued {
         wake(&inner);
     }
@@ -401,6 +428,14 @@ async fn fail(State(inner): State<App>, headers: HeaderMap, body: Body) -> Resul
     if f.message.len() > MAX_MESSAGE {
         return Err(Refusal::invalid("message", &f.message, "at most 4096 bytes").into());
     }
+    if matches!(f.reason, FailReason::AuditFailed | FailReason::AuditTimeout) {
+        return Err(Refusal::invalid(
+            "reason",
+            f.reason.as_str(),
+            "set by the Coordinator when a proof fails its audit; a miner never reports it",
+        )
+        .into());
+    }
     let now = now_ms();
     let outcome = blocking(&inner, move |s| s.fail(key.id, &f, idem.as_ref(), now)).await?;
     if outcome.requeued {
@@ -415,6 +450,17 @@ async fn submit(State(inner): State<App>, headers: HeaderMap, body: Body) -> Res
     let idem = idem_of(&headers, key, "POST /v1/client/jobs", &bytes)?;
     let submit: SubmitJob = validate::json_body(&bytes)?;
     validate::submission(&submit)?;
+    if inner.policy.config.enabled
+        && Workload::parse(&submit.workload) != Some(Workload::TorchBench)
+    {
+        return Err(Refusal::invalid(
+            "workload",
+            &submit.workload,
+            "this coordinator pays only for verified work, and this workload has no verifier \
+             yet (its operator may start it with --verify off)",
+        )
+        .into());
+    }
     let job = NewJob {
         id: uuid::Uuid::new_v4().to_string(),
         client_key_id: key.id,
@@ -427,6 +473,120 @@ async fn submit(State(inner): State<App>, headers: HeaderMap, body: Body) -> Res
         wake(&inner);
     }
     Ok(respond(outcome.answer))
+}
+
+/// `GET /v1/miner/audits?miner=ID`: the open audits of this key's miner.
+async fn audits(
+    State(inner): State<App>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let key = authenticate(&inner, &headers, Some(Scope::Miner)).await?;
+    let pairs = validate::query_pairs(q.as_deref())?;
+    let miner = validate::miner_param(&pairs)?;
+    let owner = inner
+        .miners
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&miner)
+        .map(|m| m.key_id);
+    if owner.is_some_and(|k| k != key.id) {
+        return Err(Refusal::miner_id_taken(&miner).into());
+    }
+    let open = blocking(&inner, move |s| s.open_audits(key.id, &miner)).await?;
+    ok_json(200, &open)
+}
+
+/// `POST /v1/miner/audit`: the opened rows of an audit. The rows are checked (recomputed) on
+/// the blocking pool with no lock held; the verdict is then applied in one transaction that
+/// checks the same audit is still open.
+async fn audit(State(inner): State<App>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let key = authenticate(&inner, &headers, Some(Scope::Miner)).await?;
+    let limit = inner.policy.config.max_answer_bytes;
+    let bytes = read_body_up_to(&headers, body, limit).await?;
+    let idem = idem_of(&headers, key, "POST /v1/miner/audit", &bytes)?;
+    let answer: AuditAnswer = validate::json_body(&bytes)?;
+    validate::audit_answer(&answer, inner.policy.config.rows)?;
+    let id = answer.id.clone();
+    let target = blocking(&inner, move |s| s.audit_target(&id)).await?;
+    let open = target.filter(|t| {
+        t.status == Some(VerificationStatus::Challenged)
+            && t.attempt == answer.attempt
+            && t.prover_key_id == Some(key.id)
+            && answer
+                .miner_id
+                .as_deref()
+                .is_none_or(|m| t.prover_miner_id.as_deref() == Some(m))
+    });
+    let verdict = match open {
+        Some(t) => {
+            let a = answer.clone();
+            Some(
+                tokio::task::spawn_blocking(move || check_answer(&t, &a))
+                    .await
+                    .map_err(|e| Error::Task(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
+    let policy = inner.policy.clone();
+    let now = now_ms();
+    let outcome = blocking(&inner, move |s| {
+        let claim = AuditClaim {
+            key_id: key.id,
+            id: &answer.id,
+            miner_id: answer.miner_id.as_deref(),
+            attempt: answer.attempt,
+            verdict,
+        };
+        s.audit_verdict(&claim, &policy, idem.as_ref(), now)
+    })
+    .await?;
+    if outcome.requeued {
+        wake(&inner);
+    }
+    let failed = serde_json::from_slice::<AuditAck>(&outcome.answer.body)
+        .is_ok_and(|a| a.verdict == AuditVerdict::Failed);
+    if failed {
+        crate::refresh_suspended(&inner).await?;
+    }
+    Ok(respond(outcome.answer))
+}
+
+/// The verdict on an answer to an open audit (the workload's own check).
+fn check_answer(t: &AuditTarget, a: &AuditAnswer) -> std::result::Result<(), String> {
+    if Workload::parse(&t.workload) != Some(Workload::TorchBench) {
+        return Err(format!("workload {:?} has no audit", t.workload));
+    }
+    let params = TorchBenchParams::parse(&t.params).map_err(|e| e.to_string())?;
+    let root = t
+        .merkle_root
+        .as_deref()
+        .and_then(aitbc_protocol::hex::digest)
+        .ok_or_else(|| "the proof carries no merkle_root".to_string())?;
+    crate::audit::check_torch_bench(&params, &root, &t.rows, a)
+}
+
+/// `POST /v1/admin/miners/{id}/reinstate`: lifts the suspension of the key owning the miner.
+async fn reinstate(
+    State(inner): State<App>,
+    headers: HeaderMap,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let key = authenticate(&inner, &headers, Some(Scope::Admin)).await?;
+    // Reinstating is idempotent by itself; the header is still checked as on every POST.
+    idem_of(&headers, key, "POST /v1/admin/miners/{id}/reinstate", b"")?;
+    let Path(id) = id.map_err(|e| Refusal::bad_request(format!("bad miner id in path: {e}")))?;
+    validate::miner_id("id", &id)?;
+    let lookup = id.clone();
+    match blocking(&inner, move |s| s.reinstate(&lookup)).await? {
+        Some(standing) => {
+            crate::refresh_suspended(&inner).await?;
+            tracing::warn!(miner = %id, "miner key reinstated by an admin");
+            ok_json(200, &standing)
+        }
+        None => Err(Refusal::new(ErrorCode::NotFound, format!("no miner {id:?}")).into()),
+    }
 }
 
 /// Someone else's job answers 404, exactly like a missing one, so ids do not leak.
@@ -553,18 +713,24 @@ async fn admin_miners(
             .cmp(&a.last_seen_ms)
             .then_with(|| a.miner_id.cmp(&b.miner_id))
     });
-    let views = records
-        .into_iter()
-        .take(limit)
-        .map(|m| {
-            Ok(MinerView {
-                last_seen: crate::sqlite::from_ms(m.last_seen_ms)?,
-                miner_id: m.miner_id,
-                wallet: m.wallet,
-                capabilities: m.caps,
+    records.truncate(limit);
+    let views = blocking(&inner, move |s| {
+        records
+            .into_iter()
+            .map(|m| {
+                let (strikes, suspended) = s.standing(m.key_id)?;
+                Ok(MinerView {
+                    last_seen: crate::sqlite::from_ms(m.last_seen_ms)?,
+                    miner_id: m.miner_id,
+                    wallet: m.wallet,
+                    capabilities: m.caps,
+                    strikes,
+                    suspended,
+                })
             })
-        })
-        .collect::<std::result::Result<Vec<_>, Error>>()?;
+            .collect::<std::result::Result<Vec<_>, Error>>()
+    })
+    .await?;
     ok_json(200, &views)
 }
 

@@ -251,12 +251,17 @@ struct Counting {
 mod counting {
     use std::sync::atomic::Ordering::SeqCst;
 
-    use aitbc_protocol::api::{Balance, FailReport, Job, JobState, JobView, Proof};
+    use aitbc_protocol::api::{
+        AuditChallenge, Balance, FailReport, Job, JobState, JobView, Proof, Standing,
+    };
 
     use super::Counting;
+    use crate::audit::Policy;
     use crate::auth::{KeyInfo, Scope};
     use crate::error::Error;
-    use crate::store::{Credit, IdemKey, Matcher, MinerRecord, NewJob, Outcome, Store};
+    use crate::store::{
+        AuditClaim, AuditTarget, Credit, IdemKey, Matcher, MinerRecord, NewJob, Outcome, Store,
+    };
 
     impl Store for Counting {
         fn add_key(&self, h: &str, s: Scope, n: &str, now: i64) -> Result<i64, Error> {
@@ -288,10 +293,38 @@ mod counting {
             &self,
             k: i64,
             p: &Proof,
+            policy: &Policy,
             i: Option<&IdemKey>,
             now: i64,
         ) -> Result<Outcome, Error> {
-            self.real.proof(k, p, i, now)
+            self.real.proof(k, p, policy, i, now)
+        }
+        fn open_audits(&self, k: i64, m: &str) -> Result<Vec<AuditChallenge>, Error> {
+            self.real.open_audits(k, m)
+        }
+        fn audit_target(&self, id: &str) -> Result<Option<AuditTarget>, Error> {
+            self.real.audit_target(id)
+        }
+        fn audit_verdict(
+            &self,
+            c: &AuditClaim<'_>,
+            policy: &Policy,
+            i: Option<&IdemKey>,
+            now: i64,
+        ) -> Result<Outcome, Error> {
+            self.real.audit_verdict(c, policy, i, now)
+        }
+        fn standing(&self, k: i64) -> Result<(u32, bool), Error> {
+            self.real.standing(k)
+        }
+        fn suspended_keys(&self) -> Result<Vec<i64>, Error> {
+            self.real.suspended_keys()
+        }
+        fn reinstate(&self, m: &str) -> Result<Option<Standing>, Error> {
+            self.real.reinstate(m)
+        }
+        fn audit_secret(&self) -> Result<[u8; 32], Error> {
+            self.real.audit_secret()
         }
         fn fail(
             &self,
@@ -302,8 +335,8 @@ mod counting {
         ) -> Result<Outcome, Error> {
             self.real.fail(k, f, i, now)
         }
-        fn sweep(&self, now: i64) -> Result<usize, Error> {
-            self.real.sweep(now)
+        fn sweep(&self, now: i64, policy: &Policy) -> Result<usize, Error> {
+            self.real.sweep(now, policy)
         }
         fn any_queued(&self) -> bool {
             self.real.any_queued()

@@ -2,6 +2,8 @@
 //! lifecycle and the ledger.
 //!
 //! * [`lifecycle`]: the job state machine, pure.
+//! * [`audit`]: the verification policy (which proofs are audited, which rows) and the
+//!   check of an audit's answer, pure.
 //! * [`validate`] and [`auth`]: pure checks of requests, keys and rate limits.
 //! * [`store`]: the narrow storage trait; [`sqlite`]: its SQLite implementation.
 //! * [`http`]: the router and handlers; they authenticate, validate, call the store on the
@@ -13,6 +15,7 @@
 //! port-0 loopback listener. Architecture invariant: this crate depends on `aitbc-protocol`
 //! only, never on the miner's crates; it never logs an API key and never panics on input.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod http;
@@ -22,7 +25,7 @@ pub mod sqlite;
 pub mod store;
 pub mod validate;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -49,6 +52,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/wallet/ledger"),
     ("GET", "/v1/admin/jobs"),
     ("GET", "/v1/admin/miners"),
+    ("GET", "/v1/miner/audits"),
+    ("POST", "/v1/miner/audit"),
+    ("POST", "/v1/admin/miners/{id}/reinstate"),
 ];
 
 /// Tunables. Durations are plain values so tests run them in milliseconds.
@@ -66,6 +72,53 @@ pub struct CoordinatorConfig {
     pub rate_limit_per_sec: u32,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// How proofs are checked before their credit settles.
+    pub verify: VerifyConfig,
+}
+
+/// The verification policy's knobs (`aitbc-coordinator serve --verify-*` flags). The policy
+/// itself, and the cheating probabilities these give, are [`audit`]'s.
+#[derive(Clone, Debug)]
+pub struct VerifyConfig {
+    /// Off: every proof is credited and settled at once, unchecked (for local experiments
+    /// only; the Coordinator says so loudly at start and in every job's `verification`).
+    pub enabled: bool,
+    /// A (miner key, workload) pair is audited on every proof until it has passed this many
+    /// audits in a row.
+    pub trust_after: u32,
+    /// After that, the audit probability falls as `trust_after / streak`, never below this
+    /// floor (0 < floor <= 1).
+    pub floor: f64,
+    /// Rows an audit opens (torch_bench).
+    pub rows: u32,
+    /// How long a credit that was not chosen for audit stays pending before it settles.
+    pub hold: Duration,
+    /// How long a miner has to answer an audit.
+    pub answer_within: Duration,
+    /// Failed audits after which a key is suspended from `next`.
+    pub strikes: u32,
+    /// Largest accepted audit answer body (opened rows are `2 n` hex characters each).
+    pub max_answer_bytes: usize,
+    /// The secret audit decisions and rows are drawn from (SHA-256 of it with the job, the
+    /// attempt and the proof's root). `None`: a random one kept in the database, so decisions
+    /// survive restarts. Tests set it to make sampling deterministic.
+    pub secret: Option<[u8; 32]>,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            enabled: true,
+            trust_after: 10,
+            floor: 0.05,
+            rows: 8,
+            hold: Duration::from_secs(600),
+            answer_within: Duration::from_secs(120),
+            strikes: 3,
+            max_answer_bytes: 4 << 20,
+            secret: None,
+        }
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -77,6 +130,7 @@ impl Default for CoordinatorConfig {
             max_wait: Duration::from_secs(30),
             rate_limit_per_sec: 1000,
             max_body_bytes: 64 * 1024,
+            verify: VerifyConfig::default(),
         }
     }
 }
@@ -89,10 +143,16 @@ pub struct Coordinator {
 
 pub(crate) struct Inner {
     pub(crate) config: CoordinatorConfig,
+    /// The verification policy and its secret (from the config, else the database).
+    pub(crate) policy: audit::Policy,
     pub(crate) store: Arc<dyn Store>,
     /// Verified keys by hash. Only positive answers are cached; keys are never deleted.
     pub(crate) keys: RwLock<HashMap<String, KeyInfo>>,
     pub(crate) buckets: Mutex<HashMap<i64, auth::Bucket>>,
+    /// Keys suspended from `next`: a copy of the store's standing, reloaded at every sweep,
+    /// after a failed audit and on reinstatement, so that `next` on an empty queue still never
+    /// reaches the database.
+    pub(crate) suspended: RwLock<HashSet<i64>>,
     /// Miners by id, as last heartbeated (last_seen kept here only).
     pub(crate) miners: RwLock<HashMap<String, MinerRecord>>,
     /// Bumped whenever a job becomes queued; long-polls wait on it.
@@ -113,6 +173,15 @@ impl Coordinator {
         store: Arc<dyn Store>,
         config: CoordinatorConfig,
     ) -> Result<Coordinator, Error> {
+        let secret = match config.verify.secret {
+            Some(s) => s,
+            None => store.audit_secret()?,
+        };
+        let policy = audit::Policy {
+            config: config.verify.clone(),
+            secret,
+        };
+        let suspended = store.suspended_keys()?.into_iter().collect();
         let miners = store
             .load_miners()?
             .into_iter()
@@ -121,9 +190,11 @@ impl Coordinator {
         Ok(Coordinator {
             inner: Arc::new(Inner {
                 config,
+                policy,
                 store,
                 keys: RwLock::new(HashMap::new()),
                 buckets: Mutex::new(HashMap::new()),
+                suspended: RwLock::new(suspended),
                 miners: RwLock::new(miners),
                 queued: watch::channel(0).0,
                 stopping: watch::channel(false).0,
@@ -172,6 +243,12 @@ impl Coordinator {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let inner = self.inner.clone();
+        if !inner.policy.config.enabled {
+            tracing::warn!(
+                "VERIFICATION IS OFF: every proof is credited and settled at once, unchecked; \
+                 use this only for local experiments"
+            );
+        }
         let mut stop_rx = inner.stopping.subscribe();
         let stopper = inner.clone();
         tokio::spawn(async move {
@@ -211,14 +288,29 @@ impl Coordinator {
 async fn sweep(inner: &Arc<Inner>) -> Result<usize, Error> {
     let store = inner.store.clone();
     let now = now_ms();
-    let n = tokio::task::spawn_blocking(move || store.sweep(now))
+    let policy = inner.policy.clone();
+    let n = tokio::task::spawn_blocking(move || store.sweep(now, &policy))
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
     if n > 0 {
-        tracing::info!(requeued = n, "expired leases requeued");
+        tracing::info!(requeued = n, "expired leases and failed audits requeued");
         inner.queued.send_modify(|g| *g = g.wrapping_add(1));
     }
+    // A timed-out audit may have suspended a key without requeuing anything (a last attempt),
+    // and another process sharing the store may have suspended or reinstated one: reload the
+    // (small) set every sweep.
+    refresh_suspended(inner).await?;
     Ok(n)
+}
+
+/// Reloads the suspended keys from the store.
+pub(crate) async fn refresh_suspended(inner: &Arc<Inner>) -> Result<(), Error> {
+    let store = inner.store.clone();
+    let keys = tokio::task::spawn_blocking(move || store.suspended_keys())
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+    *inner.suspended.write().unwrap_or_else(|e| e.into_inner()) = keys.into_iter().collect();
+    Ok(())
 }
 
 /// Resolves once the Coordinator is stopping (without holding the watch's guard).

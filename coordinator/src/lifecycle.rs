@@ -15,12 +15,18 @@ use crate::error::Refusal;
 pub enum Event {
     /// A miner's `next` takes the (queued) job.
     Assign,
-    /// The assigned miner's proof is accepted.
+    /// The assigned miner's proof is accepted: its credit is pending until the job settles.
     Proof,
     /// The assigned miner reports a failure.
     Fail(FailReason),
     /// The lease deadline passed without a proof or report.
     LeaseExpired,
+    /// The proof holds (its audit passed, or it was not chosen and its holding window ended,
+    /// or verification is off): the pending credit settles.
+    Settle,
+    /// The proof does not hold (`AuditFailed`, `AuditTimeout`), or its miner was caught on
+    /// another job: the pending credit is forfeited and the job goes back to the queue.
+    Reject(FailReason),
 }
 
 /// The part of a job the state machine looks at.
@@ -39,18 +45,35 @@ pub enum Lease {
     Start,
     /// The lease (and its owner) are cleared.
     Clear,
+    /// The lease deadline is cleared; its owner stays recorded as the job's prover.
+    Keep,
 }
 
 /// The side effects the store applies along with the new state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Effects {
     pub lease: Lease,
-    /// Record the proof and append one ledger credit of the job's reward.
+    /// Record the proof and append one pending ledger credit of the job's reward.
     pub credit: bool,
+    /// Settle the pending credit of this attempt (one ledger entry).
+    pub settle: bool,
+    /// Forfeit the pending credit of this attempt (one ledger entry).
+    pub forfeit: bool,
     /// Record this failure (reason) for the client to see.
     pub failure: Option<FailReason>,
     /// The job is queued again: wake waiting long-polls.
     pub wake: bool,
+}
+
+impl Effects {
+    const NONE: Effects = Effects {
+        lease: Lease::Keep,
+        credit: false,
+        settle: false,
+        forfeit: false,
+        failure: None,
+        wake: false,
+    };
 }
 
 /// The outcome of a permitted event.
@@ -63,6 +86,13 @@ pub struct Transition {
 
 /// Applies `event` to a job, or says why it is not allowed.
 pub fn step(job: Snapshot, event: Event) -> Result<Transition, Refusal> {
+    let to = |state, effects| {
+        Ok(Transition {
+            state,
+            attempt: job.attempt,
+            effects,
+        })
+    };
     match (job.state, event) {
         (JobState::Completed | JobState::Failed, _) => Err(Refusal::new(
             ErrorCode::JobFinished,
@@ -77,11 +107,15 @@ pub fn step(job: Snapshot, event: Event) -> Result<Transition, Refusal> {
                 attempt,
                 effects: Effects {
                     lease: Lease::Start,
-                    credit: false,
-                    failure: None,
-                    wake: false,
+                    ..Effects::NONE
                 },
             })
+        }
+        (JobState::Queued | JobState::Assigned, Event::Settle | Event::Reject(_)) => {
+            Err(Refusal::new(
+                ErrorCode::NoAudit,
+                "the job has no proof being verified".to_string(),
+            ))
         }
         (JobState::Queued, _) => Err(Refusal::new(
             ErrorCode::NotAssigned,
@@ -92,31 +126,47 @@ pub fn step(job: Snapshot, event: Event) -> Result<Transition, Refusal> {
             ErrorCode::NotAssigned,
             "the job is already assigned".to_string(),
         )),
-        (JobState::Assigned, Event::Proof) => Ok(Transition {
-            state: JobState::Completed,
-            attempt: job.attempt,
-            effects: Effects {
-                lease: Lease::Clear,
+        (JobState::Assigned, Event::Proof) => to(
+            JobState::Verifying,
+            Effects {
                 credit: true,
-                failure: None,
-                wake: false,
+                ..Effects::NONE
             },
-        }),
-        (JobState::Assigned, Event::Fail(reason)) => Ok(after_failure(job, reason)),
-        (JobState::Assigned, Event::LeaseExpired) => Ok(after_failure(job, FailReason::TimedOut)),
+        ),
+        (JobState::Assigned, Event::Fail(reason)) => Ok(after_failure(job, reason, false)),
+        (JobState::Assigned, Event::LeaseExpired) => {
+            Ok(after_failure(job, FailReason::TimedOut, false))
+        }
+        (JobState::Verifying, Event::Settle) => to(
+            JobState::Completed,
+            Effects {
+                settle: true,
+                ..Effects::NONE
+            },
+        ),
+        (JobState::Verifying, Event::Reject(reason)) => Ok(after_failure(job, reason, true)),
+        (JobState::Verifying, Event::Proof) => Err(Refusal::new(
+            ErrorCode::JobFinished,
+            "the job's proof is already in and being verified".to_string(),
+        )),
+        (JobState::Verifying, _) => Err(Refusal::new(
+            ErrorCode::NotAssigned,
+            "the job is not assigned: its proof is being verified".to_string(),
+        )),
     }
 }
 
 /// A failed attempt: requeue while attempts remain and the reason allows it, else fail.
-fn after_failure(job: Snapshot, reason: FailReason) -> Transition {
+/// `forfeit`: the attempt's pending credit is taken back.
+fn after_failure(job: Snapshot, reason: FailReason, forfeit: bool) -> Transition {
     let fail = |failure| Transition {
         state: JobState::Failed,
         attempt: job.attempt,
         effects: Effects {
             lease: Lease::Clear,
-            credit: false,
+            forfeit,
             failure: Some(failure),
-            wake: false,
+            ..Effects::NONE
         },
     };
     match reason.disposition() {
@@ -129,9 +179,10 @@ fn after_failure(job: Snapshot, reason: FailReason) -> Transition {
             attempt: job.attempt,
             effects: Effects {
                 lease: Lease::Clear,
-                credit: false,
+                forfeit,
                 failure: Some(reason),
                 wake: true,
+                ..Effects::NONE
             },
         },
     }
@@ -192,6 +243,12 @@ pub fn check_report(
                     .to_string(),
             ))
         }
+        JobState::Verifying => {
+            return Err(Refusal::new(
+                ErrorCode::JobFinished,
+                "the job's proof is already in and being verified".to_string(),
+            ))
+        }
         JobState::Assigned => {}
     }
     if job.key_id != Some(claim.key_id) {
@@ -229,16 +286,23 @@ pub fn check_report(
 mod tests {
     use super::*;
 
-    const STATES: [JobState; 4] = [
+    const STATES: [JobState; 5] = [
         JobState::Queued,
         JobState::Assigned,
+        JobState::Verifying,
         JobState::Completed,
         JobState::Failed,
     ];
 
     fn events() -> Vec<Event> {
-        let mut v = vec![Event::Assign, Event::Proof, Event::LeaseExpired];
+        let mut v = vec![
+            Event::Assign,
+            Event::Proof,
+            Event::LeaseExpired,
+            Event::Settle,
+        ];
         v.extend(FailReason::ALL.into_iter().map(Event::Fail));
+        v.extend(FailReason::ALL.into_iter().map(Event::Reject));
         v
     }
 
@@ -262,6 +326,30 @@ mod tests {
                         (JobState::Completed | JobState::Failed, _) => {
                             assert_eq!(got.unwrap_err().code, ErrorCode::JobFinished)
                         }
+                        (
+                            JobState::Queued | JobState::Assigned,
+                            Event::Settle | Event::Reject(_),
+                        ) => {
+                            assert_eq!(got.unwrap_err().code, ErrorCode::NoAudit)
+                        }
+                        (JobState::Verifying, Event::Settle) => {
+                            let t = got.unwrap();
+                            assert_eq!((t.state, t.attempt), (JobState::Completed, attempt));
+                            assert!(t.effects.settle && !t.effects.forfeit && !t.effects.credit);
+                        }
+                        (JobState::Verifying, Event::Reject(r)) => {
+                            let t = got.unwrap();
+                            assert!(t.effects.forfeit && !t.effects.settle && !t.effects.credit);
+                            assert_eq!(t.effects.lease, Lease::Clear);
+                            let queued = r.disposition() == Disposition::Requeue && attempt < 3;
+                            assert_eq!(t.state == JobState::Queued, queued, "{r:?} {attempt}");
+                        }
+                        (JobState::Verifying, Event::Proof) => {
+                            assert_eq!(got.unwrap_err().code, ErrorCode::JobFinished)
+                        }
+                        (JobState::Verifying, _) => {
+                            assert_eq!(got.unwrap_err().code, ErrorCode::NotAssigned)
+                        }
                         (JobState::Queued, Event::Assign) => {
                             let t = got.unwrap();
                             assert_eq!(t.state, JobState::Assigned);
@@ -274,14 +362,14 @@ mod tests {
                         }
                         (JobState::Assigned, Event::Proof) => {
                             let t = got.unwrap();
-                            assert_eq!(t.state, JobState::Completed);
+                            assert_eq!(t.state, JobState::Verifying);
                             assert_eq!(t.attempt, attempt);
-                            assert!(t.effects.credit);
-                            assert_eq!(t.effects.lease, Lease::Clear);
+                            assert!(t.effects.credit && !t.effects.settle);
+                            assert_eq!(t.effects.lease, Lease::Keep);
                         }
                         (JobState::Assigned, Event::Fail(r)) => {
                             let t = got.unwrap();
-                            assert!(!t.effects.credit);
+                            assert!(!t.effects.credit && !t.effects.forfeit);
                             assert_eq!(t.effects.lease, Lease::Clear);
                             let expect = match r.disposition() {
                                 Disposition::Fail => (JobState::Failed, r),
@@ -411,6 +499,7 @@ mod tests {
         assert_eq!(check_report(assigned(100), anon, 0), Ok(Verdict::Accept));
         for (state, want) in [
             (JobState::Queued, ErrorCode::NotAssigned),
+            (JobState::Verifying, ErrorCode::JobFinished),
             (JobState::Completed, ErrorCode::JobFinished),
             (JobState::Failed, ErrorCode::JobFinished),
         ] {

@@ -8,10 +8,12 @@
 //! The trait must never expose a backend type (connection, transaction, SQL) to its callers.
 
 use aitbc_protocol::api::{
-    Balance, FailReport, Job, JobState, JobView, MinerCapabilities, Proof, SubmitJob,
+    AuditChallenge, Balance, FailReport, Job, JobState, JobView, MinerCapabilities, Proof,
+    Standing, SubmitJob, VerificationStatus,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::audit::Policy;
 use crate::auth::{KeyInfo, Scope};
 use crate::error::{Answer, Error};
 
@@ -78,16 +80,74 @@ pub struct NewJob {
     pub max_attempts: u32,
 }
 
-/// One ledger credit.
+/// What a ledger entry does to its wallet. Entries are only ever appended: a credit is pending
+/// until one `settle` or one `forfeit` entry of the same (job, attempt) follows it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A proof was accepted: `amount` is pending.
+    Credit,
+    /// The proof held: the pending amount joins the balance.
+    Settle,
+    /// The proof did not hold (or its miner was caught on another job): the pending amount is
+    /// taken back.
+    Forfeit,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Credit => "credit",
+            EntryKind::Settle => "settle",
+            EntryKind::Forfeit => "forfeit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EntryKind> {
+        [EntryKind::Credit, EntryKind::Settle, EntryKind::Forfeit]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// One ledger entry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Credit {
     pub job_id: String,
     pub attempt: u32,
+    pub kind: EntryKind,
     pub amount: u64,
     pub wallet: String,
     pub miner_id: String,
     #[serde(with = "aitbc_protocol::api::ts")]
     pub created_at: time::OffsetDateTime,
+}
+
+/// What the HTTP layer needs to check an audit answer outside a transaction: the challenge and
+/// the proof it is against. Read without a lock held over the recomputation; the verdict is
+/// applied by [`Store::audit_verdict`], which checks again that the same challenge is open.
+#[derive(Clone, Debug)]
+pub struct AuditTarget {
+    pub state: JobState,
+    pub status: Option<VerificationStatus>,
+    pub attempt: u32,
+    pub prover_key_id: Option<i64>,
+    pub prover_miner_id: Option<String>,
+    pub workload: String,
+    pub params: serde_json::Value,
+    pub merkle_root: Option<String>,
+    pub rows: Vec<u64>,
+}
+
+/// An audit answer's claim and the verdict on it (`Err`: why it does not hold).
+#[derive(Clone, Debug)]
+pub struct AuditClaim<'a> {
+    pub key_id: i64,
+    pub id: &'a str,
+    pub miner_id: Option<&'a str>,
+    pub attempt: u32,
+    /// `None` when the HTTP layer did not check (the challenge was not open when it looked).
+    pub verdict: Option<Result<(), String>>,
 }
 
 /// The answer to a POST, and whether it put a job back in the queue (to wake long-polls).
@@ -117,14 +177,37 @@ pub trait Store: Send + Sync {
     fn submit(&self, job: &NewJob, idem: Option<&IdemKey>, now_ms: i64) -> Result<Outcome, Error>;
     /// Assigns the oldest matching queued job to the miner, if any.
     fn assign(&self, m: &Matcher, now_ms: i64, lease_margin_ms: i64) -> Result<Option<Job>, Error>;
-    /// Completes a job and credits its miner's wallet, or refuses.
+    /// Accepts a proof: a pending credit, and the policy's decision (audit, hold, or settle at
+    /// once) recorded with it; or refuses.
     fn proof(
         &self,
         key_id: i64,
         p: &Proof,
+        policy: &Policy,
         idem: Option<&IdemKey>,
         now_ms: i64,
     ) -> Result<Outcome, Error>;
+    /// The open audits of a key's miner.
+    fn open_audits(&self, key_id: i64, miner_id: &str) -> Result<Vec<AuditChallenge>, Error>;
+    /// What an answer to job `id`'s audit is checked against.
+    fn audit_target(&self, id: &str) -> Result<Option<AuditTarget>, Error>;
+    /// Applies an audit's verdict (settle, or forfeit with a strike), answering 200 AuditAck;
+    /// replays of a decided audit answer its verdict again.
+    fn audit_verdict(
+        &self,
+        claim: &AuditClaim<'_>,
+        policy: &Policy,
+        idem: Option<&IdemKey>,
+        now_ms: i64,
+    ) -> Result<Outcome, Error>;
+    /// A key's failed audits and whether it is suspended.
+    fn standing(&self, key_id: i64) -> Result<(u32, bool), Error>;
+    /// Every suspended key.
+    fn suspended_keys(&self) -> Result<Vec<i64>, Error>;
+    /// Lifts the suspension of the key that owns `miner_id` and clears its strikes.
+    fn reinstate(&self, miner_id: &str) -> Result<Option<Standing>, Error>;
+    /// The audit secret kept in the database (made from the OS generator on first use).
+    fn audit_secret(&self) -> Result<[u8; 32], Error>;
     /// Records a failed attempt (requeue or fail), or refuses.
     fn fail(
         &self,
@@ -133,9 +216,10 @@ pub trait Store: Send + Sync {
         idem: Option<&IdemKey>,
         now_ms: i64,
     ) -> Result<Outcome, Error>;
-    /// Requeues (or fails) every job whose lease ended before `now_ms`, and forgets idempotency
+    /// Requeues (or fails) every job whose lease ended before `now_ms`, fails every audit whose
+    /// answer is overdue, settles every held credit whose window ended, and forgets idempotency
     /// records past their retention; returns how many jobs were requeued.
-    fn sweep(&self, now_ms: i64) -> Result<usize, Error>;
+    fn sweep(&self, now_ms: i64, policy: &Policy) -> Result<usize, Error>;
     /// Whether any job is queued. Exact: updated in the same critical section as every write.
     fn any_queued(&self) -> bool;
 

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use aitbc_protocol::api::{
-    is_miner_id, is_wallet, EnergySource, GpuHealth, GpuInfo, JobLimits, Metrics,
-    MinerCapabilities, SubmitJob, MAX_REWARD,
+    is_miner_id, is_wallet, AuditAnswer, EnergySource, GpuHealth, GpuInfo, JobLimits, Metrics,
+    MinerCapabilities, SubmitJob, MAX_ID_LEN, MAX_REWARD,
 };
 use aitbc_protocol::workload::{validate_submission, Workload};
 use serde::de::DeserializeOwned;
@@ -422,6 +422,36 @@ pub fn next_query(raw: Option<&str>, max_wait: Duration) -> Result<NextQuery, Re
         slots,
         wait: wait.min(max_wait),
     })
+}
+
+/// `?miner=ID` (required), for the miner's own listings (`GET /v1/miner/audits`).
+pub fn miner_param(pairs: &[(String, String)]) -> Result<String, Refusal> {
+    let miner = get(pairs, "miner")
+        .ok_or_else(|| Refusal::invalid("miner", "", "the miner query parameter is required"))?;
+    miner_id("miner", miner)?;
+    Ok(miner.to_string())
+}
+
+/// An audit answer's shape: its id and miner id, and no more rows than an audit asks for.
+pub fn audit_answer(a: &AuditAnswer, max_rows: u32) -> Result<(), Refusal> {
+    if a.id.is_empty() || a.id.len() > MAX_ID_LEN {
+        return Err(Refusal::invalid(
+            "id",
+            &a.id,
+            "expected 1 to 128 characters",
+        ));
+    }
+    if let Some(m) = &a.miner_id {
+        miner_id("miner_id", m)?;
+    }
+    if a.rows.len() > max_rows as usize {
+        return Err(Refusal::invalid(
+            "rows",
+            &a.rows.len().to_string(),
+            &format!("an audit opens at most {max_rows} rows"),
+        ));
+    }
+    Ok(())
 }
 
 /// `?wallet=ADDR` (optional).

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use aitbc_coordinator::{Coordinator, CoordinatorConfig, Scope};
+use aitbc_coordinator::{Coordinator, CoordinatorConfig, Scope, VerifyConfig};
 use aitbc_protocol::api::{JobLimits, SubmitJob};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -70,6 +70,29 @@ struct Serve {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     max_body_bytes: usize,
+    /// Verify proofs before their credit settles (on), or credit every proof at once,
+    /// unchecked (off: local experiments only; the Coordinator warns at start).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    verify: String,
+    /// Passed audits in a row before a (miner key, workload) pair is trusted; until then every
+    /// proof is audited.
+    #[arg(long, default_value_t = 10)]
+    verify_trust_after: u32,
+    /// The lowest audit probability a trusted pair falls to (0 < p <= 1).
+    #[arg(long, default_value_t = 0.05)]
+    verify_floor: f64,
+    /// Rows an audit opens.
+    #[arg(long, default_value_t = 8)]
+    verify_rows: u32,
+    /// How long a credit not chosen for audit stays pending, in seconds (decimals allowed).
+    #[arg(long, default_value_t = 600.0)]
+    verify_hold_secs: f64,
+    /// How long a miner has to answer an audit, in seconds (decimals allowed).
+    #[arg(long, default_value_t = 120.0)]
+    verify_answer_secs: f64,
+    /// Failed audits after which a miner key is suspended from `next`.
+    #[arg(long, default_value_t = 3)]
+    verify_strikes: u32,
 }
 
 #[derive(Subcommand)]
@@ -158,12 +181,18 @@ enum Admin {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// List miners, most recently seen first, with their GPUs and GPU health.
+    /// List miners, most recently seen first, with their GPUs, GPU health and standing.
     Miners {
         #[command(flatten)]
         remote: Remote,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+    },
+    /// Lift the suspension of the key that owns MINER_ID and clear its strikes.
+    Reinstate {
+        #[command(flatten)]
+        remote: Remote,
+        miner_id: String,
     },
 }
 
@@ -270,6 +299,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &[("limit", limit.to_string())],
             None,
         ),
+        Command::Admin(Admin::Reinstate { remote, miner_id }) => {
+            let path = format!("/v1/admin/miners/{}/reinstate", encode(&miner_id));
+            http(
+                &remote,
+                reqwest::Method::POST,
+                &path,
+                &[],
+                Some(&serde_json::json!({})),
+            )
+        }
     }
 }
 
@@ -300,6 +339,31 @@ fn serve(s: Serve) -> anyhow::Result<()> {
     if s.sweep_ms == 0 {
         bail!("--sweep-ms 0: expected at least 1 millisecond");
     }
+    if !(s.verify_floor > 0.0 && s.verify_floor <= 1.0) {
+        bail!(
+            "--verify-floor {}: expected a probability above 0 and at most 1",
+            s.verify_floor
+        );
+    }
+    if s.verify_rows == 0 || s.verify_strikes == 0 {
+        bail!("--verify-rows and --verify-strikes: expected at least 1");
+    }
+    let verify = VerifyConfig {
+        enabled: s.verify == "on",
+        trust_after: s.verify_trust_after,
+        floor: s.verify_floor,
+        rows: s.verify_rows,
+        hold: secs("--verify-hold-secs", s.verify_hold_secs)?,
+        answer_within: secs("--verify-answer-secs", s.verify_answer_secs)?,
+        strikes: s.verify_strikes,
+        ..VerifyConfig::default()
+    };
+    if !verify.enabled {
+        eprintln!(
+            "WARNING: --verify off: every proof is credited and settled at once, unchecked. \
+             Anyone with a miner key earns without computing. Use this for local experiments only."
+        );
+    }
     let config = CoordinatorConfig {
         lease_margin: secs("--lease-margin-secs", s.lease_margin_secs)?,
         max_attempts: s.max_attempts,
@@ -307,6 +371,7 @@ fn serve(s: Serve) -> anyhow::Result<()> {
         max_wait: secs("--max-wait-secs", s.max_wait_secs)?,
         rate_limit_per_sec: s.rate_limit_per_sec.max(1),
         max_body_bytes: s.max_body_bytes,
+        verify,
     };
     let coordinator = Coordinator::open(&s.db, config)
         .with_context(|| format!("opening database {}", s.db.display()))?;
