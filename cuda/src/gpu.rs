@@ -31,6 +31,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aitbc_protocol::merkle::Digest;
 use aitbc_protocol::workload::torch_bench::TorchBenchParams;
 use aitbc_protocol::workload::torch_bench::{
     commit, reference_output, Commitment, Committer, MATRIX_A0, MATRIX_B,
@@ -96,6 +97,9 @@ pub struct ChainStats {
     pub gemm: GemmPath,
     /// The protocol's commitment (`output_sha`, `merkle_root`) over the streamed rows.
     pub commitment: Commitment,
+    /// The `n` row leaves `commitment.merkle_root` is over (what a miner keeps to answer an
+    /// audit).
+    pub leaves: Vec<Digest>,
     /// `n * n`: the bytes handed to the sink (one per int8).
     pub output_len: u64,
     /// `2 n^3 iters` (int8 multiplies and adds).
@@ -501,7 +505,7 @@ impl Gpu {
         self.copy
             .wait(&products_end)
             .map_err(CudaError::driver("ordering the copy after the products"))?;
-        let commitment = self.stream_out(&a, n, sink)?;
+        let (commitment, leaves) = self.stream_out(&a, n, sink)?;
 
         let n64 = u64::from(n);
         Ok(ChainStats {
@@ -511,6 +515,7 @@ impl Gpu {
                 GemmPath::OwnKernel
             },
             commitment,
+            leaves,
             output_len: len64,
             flops: 2 * n64 * n64 * n64 * u64::from(iters),
             products_ms,
@@ -555,14 +560,14 @@ impl Gpu {
 
     /// Copies `a` (`n` rows of `n` bytes) to the host through the two staging buffers, feeds
     /// each chunk of whole rows to the protocol's `Committer` and to `sink`, and returns the
-    /// commitment: chunk `c + 1` (and `c + 2` once buffer `c % 2` is free) is in flight on the
+    /// commitment with its row leaves: chunk `c + 1` (and `c + 2` once buffer `c % 2` is free) is in flight on the
     /// copy stream while chunk `c` is hashed.
     fn stream_out(
         &self,
         a: &CudaSlice<u8>,
         n: u32,
         sink: &mut dyn FnMut(&[u8]),
-    ) -> Result<Commitment, CudaError> {
+    ) -> Result<(Commitment, Vec<Digest>), CudaError> {
         let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
         let row = n as usize;
         let len = row * row;
@@ -603,11 +608,13 @@ impl Gpu {
                 issue(&mut staging, c + 2)?;
             }
         }
-        committer.finish().ok_or(CudaError::Inconsistent {
-            what: "the rows streamed",
-            got: String::from("fewer"),
-            expected: n.to_string(),
-        })
+        committer
+            .finish_with_leaves()
+            .ok_or(CudaError::Inconsistent {
+                what: "the rows streamed",
+                got: String::from("fewer"),
+                expected: n.to_string(),
+            })
     }
 }
 
@@ -871,6 +878,7 @@ mod tests {
                 output_sha: [0; 32],
                 merkle_root: [0; 32],
             },
+            leaves: Vec::new(),
             output_len: 1,
             flops: 2_000_000_000_000,
             products_ms: 100.0,

@@ -1,5 +1,6 @@
 //! The worker's side of the supervisor conversation (protocol::wire): say hello (naming the
-//! sandbox the worker applied to itself), take one order, answer it exactly once, return.
+//! sandbox the worker applied to itself), take one order, answer it exactly once (a finished
+//! job's leaves first, in `Leaves` frames, then `Done`), return.
 //!
 //! With the `hostile` feature (test builds only), a job is first offered to
 //! `crate::hostile::intercept`, which runs an attack on the sandbox instead when the job's seed
@@ -19,8 +20,8 @@ use std::process::ExitCode;
 use crate::workload::{self, Device, Output};
 use crate::WorkerError;
 use aitbc_protocol::wire::{
-    read_frame, write_frame, FromWorker, Hello, JobOutput, JobSpec, ToWorker, WorkerFailure,
-    WIRE_VERSION,
+    leaf_frames, read_frame, write_frame, FromWorker, Hello, JobOutput, JobSpec, ToWorker,
+    WorkerFailure, WIRE_VERSION,
 };
 
 /// Exit code when the descriptor is unusable (the supervisor started us wrongly).
@@ -159,8 +160,9 @@ fn converse(
                 }
                 Process::Shared => Ok(()),
             };
-            let reply = answer(limited.and_then(|()| run_job(&job, device)));
-            write_frame(&mut sock, &reply)?;
+            for frame in answer(limited.and_then(|()| run_job(&job, device))) {
+                write_frame(&mut sock, &frame)?;
+            }
             Ok(())
         }
     }
@@ -189,21 +191,26 @@ fn run_job(job: &JobSpec, device: &Device) -> Result<Output, WorkerError> {
     })
 }
 
-/// The frame that reports a job's outcome.
-pub fn answer(outcome: Result<Output, WorkerError>) -> FromWorker {
+/// The frames that report a job's outcome, in order: a finished job's leaves
+/// (`wire::leaf_frames`) and its `Done`, or one `Failed`. The last frame is the answer.
+pub fn answer(outcome: Result<Output, WorkerError>) -> Vec<FromWorker> {
     match outcome {
-        Ok(run) => FromWorker::Done(JobOutput {
-            output_sha: run.output_sha,
-            merkle_root: run.merkle_root,
-            output_len: run.output_len,
-            flops: run.flops,
-            compute_us: u64::try_from(run.compute_time().as_micros()).unwrap_or(u64::MAX),
-            kind: run.kind,
-        }),
-        Err(e) => FromWorker::Failed(WorkerFailure {
+        Ok(run) => {
+            let mut frames: Vec<FromWorker> = leaf_frames(&run.leaves).collect();
+            frames.push(FromWorker::Done(JobOutput {
+                output_sha: run.output_sha,
+                merkle_root: run.merkle_root,
+                output_len: run.output_len,
+                flops: run.flops,
+                compute_us: u64::try_from(run.compute_time().as_micros()).unwrap_or(u64::MAX),
+                kind: run.kind,
+            }));
+            frames
+        }
+        Err(e) => vec![FromWorker::Failed(WorkerFailure {
             reason: e.fail_reason(),
             message: e.to_string(),
-        }),
+        })],
     }
 }
 
@@ -250,22 +257,37 @@ mod tests {
         (sup, handle)
     }
 
-    /// Sends `Run(job)`, returns the one answer, and checks the worker then hangs up cleanly.
+    /// Sends `Run(job)`, returns the one answer (after any `Leaves` frames, which are
+    /// checked to be the answer's leaves in order), and checks the worker then hangs up
+    /// cleanly.
     fn run(job: JobSpec) -> FromWorker {
+        run_with_leaves(job).1
+    }
+
+    fn run_with_leaves(job: JobSpec) -> (Vec<[u8; 32]>, FromWorker) {
         let (mut sup, handle) = start();
         write_frame(&mut sup, &ToWorker::Run(job)).unwrap();
-        let reply = read_frame::<FromWorker, _>(&mut sup).unwrap();
+        let mut leaves = Vec::new();
+        let reply = loop {
+            match read_frame::<FromWorker, _>(&mut sup).unwrap() {
+                FromWorker::Leaves(l) => {
+                    assert!(l.len() <= aitbc_protocol::wire::MAX_LEAVES_PER_FRAME);
+                    leaves.extend(l);
+                }
+                other => break other,
+            }
+        };
         handle.join().unwrap().unwrap();
         assert!(matches!(
             read_frame::<FromWorker, _>(&mut sup),
             Err(WireError::Closed)
         ));
-        reply
+        (leaves, reply)
     }
 
     #[test]
     fn run_answers_done_with_the_chains_hash() {
-        let reply = run(job(48, 5, 2, 64));
+        let (leaves, reply) = run_with_leaves(job(48, 5, 2, 64));
         let want = run_cpu(
             &TorchBenchParams {
                 n: 48,
@@ -280,6 +302,9 @@ mod tests {
         };
         assert_eq!(out.output_sha, want.output_sha);
         assert_eq!(out.merkle_root, want.merkle_root);
+        assert_eq!(leaves, want.leaves);
+        assert_eq!(leaves.len(), 48);
+        assert_eq!(aitbc_protocol::merkle::root(&leaves), Some(out.merkle_root));
         assert_eq!(out.output_len, 48 * 48);
         assert_eq!(out.flops, 2 * 48u64.pow(3) * 5);
         assert_eq!(out.kind, Mode::Cpu);
@@ -369,13 +394,19 @@ mod tests {
         let run = Output {
             output_sha: [7; 32],
             merkle_root: [8; 32],
+            leaves: vec![[9; 32]; 1500],
             output_len: 4,
             flops: 2,
             elapsed: std::time::Duration::from_millis(30),
             device_time: Some(std::time::Duration::from_micros(1234)),
             kind: Mode::Gpu,
         };
-        let FromWorker::Done(out) = answer(Ok(run.clone())) else {
+        let frames = answer(Ok(run.clone()));
+        // 1500 leaves: two Leaves frames (1024 + 476), then Done.
+        assert_eq!(frames.len(), 3);
+        assert!(matches!(&frames[0], FromWorker::Leaves(l) if l.len() == 1024));
+        assert!(matches!(&frames[1], FromWorker::Leaves(l) if l.len() == 476));
+        let Some(FromWorker::Done(out)) = frames.last() else {
             panic!("expected Done");
         };
         assert_eq!((out.compute_us, out.kind), (1234, Mode::Gpu));
@@ -385,7 +416,7 @@ mod tests {
             kind: Mode::Cpu,
             ..run
         };
-        let FromWorker::Done(out) = answer(Ok(cpu)) else {
+        let Some(FromWorker::Done(out)) = answer(Ok(cpu)).pop() else {
             panic!("expected Done");
         };
         assert_eq!(out.compute_us, 30_000);
@@ -431,7 +462,7 @@ mod tests {
             what: "W",
             bytes: 1 << 40,
         }));
-        let FromWorker::Failed(f) = oom else {
+        let [FromWorker::Failed(f)] = &oom[..] else {
             panic!("{oom:?}")
         };
         assert_eq!(f.reason, WorkerFailReason::OutOfMemory);
@@ -441,11 +472,11 @@ mod tests {
         );
         let bug = answer(Err(WorkerError::Internal("x".into())));
         assert!(matches!(
-            bug,
-            FromWorker::Failed(WorkerFailure {
+            &bug[..],
+            [FromWorker::Failed(WorkerFailure {
                 reason: WorkerFailReason::Internal,
                 ..
-            })
+            })]
         ));
     }
 

@@ -85,6 +85,11 @@ fn run(g: &Gpu, path: GemmPath, n: u32, iters: u32, seed: u64) -> (Vec<u8>, Chai
         commit(&as_i8, n as usize),
         "the commitment is over the streamed bytes"
     );
+    let leaves: Vec<[u8; 32]> = as_i8
+        .chunks(n as usize)
+        .map(aitbc_protocol::workload::torch_bench::row_leaf)
+        .collect();
+    assert_eq!(stats.leaves, leaves, "the leaves are the streamed rows'");
     (bytes, stats)
 }
 

@@ -48,6 +48,9 @@ pub struct Output {
     pub output_sha: [u8; 32],
     /// The RFC 9162 Merkle root over the output's leaves (`protocol::merkle`).
     pub merkle_root: [u8; 32],
+    /// The leaves `merkle_root` is over, one per committed row (`spec.rows()` of them): sent
+    /// to the supervisor before `Done`, which keeps them to answer an audit.
+    pub leaves: Vec<[u8; 32]>,
     /// The output's length in bytes, as the params declare it.
     pub output_len: u64,
     /// The job's operations, as the params declare them.

@@ -725,8 +725,9 @@ impl CpuChain {
             .collect()
     }
 
-    /// The commitment to the current matrix: its SHA-256 and the Merkle root over its rows.
-    pub fn commit(&self) -> Result<Commitment, WorkerError> {
+    /// The commitment to the current matrix: its SHA-256 and the Merkle root over its rows,
+    /// and the rows' leaves.
+    pub fn commit(&self) -> Result<(Commitment, Vec<[u8; 32]>), WorkerError> {
         let mut c = Committer::new(self.n);
         let mut row = vec![0i8; self.n];
         for i in 0..self.n {
@@ -736,7 +737,7 @@ impl CpuChain {
             c.push_rows(&row)
                 .ok_or_else(|| WorkerError::Internal(format!("the commitment refused row {i}")))?;
         }
-        c.finish()
+        c.finish_with_leaves()
             .ok_or_else(|| WorkerError::Internal("the commitment is incomplete".into()))
     }
 
@@ -865,11 +866,12 @@ pub fn run_cpu_with(
     let start = Instant::now();
     let mut chain = CpuChain::with_kernel(kernel, p, threads)?;
     chain.run(p.iters)?;
-    let c = chain.commit()?;
+    let (c, leaves) = chain.commit()?;
     let elapsed = start.elapsed();
     Ok(Output {
         output_sha: c.output_sha,
         merkle_root: c.merkle_root,
+        leaves,
         output_len: p.output_len(),
         flops: p.flops(),
         elapsed,

@@ -2,7 +2,8 @@
 //! confinement (`aitbc-cuda`'s `Gpu::run_chain`, the exact int8 chain of
 //! `aitbc_protocol::workload::torch_bench`) and reports the commitment `run_chain` computed
 //! with the protocol's `Committer` over the rows the device streamed back in chunks of whole
-//! rows (the copy of the next chunk overlaps the hashing of this one). The arithmetic is exact,
+//! rows (the copy of the next chunk overlaps the hashing of this one), with the `n` row leaves
+//! the root is over (what the supervisor keeps to answer an audit). The arithmetic is exact,
 //! so the commitment is the CPU's, bit for bit.
 //!
 //! This module must never open a device (that is confinement step 6, before seccomp), never
@@ -70,6 +71,12 @@ pub fn run_gpu(
         streamed += chunk.len() as u64;
     })?;
     let want = (p.output_len(), p.flops());
+    if stats.leaves.len() != n {
+        return Err(WorkerError::Internal(format!(
+            "the GPU chain committed to {} rows, not n = {n}",
+            stats.leaves.len()
+        )));
+    }
     if !whole_rows || (streamed, stats.flops) != want || stats.output_len != want.0 {
         return Err(WorkerError::Internal(format!(
             "the GPU chain streamed {streamed} bytes (stated {}, in whole rows: {whole_rows}) \
@@ -80,6 +87,7 @@ pub fn run_gpu(
     Ok(Output {
         output_sha: stats.commitment.output_sha,
         merkle_root: stats.commitment.merkle_root,
+        leaves: stats.leaves,
         output_len: streamed,
         flops: stats.flops,
         elapsed: start.elapsed(),
@@ -159,6 +167,14 @@ mod tests {
             assert_eq!((run.output_len, run.flops), (p.output_len(), p.flops()));
             assert_eq!(run.kind, Mode::Gpu);
             assert!(run.device_time.is_some());
+            // The leaves are the rows' own, and their root is the proof's.
+            let out = reference_output(&p);
+            let n = p.n as usize;
+            let want_leaves: Vec<[u8; 32]> = out
+                .chunks(n)
+                .map(aitbc_protocol::workload::torch_bench::row_leaf)
+                .collect();
+            assert_eq!(run.leaves, want_leaves);
         }
     }
 
