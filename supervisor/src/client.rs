@@ -1,5 +1,5 @@
-//! The Coordinator API v1 client: heartbeat, long-poll for a job, proof and fail report, over
-//! HTTP(S) with `Authorization: Bearer` and an `Idempotency-Key` on every POST.
+//! The Coordinator API v1 client: heartbeat, long-poll for a job, proof and fail report, the
+//! open audits and an audit's answer, the balance, over HTTP(S) with `Authorization: Bearer` and an `Idempotency-Key` on every POST.
 //!
 //! The decision "what does this answer mean" ([`classify`], [`decode`]) is pure and
 //! unit-tested; the rest is a thin reqwest wrapper. The Coordinator is not trusted to be what
@@ -23,7 +23,8 @@
 use std::time::Duration;
 
 use protocol::api::{
-    Balance, FailAck, FailReport, HeartbeatAck, Job, MinerCapabilities, Proof, ProofAck,
+    AuditAck, AuditAnswer, AuditChallenge, Balance, FailAck, FailReport, HeartbeatAck, Job,
+    MinerCapabilities, Proof, ProofAck,
 };
 use serde::de::DeserializeOwned;
 
@@ -42,6 +43,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const NEXT_BODY_MAX: usize = 1 << 20;
 /// The largest answer read from every other call (acks, the balance, error bodies).
 pub const ACK_BODY_MAX: usize = 64 << 10;
+/// The largest list of open audits read (each a job id and at most a few hundred row numbers).
+pub const AUDITS_BODY_MAX: usize = 1 << 20;
 
 /// How much of a server's error message is kept, in characters.
 const MESSAGE_MAX_CHARS: usize = 300;
@@ -293,6 +296,28 @@ impl Client {
         idempotency_key: &str,
     ) -> Result<FailAck, CallError> {
         self.post("/v1/miner/fail", report, idempotency_key).await
+    }
+
+    /// `POST /v1/miner/audit`: the opened rows of an audit; the verdict.
+    pub async fn audit(
+        &self,
+        answer: &AuditAnswer,
+        idempotency_key: &str,
+    ) -> Result<AuditAck, CallError> {
+        self.post("/v1/miner/audit", answer, idempotency_key).await
+    }
+
+    /// `GET /v1/miner/audits?miner=`: the open audits of this miner.
+    pub async fn audits(&self, miner_id: &str) -> Result<Vec<AuditChallenge>, CallError> {
+        let req = self
+            .http
+            .get(format!("{}/v1/miner/audits", self.base))
+            .query(&[("miner", miner_id)])
+            .timeout(REQUEST_TIMEOUT)
+            .bearer_auth(&self.key);
+        send(req, AUDITS_BODY_MAX)
+            .await?
+            .decode_required("/v1/miner/audits")
     }
 
     /// `GET /v1/miner/next`: `Ok(None)` on 204 or any empty 2xx body; a job that cannot be

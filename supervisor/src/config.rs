@@ -62,6 +62,9 @@ pub struct Config {
     pub work_dir: PathBuf,
     /// `STATE_DIR` (default `/var/lib/aitbc-miner`): the proof spool lives in `state_dir/spool`.
     pub state_dir: PathBuf,
+    /// `AUDIT_SPOOL_MB` (default 256, 1 to 2^20): the most the audit spool may hold; at or past
+    /// it no new job is fetched.
+    pub audit_spool_mb: u64,
     /// `HEARTBEAT_SECS` (default 20, > 0, decimals allowed).
     pub heartbeat: Duration,
     /// `JOB_POLL_SECS` (default 3, > 0): the least pause between two empty polls when the
@@ -1064,6 +1067,7 @@ pub fn resolve(
 
     let work_dir = look.get("WORK_DIR", parse_abs_path)?;
     let state_dir = look.get("STATE_DIR", parse_abs_path)?;
+    let audit_spool_mb = look.get("AUDIT_SPOOL_MB", |t| parse_int(t, 1, 1 << 20, "256"))?;
     let heartbeat = look.get("HEARTBEAT_SECS", |t| parse_secs(t, false))?;
     let job_poll = look.get("JOB_POLL_SECS", |t| parse_secs(t, false))?;
     let poll_wait = look.get("POLL_WAIT_SECS", |t| parse_secs(t, true))?;
@@ -1140,6 +1144,7 @@ pub fn resolve(
         miner_id,
         work_dir,
         state_dir,
+        audit_spool_mb,
         heartbeat,
         job_poll,
         poll_wait,

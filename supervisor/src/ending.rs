@@ -3,6 +3,7 @@
 //! module exists so that neither imports the other's internals. It must never do I/O or hold
 //! a process, a file or a cgroup.
 
+use protocol::merkle::Digest;
 use protocol::wire::{JobOutput, WorkerFailure};
 
 /// How a worker process ended, as `waitpid` reports it.
@@ -36,7 +37,9 @@ impl ExitStatus {
 /// How a job attempt on a worker ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ending {
-    Done(JobOutput),
+    /// The worker's answer and the leaves of its output (as many as the job's rows, their
+    /// root checked to be `merkle_root`).
+    Done(JobOutput, Vec<Digest>),
     Failed(WorkerFailure),
     /// The worker ended or closed its socket without answering.
     Crashed,

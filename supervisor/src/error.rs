@@ -42,6 +42,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The audit spool (`STATE_DIR/audit`) could not be read or written.
+    #[error("audit spool {path}: {source}")]
+    AuditSpool {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// WORK_DIR could not be created.
     #[error("WORK_DIR {path}: {source}")]
     WorkDir {

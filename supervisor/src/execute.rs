@@ -63,6 +63,9 @@ impl Meters {
 #[derive(Clone, Debug)]
 pub struct Done {
     pub output: JobOutput,
+    /// The leaves of the output's rows, checked against `output.merkle_root`: what an audit's
+    /// paths are built from.
+    pub leaves: Vec<protocol::merkle::Digest>,
     pub metrics: Metrics,
     /// From handing the job over to the answer.
     pub handoff: Duration,
@@ -99,7 +102,7 @@ pub async fn execute(
         }
         _ => worker.run(plan, cancel).await,
     };
-    let Ending::Done(out) = &finished.ending else {
+    let Ending::Done(out, leaves) = &finished.ending else {
         let (reason, message) = finished.failure(&plan.limits);
         return Err(Failed { reason, message });
     };
@@ -116,6 +119,7 @@ pub async fn execute(
             tflops: Some(policy::tflops(out.flops, out.compute_us)),
         },
         output: out.clone(),
+        leaves: leaves.clone(),
         handoff: finished.handoff_to_answer,
     })
 }

@@ -3,8 +3,9 @@
 //! Unix socket pair.
 //!
 //! Map: [`config`] and [`logging`] set the miner up; [`runtime`] is the main loop (heartbeat,
-//! dispatcher, slots, outbox); [`client`] speaks HTTP; [`spool`] keeps results durable until the
-//! Coordinator has them; [`plan`] decides everything a job is held to, [`execute`] runs a
+//! dispatcher, slots, outbox, auditor); [`client`] speaks HTTP; [`spool`] keeps results durable
+//! until the Coordinator has them; [`audit`] keeps what answers an audit of a proved job, and
+//! builds the answer; [`plan`] decides everything a job is held to, [`execute`] runs a
 //! planned job on a worker and [`worker_proc`] starts, feeds and reaps workers; [`local`] runs a
 //! job with no Coordinator; [`status`] keeps what the daemon is doing for `aitbc-miner status` and
 //! the Prometheus metrics, and [`notify`] tells systemd (ready, status, watchdog, stopping).
@@ -17,6 +18,7 @@
 
 extern crate aitbc_protocol as protocol;
 
+pub mod audit;
 pub mod backoff;
 pub mod cgroup;
 pub mod client;
@@ -72,6 +74,17 @@ pub enum Event {
     ProofAccepted {
         id: String,
         credited: u64,
+        /// The Coordinator asked an audit of it (answered from the audit spool).
+        audited: bool,
+        /// Not audited: when its credit settles (the end of the Coordinator's hold).
+        settles_at: Option<time::OffsetDateTime>,
+    },
+    /// An audit's answer was decided (`Some` verdict) or refused (`None`: `NO_AUDIT` and the
+    /// like).
+    AuditAnswered {
+        id: String,
+        attempt: u32,
+        verdict: Option<protocol::api::AuditVerdict>,
     },
     ProofRejected {
         id: String,

@@ -25,6 +25,10 @@ pub struct LocalRun {
     /// Lower-case hex SHA-256 of the output.
     pub output_sha: String,
     pub output_len: u64,
+    /// Lower-case hex Merkle root over the output's rows.
+    pub merkle_root: String,
+    /// The rows' leaves the worker sent (what an audit's paths are built from).
+    pub leaves: Vec<protocol::merkle::Digest>,
     pub metrics: Metrics,
     /// From spawning the worker to its Hello.
     pub spawn_to_ready: Duration,
@@ -65,9 +69,12 @@ pub async fn run_local(
             output,
             metrics,
             handoff,
+            leaves,
         }) => Ok(LocalRun {
             output_sha: crate::runtime::hex(&output.output_sha),
             output_len: output.output_len,
+            merkle_root: crate::runtime::hex(&output.merkle_root),
+            leaves,
             metrics,
             spawn_to_ready,
             handoff_to_answer: handoff,

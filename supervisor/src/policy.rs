@@ -138,7 +138,7 @@ pub fn failure_of(
         .map(|s| s.describe())
         .unwrap_or_else(|| "status unknown".into());
     let (reason, mut message) = match ending {
-        Ending::Done(_) => (
+        Ending::Done(..) => (
             FailReason::Internal,
             "a finished job was reported as a failure (supervisor bug)".to_owned(),
         ),

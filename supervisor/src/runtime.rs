@@ -18,6 +18,18 @@
 //! job [`execute`]'s VRAM watch polls NVML every `GPU_POLL_MS`, and it reads the energy
 //! counters around each job.
 //!
+//! Audits ([`crate::audit`]): before a proof is enqueued, the job's audit entry (its spec, root
+//! and the worker's leaves) is written durably to `STATE_DIR/audit`. The auditor task owns that
+//! spool: an ack without an audit drops the entry, an ack with one stores the challenge and
+//! answers it (the rows recomputed on the blocking pool, `POST /v1/miner/audit` with a key
+//! derived from the job and attempt, retried like the outbox until the Coordinator's verdict
+//! or an API refusal). After the first accepted heartbeat, and every `HEARTBEAT_SECS` while
+//! the spool holds entries, it polls `GET /v1/miner/audits` and answers whatever it has an
+//! entry for (also after a restart), dropping entries no open audit names once their proof
+//! was answered. While the spool holds `AUDIT_SPOOL_MB` or more, the dispatcher fetches
+//! nothing. A key suspended after failed audits (`MINER_SUSPENDED` from `next`) is logged once,
+//! shown in the status, and polled at the slowest backoff.
+//!
 //! What the daemon is doing is kept in one [`Status`] record, updated here where slots change,
 //! heartbeats finish and results are spooled or delivered; [`crate::status`] serves it on
 //! `STATUS_SOCKET` and writes `METRICS_FILE`, and [`crate::notify`] tells systemd (`READY=1`
@@ -30,18 +42,20 @@
 //! is held); a result is on disk before it is sent; nothing here formats the API key; no task
 //! panics on input from the network or a worker.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::api::{
-    ts, EnergySource, FailReport, GpuFlag, GpuHealth, Job, MinerCapabilities, Mode, Proof,
+    ts, AuditAnswer, AuditChallenge, AuditVerdict, EnergySource, FailReport, GpuFlag, GpuHealth,
+    Job, MinerCapabilities, Mode, Proof,
 };
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, warn};
 
+use crate::audit::{self, AuditSpool, PollFate};
 use crate::backoff::Backoff;
 use crate::client::{CallError, Client, REQUEST_TIMEOUT};
 use crate::execute::{execute, Done, Failed, Meters};
@@ -86,6 +100,14 @@ struct Ctx {
     /// False while the GPU is unhealthy (GPU mode only): no jobs are fetched.
     gpu_ok: watch::Sender<bool>,
     outbox: mpsc::UnboundedSender<(PathBuf, Entry)>,
+    /// The audit spool (`STATE_DIR/audit`): written by the slots, owned by the auditor.
+    audit_spool: AuditSpool,
+    /// Tells the auditor about new entries and proof acks.
+    auditor: mpsc::UnboundedSender<AuditMsg>,
+    /// False while the audit spool is full: no jobs are fetched.
+    audit_room: watch::Sender<bool>,
+    /// `MINER_SUSPENDED` was the last answer of `next` (logged once).
+    suspended: AtomicBool,
     jobs_done: AtomicU64,
     jobs_failed: AtomicU64,
     /// What the daemon is doing, for the status socket, the metrics file and systemd.
@@ -139,6 +161,7 @@ pub async fn run(
 ) -> Result<Summary, Error> {
     let client = Client::new(&config.coord_url, &config.api_key)?;
     let spool = Spool::open(&config.state_dir)?;
+    let audit_spool = AuditSpool::open(&config.state_dir)?;
     std::fs::create_dir_all(&config.work_dir).map_err(|source| Error::WorkDir {
         path: config.work_dir.clone(),
         source,
@@ -183,12 +206,15 @@ pub async fn run(
     let slots = usize::try_from(config.max_concurrency.max(1)).unwrap_or(1);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let (gpu_ok, _) = watch::channel(true);
+    let (audit_room, _) = watch::channel(true);
+    let (auditor_tx, auditor_rx) = mpsc::unbounded_channel();
     let status = Status::new(status::Facts {
         miner_id: config.miner_id.clone(),
         wallet: config.wallet_addr.clone(),
         coordinator: config.coord_url.clone(),
         mode,
         slots,
+        audit_limit_bytes: config.audit_spool_mb.saturating_mul(1 << 20),
     });
     let ctx = Arc::new(Ctx {
         config,
@@ -203,6 +229,10 @@ pub async fn run(
         fallback_warned: AtomicBool::new(false),
         gpu_ok,
         outbox: outbox_tx,
+        audit_spool,
+        auditor: auditor_tx,
+        audit_room,
+        suspended: AtomicBool::new(false),
         jobs_done: AtomicU64::new(0),
         jobs_failed: AtomicU64::new(0),
         status,
@@ -263,6 +293,15 @@ pub async fn run(
         helpers.push(tokio::spawn(notify::status_task(ctx.status.clone())));
     }
 
+    // The audit spool is loaded (and its gate set) before the dispatcher can fetch a job.
+    let auditor = load_audit_spool(&ctx).await;
+    let auditor = tokio::spawn(auditor_task(
+        ctx.clone(),
+        auditor,
+        auditor_rx,
+        hb_ok_rx.clone(),
+        flush_rx.clone(),
+    ));
     let outbox = tokio::spawn(outbox_task(ctx.clone(), outbox_rx, flush_rx));
     let heartbeat = tokio::spawn(heartbeat_task(ctx.clone(), hb_ok_tx, nudge.clone()));
 
@@ -318,6 +357,7 @@ pub async fn run(
     heartbeat.abort();
     let _ = flush_tx.send(true);
     join("outbox", outbox).await?;
+    join("auditor", auditor).await?;
     ctx.status.set_stopped();
     let _ = metrics_stop.send(true);
     if let Some(m) = metrics {
@@ -473,6 +513,8 @@ async fn heartbeat_task(ctx: Arc<Ctx>, ok_tx: watch::Sender<bool>, nudge: Arc<No
 fn answered<T>(r: &Result<T, CallError>) -> bool {
     match r {
         Ok(_) | Err(CallError::BadJob { .. }) => true,
+        // A suspended key is a working Coordinator's definitive answer about this key.
+        Err(CallError::Refused { code, .. }) if code == SUSPENDED => true,
         Err(CallError::Refused { status, .. }) => !matches!(status, 401 | 403),
         Err(CallError::Transport(_) | CallError::Retry { .. } | CallError::Unusable { .. }) => {
             false
@@ -480,8 +522,11 @@ fn answered<T>(r: &Result<T, CallError>) -> bool {
     }
 }
 
-/// Fetches the wallet's balance whenever kicked (after credited proofs and every few
-/// heartbeats), for the status report only.
+/// The error code of `next` for a key suspended after failed audits.
+const SUSPENDED: &str = "MINER_SUSPENDED";
+
+/// Fetches the wallet's balance whenever kicked (after credited proofs, audit verdicts and
+/// every few heartbeats), for the status report only.
 async fn balance_task(ctx: Arc<Ctx>) {
     loop {
         ctx.balance_kick.notified().await;
@@ -489,10 +534,8 @@ async fn balance_task(ctx: Arc<Ctx>) {
         if let Err(e) = &r {
             debug!("fetching the wallet balance: {e}");
         }
-        ctx.status.balance(
-            r.map(|b| (b.balance, b.credits))
-                .map_err(|e| format!("fetching the balance: {e}")),
-        );
+        ctx.status
+            .balance(r.map_err(|e| format!("fetching the balance: {e}")));
     }
 }
 
@@ -510,6 +553,7 @@ async fn dispatcher_task(
     // Dropped when the task ends: before the drain, the watchdog stops vouching.
     let _beat = ctx.liveness.register("dispatcher", None);
     let gpu_ok = ctx.gpu_ok.subscribe();
+    let audit_room = ctx.audit_room.subscribe();
     // The first heartbeat names the wallet; no fetching before it succeeded.
     tokio::select! {
         () = raised(&hb_ok) => {}
@@ -534,6 +578,12 @@ async fn dispatcher_task(
         // While the GPU is unhealthy no slot is offered (the heartbeat reopens the gate).
         tokio::select! {
             () = raised(&gpu_ok) => {}
+            () = raised(&stop) => return,
+        }
+        // While the audit spool is full no slot is offered either (the auditor logs it and
+        // reopens the gate as entries go).
+        tokio::select! {
+            () = raised(&audit_room) => {}
             () = raised(&stop) => return,
         }
         // After jobs this miner refused before touching a process, a pause that grows with
@@ -563,6 +613,10 @@ async fn dispatcher_task(
             () = raised(&stop) => return,
         };
         ctx.status.coordinator(answered(&answer));
+        if answer.is_ok() && ctx.suspended.swap(false, Ordering::Relaxed) {
+            info!("the Coordinator takes this miner's key again: it is no longer suspended");
+            ctx.status.suspended(None);
+        }
         let pause = match answer {
             Ok(Some(job)) => {
                 let lease = (job.id.clone(), job.attempt);
@@ -603,6 +657,16 @@ async fn dispatcher_task(
                         warn!("fetching jobs: {e}; sending a heartbeat first");
                         nudge.notify_one();
                         backoff.delay(None)
+                    }
+                    CallError::Refused { code, message, .. } if code == SUSPENDED => {
+                        let d = backoff.max();
+                        if !ctx.suspended.swap(true, Ordering::Relaxed) {
+                            error!("this miner's key is SUSPENDED from taking jobs after failed audits: {e}; an admin of the Coordinator must reinstate it; asking again every {d:?}");
+                            ctx.status.suspended(Some(message));
+                        } else {
+                            debug!("still suspended; asking again in {d:?}");
+                        }
+                        d
                     }
                     CallError::Refused { .. } => {
                         let d = backoff.after(e.wait());
@@ -819,6 +883,7 @@ async fn run_job(
         Ok(Done {
             output: out,
             metrics,
+            leaves,
             ..
         }) => {
             let wall_ms = metrics.wall_ms.unwrap_or(0);
@@ -844,6 +909,16 @@ async fn run_job(
                 wall_ms,
                 gflops,
             });
+            // The audit entry is on disk before the proof can be acked.
+            keep_for_audit(
+                ctx,
+                &job,
+                plan.spec.spec,
+                &out.merkle_root,
+                leaves,
+                finished_at,
+            )
+            .await;
             enqueue(ctx, Entry::proof(proof)).await;
         }
         Err(Failed { reason, message }) => {
@@ -869,6 +944,42 @@ async fn report_failure(ctx: &Ctx, job: &Job, reason: protocol::api::FailReason,
         message,
     };
     enqueue(ctx, Entry::fail(report)).await;
+}
+
+/// Writes the job's audit entry durably and tells the auditor. If the disk refuses, the proof
+/// is still sent (an audit of it then cannot be answered) and the error logged.
+async fn keep_for_audit(
+    ctx: &Ctx,
+    job: &Job,
+    spec: protocol::workload::WorkloadSpec,
+    root: &protocol::merkle::Digest,
+    leaves: Vec<protocol::merkle::Digest>,
+    proved_at: time::OffsetDateTime,
+) {
+    let meta = audit::Meta {
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        spec,
+        merkle_root: hex(root),
+        proved_at,
+        challenge: None,
+    };
+    let entry = audit::Entry {
+        meta: meta.clone(),
+        leaves,
+    };
+    let spool = ctx.audit_spool.clone();
+    match tokio::task::spawn_blocking(move || spool.write(&entry)).await {
+        Ok(Ok((path, bytes))) => {
+            let _ = ctx.auditor.send(AuditMsg::Stored { meta, path, bytes });
+        }
+        Ok(Err(e)) => {
+            error!(job = %job.id, "{e}; an audit of this proof cannot be answered")
+        }
+        Err(e) => {
+            error!(job = %job.id, "audit spool writer failed: {e}; an audit of this proof cannot be answered")
+        }
+    }
 }
 
 /// Writes the entry to the spool (durably) and hands it to the sender. If the disk refuses,
@@ -944,18 +1055,26 @@ async fn send_entry(ctx: &Ctx, entry: &Entry) -> Verdict {
         } => {
             let r = ctx.client.proof(body, idempotency_key).await;
             ctx.status.coordinator(answered(&r));
+            let key = (body.id.clone(), body.attempt.unwrap_or(0));
             match &r {
                 Ok(ack) => {
-                    info!(job = %body.id, credited = ack.credited, wallet = %ack.wallet, "proof accepted");
+                    info!(job = %body.id, credited = ack.credited, wallet = %ack.wallet, state = ack.state.as_str(), audit = ack.audit.is_some(), "proof accepted");
                     if ack.credited > 0 {
                         ctx.balance_kick.notify_one();
                     }
+                    let _ = ctx.auditor.send(AuditMsg::Acked {
+                        key,
+                        audit: ack.audit.clone(),
+                    });
                     ctx.emit(Event::ProofAccepted {
                         id: body.id.clone(),
                         credited: ack.credited,
+                        audited: ack.audit.is_some(),
+                        settles_at: ack.settles_at,
                     });
                 }
                 Err(CallError::Refused { status, code, .. }) if *status != 401 => {
+                    let _ = ctx.auditor.send(AuditMsg::Refused { key });
                     error!(job = %body.id, status, code = %code, "proof refused: {}", r.as_ref().err().map(ToString::to_string).unwrap_or_default());
                     ctx.emit(Event::ProofRejected {
                         id: body.id.clone(),
@@ -1169,6 +1288,429 @@ async fn final_flush(
     }
 }
 
+/// What the auditor is told by the slots and the outbox.
+pub(crate) enum AuditMsg {
+    /// A job's audit entry was written (before its proof was enqueued).
+    Stored {
+        meta: audit::Meta,
+        path: PathBuf,
+        bytes: u64,
+    },
+    /// The proof of (job, attempt) was acked, with this audit or none.
+    Acked {
+        key: (String, u32),
+        audit: Option<AuditChallenge>,
+    },
+    /// The proof of (job, attempt) was refused for good: no audit will come.
+    Refused { key: (String, u32) },
+}
+
+/// One audit entry as the auditor keeps it in memory (its leaves stay on disk).
+struct Kept {
+    path: PathBuf,
+    meta: audit::Meta,
+    bytes: u64,
+    /// Its proof has not been answered yet (so no poll may drop it).
+    awaiting_ack: bool,
+    /// The answer once built (recomputing is the expensive part; a retry resends it).
+    answer: Option<Arc<AuditAnswer>>,
+    /// When its answer may be sent (again).
+    not_before: tokio::time::Instant,
+    backoff: Backoff,
+}
+
+/// The auditor's state: the entries, their total size and the gate it keeps.
+struct Auditor {
+    kept: BTreeMap<(String, u32), Kept>,
+    /// Open audits this miner has no entry for, already warned about.
+    unknown: HashSet<(String, u32)>,
+    full: bool,
+}
+
+impl Auditor {
+    fn bytes(&self) -> u64 {
+        self.kept.values().map(|k| k.bytes).sum()
+    }
+
+    /// Shows the spool in the status and opens or closes the dispatcher's gate, with one log
+    /// line per change.
+    fn publish(&mut self, ctx: &Ctx) {
+        let bytes = self.bytes();
+        let limit = ctx.config.audit_spool_mb.saturating_mul(1 << 20);
+        let full = bytes >= limit;
+        if full != self.full {
+            if full {
+                warn!(
+                    entries = self.kept.len(),
+                    bytes,
+                    limit,
+                    "the audit spool is full (AUDIT_SPOOL_MB): taking no new job until entries go"
+                );
+            } else {
+                info!(
+                    entries = self.kept.len(),
+                    bytes, limit, "the audit spool has room again: taking jobs"
+                );
+            }
+            self.full = full;
+        }
+        ctx.audit_room.send_replace(!full);
+        ctx.status.audit_spool(self.kept.len() as u64, bytes, full);
+    }
+
+    fn new_kept(
+        ctx: &Ctx,
+        path: PathBuf,
+        meta: audit::Meta,
+        bytes: u64,
+        awaiting_ack: bool,
+    ) -> Kept {
+        Kept {
+            path,
+            meta,
+            bytes,
+            awaiting_ack,
+            answer: None,
+            not_before: tokio::time::Instant::now(),
+            backoff: Backoff::new(ctx.config.backoff_min, ctx.config.backoff_max),
+        }
+    }
+
+    /// Removes (job, attempt)'s entry from disk and memory.
+    async fn drop_entry(&mut self, ctx: &Ctx, key: &(String, u32)) {
+        let Some(k) = self.kept.remove(key) else {
+            return;
+        };
+        let spool = ctx.audit_spool.clone();
+        match tokio::task::spawn_blocking(move || spool.remove(&k.path)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!("{e}"),
+            Err(e) => error!("audit spool remover failed: {e}"),
+        }
+        self.publish(ctx);
+    }
+
+    /// Stores `challenge` durably in (job, attempt)'s entry; it is answered at once. A
+    /// challenge the entry cannot answer (rows out of range, too many) drops it, with an error.
+    async fn challenge(&mut self, ctx: &Ctx, key: &(String, u32), challenge: AuditChallenge) {
+        let Some(k) = self.kept.get_mut(key) else {
+            if self.unknown.insert(key.clone()) {
+                warn!(job = %key.0, attempt = key.1, "the Coordinator asks an audit of a job this miner keeps no audit entry for; it cannot be answered");
+            }
+            return;
+        };
+        k.awaiting_ack = false;
+        if k.meta.challenge.as_ref() == Some(&challenge) {
+            return;
+        }
+        let spool = ctx.audit_spool.clone();
+        let path = k.path.clone();
+        let c = challenge.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut entry = spool.read(&path)?;
+            if let Err(why) = audit::check_challenge(&entry, &c) {
+                return Ok(Err(why));
+            }
+            entry.meta.challenge = Some(c);
+            spool
+                .write(&entry)
+                .map(|(_, bytes)| Ok((entry.meta, bytes)))
+        })
+        .await;
+        match stored {
+            Ok(Ok(Ok((meta, bytes)))) => {
+                info!(job = %key.0, attempt = key.1, rows = ?challenge.rows, "audit asked; answering");
+                k.meta = meta;
+                k.bytes = bytes;
+                k.answer = None;
+                k.not_before = tokio::time::Instant::now();
+                k.backoff.reset();
+                self.publish(ctx);
+            }
+            Ok(Ok(Err(why))) => {
+                error!(job = %key.0, attempt = key.1, "the audit cannot be answered: {why}; dropping its entry");
+                self.drop_entry(ctx, key).await;
+            }
+            Ok(Err(e)) => {
+                error!(job = %key.0, attempt = key.1, "{e}; the audit cannot be answered, dropping its entry");
+                self.drop_entry(ctx, key).await;
+            }
+            Err(e) => error!(job = %key.0, "audit spool writer failed: {e}"),
+        }
+    }
+
+    async fn handle(&mut self, ctx: &Ctx, msg: AuditMsg) {
+        match msg {
+            AuditMsg::Stored { meta, path, bytes } => {
+                let key = meta.key();
+                self.kept
+                    .insert(key, Self::new_kept(ctx, path, meta, bytes, true));
+                self.publish(ctx);
+            }
+            AuditMsg::Acked { key, audit: None } => {
+                debug!(job = %key.0, attempt = key.1, "not audited: the credit settles when its hold ends");
+                self.drop_entry(ctx, &key).await;
+            }
+            AuditMsg::Acked {
+                key,
+                audit: Some(c),
+            } => {
+                if (c.id.as_str(), c.attempt) != (key.0.as_str(), key.1) || !audit::plausible(&c) {
+                    error!(job = %key.0, attempt = key.1, "the proof's ack carries an audit this miner cannot answer (another job's, or more than {} rows); dropping its entry", audit::MAX_AUDIT_ROWS);
+                    self.drop_entry(ctx, &key).await;
+                } else {
+                    self.challenge(ctx, &key, c).await;
+                }
+            }
+            AuditMsg::Refused { key } => self.drop_entry(ctx, &key).await,
+        }
+    }
+
+    /// The entry whose answer is due first, and when.
+    fn next_due(&self) -> Option<((String, u32), tokio::time::Instant)> {
+        self.kept
+            .iter()
+            .filter(|(_, k)| k.meta.challenge.is_some())
+            .min_by_key(|(_, k)| k.not_before)
+            .map(|(key, k)| (key.clone(), k.not_before))
+    }
+
+    /// Builds (once) and sends the answer of `key`'s audit; settles the entry on the
+    /// Coordinator's verdict or an API refusal, else schedules a retry. `false` when the
+    /// Coordinator gave no answer at all.
+    async fn answer(&mut self, ctx: &Ctx, key: &(String, u32)) -> bool {
+        let Some(k) = self.kept.get(key) else {
+            return true;
+        };
+        let Some(challenge) = k.meta.challenge.clone() else {
+            return true;
+        };
+        let answer = match &k.answer {
+            Some(a) => a.clone(),
+            None => {
+                let spool = ctx.audit_spool.clone();
+                let path = k.path.clone();
+                let miner = ctx.config.miner_id.clone();
+                let c = challenge.clone();
+                let built = tokio::task::spawn_blocking(move || {
+                    let entry = spool.read(&path).map_err(|e| e.to_string())?;
+                    audit::open_rows(&entry, &c, &miner).map_err(|e| e.to_string())
+                })
+                .await;
+                match built {
+                    Ok(Ok((answer, faults))) => {
+                        for f in &faults {
+                            error!(job = %key.0, attempt = key.1, row = f.row, "SELF-CHECK FAILED: the recomputed row is not the row this miner committed to; its own result was wrong (faulty CPU, memory or GPU?); answering the recomputed row");
+                        }
+                        if !faults.is_empty() {
+                            ctx.status.audit_self_check_failed(faults.len() as u64);
+                        }
+                        let answer = Arc::new(answer);
+                        if let Some(k) = self.kept.get_mut(key) {
+                            k.answer = Some(answer.clone());
+                        }
+                        answer
+                    }
+                    Ok(Err(why)) => {
+                        error!(job = %key.0, attempt = key.1, "the audit cannot be answered: {why}; dropping its entry");
+                        self.drop_entry(ctx, key).await;
+                        return true;
+                    }
+                    Err(e) => {
+                        error!(job = %key.0, "audit row recomputation failed: {e}; dropping its entry");
+                        self.drop_entry(ctx, key).await;
+                        return true;
+                    }
+                }
+            }
+        };
+        let idem = audit::idempotency_key(&key.0, key.1);
+        let r = ctx.client.audit(&answer, &idem).await;
+        ctx.status.coordinator(answered(&r));
+        let outcome = verdict(&r);
+        match r {
+            Ok(ack) => {
+                match ack.verdict {
+                    AuditVerdict::Passed => {
+                        info!(job = %key.0, attempt = key.1, state = ack.state.as_str(), "audit passed")
+                    }
+                    AuditVerdict::Failed => {
+                        error!(job = %key.0, attempt = key.1, state = ack.state.as_str(), "audit FAILED: {}", crate::untrusted::bounded(&ack.message, 300))
+                    }
+                }
+                self.settled(ctx, key, Some(ack.verdict)).await;
+            }
+            Err(e) if outcome == Verdict::Settled => {
+                warn!(job = %key.0, attempt = key.1, "audit answer refused: {e}; dropping its entry");
+                self.settled(ctx, key, None).await;
+            }
+            Err(e) => {
+                let now = tokio::time::Instant::now();
+                if let Some(k) = self.kept.get_mut(key) {
+                    let d = match outcome {
+                        Verdict::Retry(ra) => k.backoff.delay(ra),
+                        Verdict::RetrySlowly => k.backoff.max(),
+                        Verdict::Unreachable | Verdict::Settled => k.backoff.delay(None),
+                    };
+                    k.not_before = now + d;
+                    warn!(job = %key.0, attempt = key.1, "sending the audit answer: {e}; again in {d:?}");
+                }
+                return outcome != Verdict::Unreachable;
+            }
+        }
+        true
+    }
+
+    async fn settled(&mut self, ctx: &Ctx, key: &(String, u32), v: Option<AuditVerdict>) {
+        ctx.status.audit_answered(v);
+        ctx.balance_kick.notify_one();
+        ctx.emit(Event::AuditAnswered {
+            id: key.0.clone(),
+            attempt: key.1,
+            verdict: v,
+        });
+        self.drop_entry(ctx, key).await;
+    }
+
+    /// Asks for this miner's open audits and applies [`audit::after_poll`] to every entry.
+    async fn poll(&mut self, ctx: &Ctx) {
+        let r = ctx.client.audits(&ctx.config.miner_id).await;
+        ctx.status.coordinator(answered(&r));
+        let open = match r {
+            Ok(open) => open,
+            Err(e) => {
+                debug!("asking for the open audits: {e}");
+                return;
+            }
+        };
+        let open: Vec<AuditChallenge> = open.into_iter().filter(audit::plausible).collect();
+        let now = ts::now();
+        let mut fates = Vec::new();
+        for (key, k) in &self.kept {
+            let fate = audit::after_poll(&k.meta, k.awaiting_ack, &open, now, audit::MAX_ENTRY_AGE);
+            if fate != PollFate::Keep {
+                fates.push((key.clone(), fate));
+            }
+        }
+        for (key, fate) in fates {
+            match fate {
+                PollFate::Keep => {}
+                PollFate::Challenge(c) => self.challenge(ctx, &key, c).await,
+                PollFate::Drop => {
+                    debug!(job = %key.0, attempt = key.1, "no open audit names it: dropping its audit entry");
+                    self.drop_entry(ctx, &key).await;
+                }
+            }
+        }
+        for c in &open {
+            let key = (c.id.clone(), c.attempt);
+            if !self.kept.contains_key(&key) && self.unknown.insert(key) {
+                warn!(job = %c.id, attempt = c.attempt, "the Coordinator holds an open audit of a job this miner keeps no audit entry for; it cannot be answered");
+            }
+        }
+    }
+}
+
+/// Reads the audit spool left by a previous run: each entry's header, and whether its proof
+/// still waits in the outbox (then only its ack decides); sets the dispatcher's gate.
+async fn load_audit_spool(ctx: &Ctx) -> Auditor {
+    let spool = ctx.audit_spool.clone();
+    let listing = tokio::task::spawn_blocking(move || spool.list()).await;
+    let mut a = Auditor {
+        kept: BTreeMap::new(),
+        unknown: HashSet::new(),
+        full: false,
+    };
+    match listing {
+        Ok(Ok(l)) => {
+            for c in l.corrupt {
+                error!("unreadable audit entry set aside as {}", c.display());
+            }
+            for (path, meta, bytes) in l.entries {
+                let awaiting = ctx.spool.holds(&meta.job_id, meta.attempt);
+                let key = meta.key();
+                a.kept
+                    .insert(key, Auditor::new_kept(ctx, path, meta, bytes, awaiting));
+            }
+            if !a.kept.is_empty() {
+                info!(
+                    entries = a.kept.len(),
+                    "audit entries left by a previous run: answering what the Coordinator asks"
+                );
+            }
+        }
+        Ok(Err(e)) => error!("{e}"),
+        Err(e) => error!("audit spool reader failed: {e}"),
+    }
+    a.publish(ctx);
+    a
+}
+
+/// The auditor: owns the audit spool (see the module docs). Until `flush`, it takes the
+/// slots' and the outbox's messages, answers due audits one at a time, and polls the open
+/// audits after the first accepted heartbeat and every `HEARTBEAT_SECS` while it keeps
+/// entries.
+async fn auditor_task(
+    ctx: Arc<Ctx>,
+    mut a: Auditor,
+    mut rx: mpsc::UnboundedReceiver<AuditMsg>,
+    hb_ok: watch::Receiver<bool>,
+    flush: watch::Receiver<bool>,
+) {
+    // The first poll comes once a heartbeat was accepted (the Coordinator knows the miner).
+    let mut poll_at: Option<tokio::time::Instant> = None;
+    let mut registered = false;
+    loop {
+        while let Ok(msg) = rx.try_recv() {
+            a.handle(&ctx, msg).await;
+        }
+        if *flush.borrow() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if !registered && *hb_ok.borrow() {
+            registered = true;
+            poll_at = Some(now);
+        }
+        if poll_at.is_some_and(|t| t <= now) {
+            a.poll(&ctx).await;
+            poll_at =
+                (!a.kept.is_empty()).then(|| tokio::time::Instant::now() + ctx.config.heartbeat);
+            continue;
+        }
+        if let Some((key, at)) = a.next_due() {
+            if at <= now {
+                a.answer(&ctx, &key).await;
+                continue;
+            }
+        }
+        if registered && poll_at.is_none() && !a.kept.is_empty() {
+            poll_at = Some(now + ctx.config.heartbeat);
+        }
+        let wake = [a.next_due().map(|(_, t)| t), poll_at]
+            .into_iter()
+            .flatten()
+            .min();
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(msg) => a.handle(&ctx, msg).await,
+                None => return,
+            },
+            () = sleep_until_some(wake) => {}
+            () = raised(&hb_ok), if !registered => {}
+            () = raised(&flush) => return,
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1218,6 +1760,7 @@ mod tests {
             miner_id: "m1".into(),
             work_dir: "/tmp/w".into(),
             state_dir: "/tmp/s".into(),
+            audit_spool_mb: 256,
             heartbeat: Duration::from_secs(20),
             job_poll: Duration::from_secs(3),
             poll_wait: Duration::from_secs(25),

@@ -158,6 +158,11 @@ impl Spool {
         })
     }
 
+    /// Whether an entry for (job, attempt) is waiting (its file exists).
+    pub fn holds(&self, job_id: &str, attempt: u32) -> bool {
+        self.dir.join(format!("{job_id}-{attempt}.json")).exists()
+    }
+
     /// Removes a sent entry (and syncs the directory so it stays removed).
     pub fn remove(&self, path: &Path) -> Result<(), Error> {
         match fs::remove_file(path) {
@@ -218,8 +223,11 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert!(entries.contains(&a) && entries.contains(&b));
 
+        assert!(again.holds("j1", 1) && again.holds("j2", 2));
+        assert!(!again.holds("j1", 2));
         again.remove(&pa).unwrap();
         again.remove(&pa).unwrap(); // twice is fine
+        assert!(!again.holds("j1", 1));
         let list = again.list().unwrap().entries;
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].1, b);

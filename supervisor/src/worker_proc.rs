@@ -30,6 +30,11 @@
 //! removed. A process dropped without that (task cancelled) is killed and reaped in `Drop`.
 //! No zombies, no stray processes, no leftover directories.
 //!
+//! The answer ([`read_answer`]): `Leaves` frames, then `Done`, or one `Failed`. The leaves are
+//! counted as they come (more than the job's `spec.rows()` is a protocol error at once, so a
+//! worker cannot make the supervisor hold more than `32 * rows` bytes of them), and a `Done`
+//! is taken only with exactly that many whose Merkle root is its `merkle_root`.
+//!
 //! This module must never trust the worker: frame headers are checked against `MAX_FRAME_LEN`
 //! before allocating, any unexpected frame is a protocol error, and it never panics on what the
 //! worker sends. Between fork and exec it must never allocate, lock or call anything that is
@@ -563,15 +568,9 @@ impl WorkerProcess {
             (Ok(()), Ok(frame)) => match self.sock.write_all(&frame).await {
                 Err(_) => Ending::Crashed,
                 Ok(()) => {
+                    let rows = plan.spec.spec.rows();
                     tokio::select! {
-                        r = read_frame(&mut self.sock) => match r {
-                            Ok(FromWorker::Done(out)) => Ending::Done(out),
-                            Ok(FromWorker::Failed(f)) => Ending::Failed(f),
-                            Ok(other @ FromWorker::Hello(_)) => Ending::Protocol(format!(
-                                "unexpected {} frame while running a job", frame_name(&other))),
-                            Err(WireError::Closed) | Err(WireError::Io(_)) => Ending::Crashed,
-                            Err(e) => Ending::Protocol(e.to_string()),
-                        },
+                        ending = read_answer(&mut self.sock, rows) => ending,
                         () = tokio::time::sleep(plan.deadline) => Ending::TimedOut,
                         () = cancel => Ending::Cancelled,
                         why = watch => Ending::Stopped(why),
@@ -581,7 +580,7 @@ impl WorkerProcess {
         };
         let handoff_to_answer = started.elapsed();
         let grace = match ending {
-            Ending::Done(_) | Ending::Failed(_) | Ending::Crashed => EXIT_GRACE,
+            Ending::Done(..) | Ending::Failed(_) | Ending::Crashed => EXIT_GRACE,
             Ending::TimedOut
             | Ending::Protocol(_)
             | Ending::Cancelled
@@ -803,9 +802,70 @@ async fn read_frame(sock: &mut UnixStream) -> Result<FromWorker, WireError> {
     wire::decode_payload(&payload)
 }
 
+/// Reads a job's answer: `Leaves` frames (at most `rows` leaves in all), then `Done` with
+/// exactly `rows` leaves whose root is its `merkle_root`, or `Failed`. Anything else, more
+/// leaves than `rows`, too few or the wrong ones is [`Ending::Protocol`].
+async fn read_answer(sock: &mut UnixStream, rows: u64) -> Ending {
+    let want = usize::try_from(rows).unwrap_or(usize::MAX);
+    let mut leaves: Vec<protocol::merkle::Digest> = Vec::new();
+    loop {
+        match read_frame(sock).await {
+            Ok(FromWorker::Leaves(more)) => {
+                if more.len() > wire::MAX_LEAVES_PER_FRAME
+                    || leaves.len().saturating_add(more.len()) > want
+                {
+                    return Ending::Protocol(format!(
+                        "the worker sent more than the job's {rows} leaves (a frame of {} after {})",
+                        more.len(),
+                        leaves.len()
+                    ));
+                }
+                if leaves.capacity() == 0 {
+                    leaves.reserve_exact(want);
+                }
+                leaves.extend(more);
+            }
+            Ok(FromWorker::Done(out)) => {
+                return match check_leaves(&leaves, rows, &out.merkle_root) {
+                    Ok(()) => Ending::Done(out, leaves),
+                    Err(why) => Ending::Protocol(why),
+                }
+            }
+            Ok(FromWorker::Failed(f)) => return Ending::Failed(f),
+            Ok(other @ FromWorker::Hello(_)) => {
+                return Ending::Protocol(format!(
+                    "unexpected {} frame while running a job",
+                    frame_name(&other)
+                ))
+            }
+            Err(WireError::Closed) | Err(WireError::Io(_)) => return Ending::Crashed,
+            Err(e) => return Ending::Protocol(e.to_string()),
+        }
+    }
+}
+
+/// Pure: whether `leaves` are a finished job's: `rows` of them, under `root`.
+pub fn check_leaves(
+    leaves: &[protocol::merkle::Digest],
+    rows: u64,
+    root: &protocol::merkle::Digest,
+) -> Result<(), String> {
+    if leaves.len() as u64 != rows {
+        return Err(format!(
+            "the worker answered Done with {} leaves; the job has {rows} rows",
+            leaves.len()
+        ));
+    }
+    if rows > 0 && protocol::merkle::root(leaves).as_ref() != Some(root) {
+        return Err("the worker's leaves are not under the merkle_root it answered".into());
+    }
+    Ok(())
+}
+
 fn frame_name(f: &FromWorker) -> &'static str {
     match f {
         FromWorker::Hello(_) => "Hello",
+        FromWorker::Leaves(_) => "Leaves",
         FromWorker::Done(_) => "Done",
         FromWorker::Failed(_) => "Failed",
     }
@@ -940,6 +1000,107 @@ mod tests {
             "{:?}",
             fin.ending
         );
+    }
+
+    /// A worker that answers its job with exactly `frames` and exits.
+    fn answering(frames: &[FromWorker]) -> (Fake, WorkerCommand) {
+        let (fake, cmd) = Fake::new("");
+        let mut bytes = Vec::new();
+        for f in frames {
+            bytes.extend(wire::encode(f).unwrap());
+        }
+        let answer = fake.dir.path().join("answer.bin");
+        std::fs::write(&answer, bytes).unwrap();
+        let script = fake.dir.path().join("worker.sh");
+        let mut text = std::fs::read_to_string(&script).unwrap();
+        text.push_str(&format!(
+            "head -c 4 <&3 >/dev/null; cat '{}' >&3\n",
+            answer.display()
+        ));
+        std::fs::write(&script, text).unwrap();
+        (fake, cmd)
+    }
+
+    fn done(root: protocol::merkle::Digest) -> FromWorker {
+        FromWorker::Done(wire::JobOutput {
+            output_sha: [1; 32],
+            merkle_root: root,
+            output_len: 16,
+            flops: 128,
+            compute_us: 1,
+            kind: Mode::Cpu,
+        })
+    }
+
+    /// The plan's job has n = 4 rows: exactly 4 leaves under the answer's root are taken (in
+    /// any split into frames); more, fewer, none or the wrong root are protocol errors.
+    #[tokio::test]
+    async fn a_workers_leaves_are_counted_and_checked_against_its_root() {
+        let leaves: Vec<[u8; 32]> = (0..5u8)
+            .map(|i| protocol::merkle::leaf_hash(&[i]))
+            .collect();
+        let root4 = protocol::merkle::root(&leaves[..4]).unwrap();
+        let split = [
+            FromWorker::Leaves(leaves[..1].to_vec()),
+            FromWorker::Leaves(leaves[1..4].to_vec()),
+            done(root4),
+        ];
+        let (_f, cmd) = answering(&split);
+        let (fin, _) = run(&cmd, Duration::from_secs(10)).await;
+        match fin.ending {
+            Ending::Done(out, got) => {
+                assert_eq!(got, leaves[..4]);
+                assert_eq!(out.merkle_root, root4);
+            }
+            other => panic!("{other:?}"),
+        }
+        let root3 = protocol::merkle::root(&leaves[..3]).unwrap();
+        let root5 = protocol::merkle::root(&leaves).unwrap();
+        let cases: [(Vec<FromWorker>, &str); 5] = [
+            (
+                vec![FromWorker::Leaves(leaves.clone()), done(root5)],
+                "more than the job's 4 leaves",
+            ),
+            (
+                vec![
+                    FromWorker::Leaves(leaves[..4].to_vec()),
+                    FromWorker::Leaves(leaves[4..].to_vec()),
+                    done(root4),
+                ],
+                "more than the job's 4 leaves",
+            ),
+            (
+                vec![FromWorker::Leaves(leaves[..3].to_vec()), done(root3)],
+                "Done with 3 leaves; the job has 4 rows",
+            ),
+            (vec![done(root4)], "Done with 0 leaves"),
+            (
+                vec![FromWorker::Leaves(leaves[1..5].to_vec()), done(root4)],
+                "not under the merkle_root",
+            ),
+        ];
+        for (frames, want) in cases {
+            let (_f, cmd) = answering(&frames);
+            let (fin, _) = run(&cmd, Duration::from_secs(10)).await;
+            match &fin.ending {
+                Ending::Protocol(why) => assert!(why.contains(want), "{why} !~ {want}"),
+                other => panic!("{want}: {other:?}"),
+            }
+            let (reason, _) = fin.failure(&protocol::api::JobLimits::default());
+            assert_eq!(reason, protocol::api::FailReason::ProtocolError);
+        }
+    }
+
+    #[test]
+    fn leaves_are_checked_purely_too() {
+        let leaves: Vec<[u8; 32]> = (0..3u8)
+            .map(|i| protocol::merkle::leaf_hash(&[i]))
+            .collect();
+        let root = protocol::merkle::root(&leaves).unwrap();
+        assert_eq!(check_leaves(&leaves, 3, &root), Ok(()));
+        assert!(check_leaves(&leaves, 2, &root).is_err());
+        assert!(check_leaves(&leaves, 3, &[0; 32]).is_err());
+        assert_eq!(check_leaves(&[], 0, &[0; 32]), Ok(()));
     }
 
     #[tokio::test]

@@ -20,6 +20,13 @@
 //!
 //! The miner serves its status socket in the temporary directory (printed at start), so
 //! `aitbc-miner status --socket PATH` works against it while the run lasts.
+//!
+//! Verification stays on, as with the Coordinator's defaults: proofs are audited (the first
+//! ones of a miner always) and the miner answers from its audit spool; the others are held.
+//! The hold is [`DEV_HOLD`] so the run can wait for its credits to settle: a job counts as done
+//! when its audit passed or its proof was held, and at the end the run waits for the last hold
+//! to end (a known time, then one sweep of the Coordinator) before it reads the balance. The
+//! summary shows the audits (passed, failed) and the settlement (settled, pending, forfeited).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -32,8 +39,8 @@ use clap::Args;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use aitbc_coordinator::{Coordinator, CoordinatorConfig, Scope};
-use aitbc_protocol::api::{Balance, JobLimits, JobView, SubmitJob};
+use aitbc_coordinator::{Coordinator, CoordinatorConfig, Scope, VerifyConfig};
+use aitbc_protocol::api::{AuditVerdict, Balance, JobLimits, JobView, SubmitJob};
 use aitbc_protocol::workload::{plan, WorkloadSpec};
 use aitbc_supervisor::{Event, WorkerCommand};
 
@@ -41,6 +48,8 @@ const WALLET: &str = "wallet_dev";
 const REWARD: u64 = 100;
 /// The user a root `dev` run's workers switch to.
 const DEV_RUN_AS_USER: &str = "nobody";
+/// How long the dev Coordinator holds a credit that was not audited before it settles.
+const DEV_HOLD: Duration = Duration::from_secs(1);
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -69,7 +78,13 @@ struct Summary {
     job_ms: Vec<f64>,
     flops: u64,
     elapsed: Duration,
-    balance: u64,
+    audits_passed: u64,
+    audits_failed: u64,
+    /// Jobs whose credit was held (not audited).
+    held: u64,
+    settled: u64,
+    pending: u64,
+    forfeited: u64,
 }
 
 pub fn main(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -140,9 +155,14 @@ async fn run(
         &dir.join("coordinator.db"),
         CoordinatorConfig {
             sweep_interval: Duration::from_millis(200),
+            verify: VerifyConfig {
+                hold: DEV_HOLD,
+                ..VerifyConfig::default()
+            },
             ..CoordinatorConfig::default()
         },
     )?;
+    let sweeper = coordinator.clone();
     let miner_key = coordinator.add_key(Scope::Miner, "dev-miner")?;
     let client_key = coordinator.add_key(Scope::Client, "dev-client")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -223,6 +243,8 @@ async fn run(
     let mut outstanding: HashMap<String, ()> = HashMap::new();
     let mut computed: HashMap<String, String> = HashMap::new();
     let mut summary = Summary::default();
+    // When the last held credit settles.
+    let mut last_hold: Option<time::OffsetDateTime> = None;
     while submitted < args.jobs.min(args.slots) {
         let id = submit_job(&http, &url, &client_key, &submit).await?;
         outstanding.insert(id, ());
@@ -252,15 +274,55 @@ async fn run(
                 computed.insert(id, format!("{wall_ms} ms, {gflops:.1} Gop/s"));
                 false
             }
-            Event::ProofAccepted { id, credited } if outstanding.remove(&id).is_some() => {
+            Event::ProofAccepted {
+                id,
+                credited,
+                audited: true,
+                ..
+            } if outstanding.contains_key(&id) => {
+                if let Some(how) = computed.get_mut(&id) {
+                    how.push_str(&format!(", credited {credited}"));
+                }
+                false
+            }
+            Event::ProofAccepted {
+                id,
+                credited,
+                audited: false,
+                settles_at,
+            } if outstanding.remove(&id).is_some() => {
                 summary.jobs_done += 1;
+                summary.held += 1;
                 summary.flops += flops_per_job;
+                last_hold = last_hold.max(settles_at);
                 let how = computed.remove(&id).unwrap_or_default();
                 progress(
                     args,
                     &summary,
-                    &format!("{id} done ({how}), credited {credited}"),
+                    &format!("{id} done ({how}), credited {credited}, held until it settles"),
                 );
+                true
+            }
+            Event::AuditAnswered { id, verdict, .. } if outstanding.remove(&id).is_some() => {
+                let how = computed.remove(&id).unwrap_or_default();
+                let what = match verdict {
+                    Some(AuditVerdict::Passed) => {
+                        summary.jobs_done += 1;
+                        summary.audits_passed += 1;
+                        summary.flops += flops_per_job;
+                        format!("{id} done ({how}), audit passed, settled")
+                    }
+                    Some(AuditVerdict::Failed) => {
+                        summary.jobs_failed += 1;
+                        summary.audits_failed += 1;
+                        format!("{id} audit FAILED: its credit is forfeited")
+                    }
+                    None => {
+                        summary.jobs_failed += 1;
+                        format!("{id} audit answer refused")
+                    }
+                };
+                progress(args, &summary, &what);
                 true
             }
             Event::ProofRejected { id, status, code } if outstanding.remove(&id).is_some() => {
@@ -294,14 +356,41 @@ async fn run(
         }
     }
     summary.elapsed = started.elapsed();
-    summary.balance = http
-        .get(format!("{url}/v1/wallet/balance?wallet={WALLET}"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json::<Balance>()
-        .await?
-        .balance;
+    // The held credits settle once their hold ends: wait for that time, then have the
+    // Coordinator sweep (its sweeper would, within `sweep_interval`).
+    let balance = || async {
+        anyhow::Ok(
+            http.get(format!("{url}/v1/wallet/balance?wallet={WALLET}"))
+                .send()
+                .await?
+                .error_for_status()?
+                .json::<Balance>()
+                .await?,
+        )
+    };
+    let mut b = balance().await?;
+    if let Some(at) = last_hold {
+        let mut at = at;
+        loop {
+            let wait = (at - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+            let wait = Duration::try_from(wait).unwrap_or_default() + Duration::from_millis(2);
+            if Instant::now() + wait > deadline {
+                bail!(
+                    "timed out after {} s waiting for held credits to settle",
+                    args.timeout_secs
+                );
+            }
+            tokio::time::sleep(wait).await;
+            sweeper.sweep_once().await?;
+            b = balance().await?;
+            if b.pending == 0 {
+                break;
+            }
+            // The Coordinator's clock is its own: try again a little later.
+            at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(50);
+        }
+    }
+    (summary.settled, summary.pending, summary.forfeited) = (b.balance, b.pending, b.forfeited);
 
     let _ = stop_miner.send(());
     match miner.await {
@@ -378,7 +467,12 @@ fn print_summary(args: &DevArgs, s: &Summary) {
                 "pickup_p50_ms": (pickup * 100.0).round() / 100.0,
                 "job_p50_ms": (job * 100.0).round() / 100.0,
                 "gflops": (gflops * 100.0).round() / 100.0,
-                "balance": s.balance,
+                "balance": s.settled,
+                "pending": s.pending,
+                "forfeited": s.forfeited,
+                "audits_passed": s.audits_passed,
+                "audits_failed": s.audits_failed,
+                "held": s.held,
             })
         );
     } else {
@@ -393,6 +487,13 @@ fn print_summary(args: &DevArgs, s: &Summary) {
         println!("  pickup p50      {pickup:.2} ms");
         println!("  job time p50    {job:.1} ms");
         println!("  throughput      {gflops:.2} Gop/s (int8)");
-        println!("  wallet balance  {} ({WALLET})", s.balance);
+        println!(
+            "  audits          {} passed, {} failed ({} held, not audited)",
+            s.audits_passed, s.audits_failed, s.held
+        );
+        println!(
+            "  wallet          {} settled, {} pending, {} forfeited ({WALLET})",
+            s.settled, s.pending, s.forfeited
+        );
     }
 }

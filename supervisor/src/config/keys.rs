@@ -65,7 +65,11 @@ pub const DEFS: &[KeyDef] = &[
         "stable node label, 1–128 of `A-Z a-z 0-9 . _ -`"),
     key("WORK_DIR", Value("/tmp/aitbc-work"), "per-job scratch directories"),
     key("STATE_DIR", Value("/var/lib/aitbc-miner"),
-        "durable state; unsent proofs wait in `STATE_DIR/spool`"),
+        "durable state; unsent proofs wait in `STATE_DIR/spool`, what answers audits in \
+         `STATE_DIR/audit`"),
+    key("AUDIT_SPOOL_MB", Value("256"),
+        "the most disk `STATE_DIR/audit` may hold (32 bytes per output row of each proved job \
+         until it settles); when full, the miner takes no new job until entries go"),
     key("HEARTBEAT_SECS", Value("20"),
         "heartbeat interval (decimals allowed, as in every `_SECS` key)"),
     key("JOB_POLL_SECS", Value("3"), "least pause between two polls that found no job"),

@@ -5,6 +5,12 @@
 //! known answer committed here. On a host with a usable GPU the same job runs on a GPU worker
 //! too and must give the same hash.
 //!
+//! The self-test then audits its own job as a Coordinator would ([`self_audit`]): it picks
+//! [`AUDIT_ROWS`] rows at random, opens them the way the daemon answers an audit
+//! (`audit::open_rows`: recomputed with protocol's `output_rows`, paths from the worker's
+//! leaves) and checks each opening with protocol's `check_opening` against the worker's root
+//! and the plain reference row (`output_row`). A host whose audits would fail is told so.
+//!
 //! # The known answer
 //!
 //! [`KNOWN_PARAMS`] is `n = 64, iters = 2, seed = 42`, one of protocol's published known
@@ -21,8 +27,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use protocol::api::JobLimits;
-use protocol::api::Mode;
+use protocol::api::{AuditChallenge, JobLimits, Mode};
+use protocol::merkle::Digest;
 use protocol::workload::torch_bench::KNOWN_ANSWERS;
 use protocol::workload::{torch_bench::TorchBenchParams, WorkloadSpec};
 
@@ -49,6 +55,9 @@ pub const KNOWN_SHA: &str = KNOWN.3;
 /// Compute threads the self-test job asks for: more than one, so the worker's pool is used.
 pub const THREADS: u32 = 2;
 
+/// Rows the self-test's own audit opens.
+pub const AUDIT_ROWS: usize = 4;
+
 /// How a self-test went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SelfTest {
@@ -62,6 +71,8 @@ pub enum SelfTest {
         handoff: Duration,
         /// From starting the worker to its Hello.
         start: Duration,
+        /// The self-audit ([`self_audit`]): the rows that opened, or why one did not.
+        audit: Result<Vec<u64>, String>,
     },
     /// No worker could start (no Hello): why.
     NoStart(String),
@@ -149,12 +160,16 @@ fn run(
         Ok(
             match execute(worker, &plan, &Meters::none(), std::future::pending()).await {
                 Ok(Done {
-                    output, handoff, ..
+                    output,
+                    handoff,
+                    leaves,
+                    ..
                 }) => SelfTest::Ran {
                     sandbox,
                     output_sha: crate::runtime::hex(&output.output_sha),
                     handoff,
                     start,
+                    audit: self_audit(KNOWN_PARAMS, &output.merkle_root, leaves, &pick_rows()),
                 },
                 Err(Failed { reason, message }) => SelfTest::JobFailed {
                     sandbox,
@@ -163,6 +178,66 @@ fn run(
             },
         )
     })
+}
+
+/// [`AUDIT_ROWS`] distinct rows of the known job, at random, ascending.
+fn pick_rows() -> Vec<u64> {
+    let n = u64::from(KNOWN_PARAMS.n);
+    let mut rows: Vec<u64> = Vec::with_capacity(AUDIT_ROWS);
+    while rows.len() < AUDIT_ROWS.min(n as usize) {
+        let r = fastrand::u64(..n);
+        if !rows.contains(&r) {
+            rows.push(r);
+        }
+    }
+    rows.sort_unstable();
+    rows
+}
+
+/// Audits a finished job of `p` whose worker answered `root` and `leaves`: opens `rows` as the
+/// daemon answers an audit and checks each opening as the Coordinator does, against the
+/// plain reference row. The rows that held, or the first that did not.
+pub fn self_audit(
+    p: TorchBenchParams,
+    root: &Digest,
+    leaves: Vec<Digest>,
+    rows: &[u64],
+) -> Result<Vec<u64>, String> {
+    use protocol::workload::torch_bench::{check_opening, input, output_row, MATRIX_B};
+    let entry = crate::audit::Entry {
+        meta: crate::audit::Meta {
+            job_id: "doctor-self-test".into(),
+            attempt: 1,
+            spec: WorkloadSpec::TorchBench(p),
+            merkle_root: crate::runtime::hex(root),
+            proved_at: protocol::api::ts::now(),
+            challenge: None,
+        },
+        leaves,
+    };
+    let challenge = AuditChallenge {
+        id: entry.meta.job_id.clone(),
+        attempt: 1,
+        rows: rows.to_vec(),
+        answer_by: protocol::api::ts::now(),
+    };
+    let (answer, faults) =
+        crate::audit::open_rows(&entry, &challenge, "doctor").map_err(|e| e.to_string())?;
+    if let Some(f) = faults.first() {
+        return Err(format!(
+            "row {} recomputed is not the row the worker committed to",
+            f.row
+        ));
+    }
+    let b = input(p.seed, MATRIX_B, p.n as usize);
+    for r in &answer.rows {
+        let data = protocol::hex::decode(&r.data).ok_or("an opened row is not hex (a bug)")?;
+        let path: Option<Vec<Digest>> = r.path.iter().map(|h| protocol::hex::digest(h)).collect();
+        let path = path.ok_or("an audit path is not hex (a bug)")?;
+        let expected = output_row(&p, &b, r.index as usize);
+        check_opening(&p, root, r.index, &data, &path, &expected).map_err(|e| e.to_string())?;
+    }
+    Ok(rows.to_vec())
 }
 
 /// A temporary directory removed on drop (the library has no `tempfile` dependency).
@@ -214,17 +289,36 @@ pub fn check(result: &SelfTest, kind: Mode) -> Line {
             output_sha,
             handoff,
             start,
+            audit: Ok(rows),
         } if output_sha == KNOWN_SHA => Line::new(
             Status::Ok,
             name,
             format!(
                 "a confined {what} worker ran {job}; its hash matches the known answer {}… \
-                 (start {:.1} ms, job {:.1} ms; sandbox: {sandbox})",
+                 and its audit of rows {rows:?} passed (start {:.1} ms, job {:.1} ms; \
+                 sandbox: {sandbox})",
                 &KNOWN_SHA[..16],
                 start.as_secs_f64() * 1e3,
                 handoff.as_secs_f64() * 1e3
             ),
         ),
+        SelfTest::Ran {
+            sandbox,
+            output_sha,
+            audit: Err(why),
+            ..
+        } if output_sha == KNOWN_SHA => Line::new(
+            Status::Fail,
+            name,
+            format!(
+                "a confined {what} worker ran {job} and its hash is the known answer, but \
+                 auditing it failed: {why}; audits of this miner's proofs would fail and \
+                 forfeit its credits (sandbox: {sandbox})"
+            ),
+        )
+        .fix(format!(
+            "do not mine until it is explained: report this line to the miner's maintainers; {debug}"
+        )),
         SelfTest::Ran {
             sandbox,
             output_sha,
@@ -282,7 +376,34 @@ mod tests {
             output_sha: sha.into(),
             handoff: Duration::from_millis(3),
             start: Duration::from_millis(5),
+            audit: Ok(vec![1, 5, 9, 60]),
         }
+    }
+
+    /// The known job's honest leaves: the self-audit passes; a worker whose leaves (and root)
+    /// are over other rows fails it, naming the row.
+    #[test]
+    fn the_self_audit_passes_honest_leaves_and_catches_others() {
+        use protocol::workload::torch_bench::{reference_output, row_leaf};
+        let p = KNOWN_PARAMS;
+        let out = reference_output(&p);
+        let leaves: Vec<Digest> = out.chunks(p.n as usize).map(row_leaf).collect();
+        let root = protocol::merkle::root(&leaves).unwrap();
+        assert_eq!(crate::runtime::hex(&root), KNOWN.4);
+        let rows = pick_rows();
+        assert_eq!(rows.len(), AUDIT_ROWS);
+        assert!(rows.windows(2).all(|w| w[0] < w[1]) && rows.iter().all(|&r| r < 64));
+        assert_eq!(
+            self_audit(p, &root, leaves.clone(), &rows),
+            Ok(rows.clone())
+        );
+        let mut wrong = leaves.clone();
+        wrong[9] = [0xab; 32];
+        let wrong_root = protocol::merkle::root(&wrong).unwrap();
+        let e = self_audit(p, &wrong_root, wrong, &[3, 9]).unwrap_err();
+        assert!(e.contains("row 9"), "{e}");
+        let e = self_audit(p, &root, leaves, &[64]).unwrap_err();
+        assert!(e.contains("row 64"), "{e}");
     }
 
     #[test]
@@ -306,10 +427,18 @@ mod tests {
         assert_eq!(ok.status, Status::Ok);
         assert!(
             ok.finding.starts_with(
-                "a confined CPU worker ran torch_bench n=64 iters=2 seed=42; its hash matches the known answer b2f6f1a4050fa22e…"
+                "a confined CPU worker ran torch_bench n=64 iters=2 seed=42; its hash matches the known answer b2f6f1a4050fa22e… and its audit of rows [1, 5, 9, 60] passed"
             ),
             "{ok}"
         );
+        let mut unaudited = ran(KNOWN_SHA);
+        if let SelfTest::Ran { audit, .. } = &mut unaudited {
+            *audit = Err("row 9 recomputed is not the row the worker committed to".into());
+        }
+        let l = check(&unaudited, Mode::Cpu);
+        assert_eq!(l.status, Status::Fail);
+        assert!(l.finding.contains("auditing it failed: row 9"), "{l}");
+        assert!(l.fix.is_some());
         let wrong = check(&ran(&"0".repeat(64)), Mode::Gpu);
         assert_eq!(wrong.status, Status::Fail);
         assert!(

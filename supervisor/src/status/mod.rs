@@ -26,7 +26,7 @@
 mod render;
 mod server;
 
-pub use render::{human_duration, render_metrics, render_summary, status_line};
+pub use render::{human_bytes, human_duration, render_metrics, render_summary, status_line};
 pub use server::{
     answer, bind, frame, metrics_task, parse_request, query, write_atomically, Complaint, Framed,
     Note, Request, StatusListener, StatusServer, MAX_CLIENTS, MAX_REQUEST, READ_TIMEOUT,
@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use protocol::api::{ts, FailReason, Mode};
+use protocol::api::{ts, AuditVerdict, Balance, FailReason, Mode};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -147,19 +147,46 @@ pub struct HeartbeatStatus {
 }
 
 /// The wallet's balance as the daemon last fetched it (`GET /v1/wallet/balance`): after each
-/// credited proof and every few heartbeats, never because someone asked for the status.
+/// credited proof, each audit verdict and every few heartbeats, never because someone asked
+/// for the status.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct BalanceStatus {
-    /// Integer base units; `null` until a fetch succeeded.
+    /// The settled amount, integer base units; `null` until a fetch succeeded.
     pub amount: Option<u64>,
-    /// Ledger credits behind the balance.
+    /// Ledger credits behind the settled amount.
     pub credits: Option<u64>,
+    /// Credited but not settled yet: its jobs are being verified (audited or held).
+    #[serde(default)]
+    pub pending: Option<u64>,
+    /// Credited and taken back because a proof failed its audit.
+    #[serde(default)]
+    pub forfeited: Option<u64>,
     /// When `amount` was fetched.
     #[serde(default, with = "ts::option")]
     pub fetched_at: Option<OffsetDateTime>,
     /// Why the last fetch gave nothing (or why there is no figure yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The audits this miner was asked and the audit spool (`STATE_DIR/audit`) it answers them
+/// from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct AuditStatus {
+    /// Proved jobs kept to answer an audit (their proof awaits its ack, or an audit is open).
+    pub entries: u64,
+    /// Their size on disk.
+    pub bytes: u64,
+    /// `AUDIT_SPOOL_MB` in bytes.
+    pub limit_bytes: u64,
+    /// At or past the limit: no new job is fetched until entries go.
+    pub full: bool,
+    /// Answers the Coordinator decided (or refused, e.g. `NO_AUDIT` for one decided already).
+    pub answered: u64,
+    pub passed: u64,
+    pub failed: u64,
+    /// Recomputed rows whose leaf was not the one committed: this miner's own result was wrong.
+    pub self_check_failures: u64,
 }
 
 /// What the daemon is doing, at one instant: the `status` answer.
@@ -192,6 +219,12 @@ pub struct Snapshot {
     /// Results (proofs and fail reports) written to the spool and not yet delivered.
     pub spool_depth: u64,
     pub balance: BalanceStatus,
+    #[serde(default)]
+    pub audits: AuditStatus,
+    /// Why this miner's key is suspended from taking jobs (`MINER_SUSPENDED`, the
+    /// Coordinator's message), while it is; the miner polls slowly until an admin reinstates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<String>,
 }
 
 /// What never changes while the daemon runs.
@@ -202,6 +235,8 @@ pub struct Facts {
     pub coordinator: String,
     pub mode: Mode,
     pub slots: usize,
+    /// `AUDIT_SPOOL_MB` in bytes.
+    pub audit_limit_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -224,6 +259,8 @@ struct Live {
     coordinator_errors: u64,
     spool_depth: u64,
     balance: BalanceStatus,
+    audits: AuditStatus,
+    suspended: Option<String>,
 }
 
 /// The daemon's live record: one place, updated by the runtime where slots change, heartbeats
@@ -242,6 +279,7 @@ pub struct Status {
 impl Status {
     pub fn new(facts: Facts) -> Arc<Status> {
         let slots = facts.slots;
+        let audit_limit_bytes = facts.audit_limit_bytes;
         Arc::new(Status {
             facts,
             pid: std::process::id(),
@@ -260,6 +298,11 @@ impl Status {
                     error: Some("not fetched yet".into()),
                     ..BalanceStatus::default()
                 },
+                audits: AuditStatus {
+                    limit_bytes: audit_limit_bytes,
+                    ..AuditStatus::default()
+                },
+                suspended: None,
             }),
             changed: watch::channel(0).0,
         })
@@ -387,21 +430,56 @@ impl Status {
         self.update(|l| l.spool_depth = l.spool_depth.saturating_sub(1));
     }
 
-    /// A balance fetch ended: `(balance, credits)`, or why not. A failure keeps the last
-    /// figure (with its time) and adds the error.
-    pub fn balance(&self, result: Result<(u64, u64), String>) {
+    /// A balance fetch ended: the balance, or why not. A failure keeps the last figures (with
+    /// their time) and adds the error.
+    pub fn balance(&self, result: Result<Balance, String>) {
         let now = ts::now();
         self.update(|l| match result {
-            Ok((amount, credits)) => {
+            Ok(b) => {
                 l.balance = BalanceStatus {
-                    amount: Some(amount),
-                    credits: Some(credits),
+                    amount: Some(b.balance),
+                    credits: Some(b.credits),
+                    pending: Some(b.pending),
+                    forfeited: Some(b.forfeited),
                     fetched_at: Some(now),
                     error: None,
                 }
             }
             Err(e) => l.balance.error = Some(untrusted::bounded(&e, ERROR_MAX_CHARS)),
         });
+    }
+
+    /// The audit spool now holds `entries` entries of `bytes` bytes in all; `full`: at or past
+    /// its limit.
+    pub fn audit_spool(&self, entries: u64, bytes: u64, full: bool) {
+        self.update(|l| {
+            l.audits.entries = entries;
+            l.audits.bytes = bytes;
+            l.audits.full = full;
+        });
+    }
+
+    /// An audit's answer was decided with `verdict`, or refused (`None`: e.g. `NO_AUDIT`).
+    pub fn audit_answered(&self, verdict: Option<AuditVerdict>) {
+        self.update(|l| {
+            l.audits.answered += 1;
+            match verdict {
+                Some(AuditVerdict::Passed) => l.audits.passed += 1,
+                Some(AuditVerdict::Failed) => l.audits.failed += 1,
+                None => {}
+            }
+        });
+    }
+
+    /// `rows` recomputed rows did not match this miner's own committed leaves.
+    pub fn audit_self_check_failed(&self, rows: u64) {
+        self.update(|l| l.audits.self_check_failures += rows);
+    }
+
+    /// The key is suspended from `next` (the Coordinator's message, escaped and cut), or no
+    /// longer.
+    pub fn suspended(&self, why: Option<&str>) {
+        self.update(|l| l.suspended = why.map(|w| untrusted::bounded(w, ERROR_MAX_CHARS)));
     }
 
     /// The record as of now.
@@ -462,6 +540,8 @@ impl Status {
             coordinator_errors: l.coordinator_errors,
             spool_depth: l.spool_depth,
             balance: l.balance.clone(),
+            audits: l.audits.clone(),
+            suspended: l.suspended.clone(),
         }
     }
 }
@@ -484,6 +564,7 @@ mod tests {
             coordinator: "http://c".into(),
             mode: Mode::Cpu,
             slots,
+            audit_limit_bytes: 1 << 20,
         })
     }
 
@@ -537,9 +618,22 @@ mod tests {
             balance: BalanceStatus {
                 amount: Some(700),
                 credits: Some(7),
+                pending: Some(200),
+                forfeited: Some(100),
                 fetched_at: Some(datetime!(2026-01-02 04:03:55.678 UTC)),
                 error: None,
             },
+            audits: AuditStatus {
+                entries: 2,
+                bytes: 65_600,
+                limit_bytes: 256 << 20,
+                full: false,
+                answered: 4,
+                passed: 3,
+                failed: 1,
+                self_check_failures: 0,
+            },
+            suspended: None,
         }
     }
 
@@ -563,13 +657,15 @@ mod tests {
         status.slot_starting(0, forged, &forged.repeat(50));
         status.heartbeat(Err(format!("HTTP 403 {forged}")));
         status.balance(Err(forged.to_owned()));
+        status.suspended(Some(forged));
         let s = status.snapshot();
         let text = format!(
-            "{}{}{}{}",
+            "{}{}{}{}{}",
             s.slots[0].job_id.as_deref().unwrap_or_default(),
             s.slots[0].workload.as_deref().unwrap_or_default(),
             s.heartbeat.error.as_deref().unwrap_or_default(),
-            s.balance.error.as_deref().unwrap_or_default()
+            s.balance.error.as_deref().unwrap_or_default(),
+            s.suspended.as_deref().unwrap_or_default()
         );
         assert!(!text.chars().any(untrusted::is_unsafe), "{text}");
         assert!(text.contains("torch_bench\\n2026"), "{text}");
@@ -619,12 +715,53 @@ mod tests {
         assert_eq!(s.balance.amount, None);
         assert_eq!(s.balance.error.as_deref(), Some("not fetched yet"));
 
-        status.balance(Ok((42, 1)));
+        status.balance(Ok(Balance {
+            wallet: "w".into(),
+            balance: 42,
+            credits: 1,
+            pending: 5,
+            forfeited: 3,
+        }));
         status.balance(Err("HTTP 503".into()));
         let s = status.snapshot();
         assert_eq!((s.balance.amount, s.balance.credits), (Some(42), Some(1)));
+        assert_eq!((s.balance.pending, s.balance.forfeited), (Some(5), Some(3)));
         assert!(s.balance.fetched_at.is_some());
         assert_eq!(s.balance.error.as_deref(), Some("HTTP 503"));
+
+        assert_eq!(
+            s.audits,
+            AuditStatus {
+                limit_bytes: 1 << 20,
+                ..AuditStatus::default()
+            }
+        );
+        status.audit_spool(3, 900, true);
+        status.audit_answered(Some(AuditVerdict::Passed));
+        status.audit_answered(Some(AuditVerdict::Failed));
+        status.audit_answered(None);
+        status.audit_self_check_failed(2);
+        status.suspended(Some("suspended after 3 failed audits"));
+        let s = status.snapshot();
+        assert_eq!(
+            s.audits,
+            AuditStatus {
+                entries: 3,
+                bytes: 900,
+                limit_bytes: 1 << 20,
+                full: true,
+                answered: 3,
+                passed: 1,
+                failed: 1,
+                self_check_failures: 2,
+            }
+        );
+        assert_eq!(
+            s.suspended.as_deref(),
+            Some("suspended after 3 failed audits")
+        );
+        status.suspended(None);
+        assert_eq!(status.snapshot().suspended, None);
 
         status.set_paused(Some("GPU unhealthy".into()));
         assert_eq!(status.snapshot().state, DaemonState::Paused);

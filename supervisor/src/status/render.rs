@@ -143,7 +143,11 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "counter",
         "Jobs reported as failed since the daemon started, by reason.",
     );
-    for reason in FailReason::ALL {
+    // AUDIT_FAILED and AUDIT_TIMEOUT are the Coordinator's; audits are counted below.
+    let reported = FailReason::ALL
+        .into_iter()
+        .filter(|r| !matches!(r, FailReason::AuditFailed | FailReason::AuditTimeout));
+    for reason in reported {
         let n = s
             .jobs_failed
             .by_reason
@@ -190,17 +194,92 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "Results (proofs and fail reports) in the spool, not yet delivered to the Coordinator.",
         &s.spool_depth.to_string(),
     );
+    let a = &s.audits;
+    p.single(
+        "aitbc_miner_audits_answered_total",
+        "counter",
+        "Audit answers the Coordinator decided or refused since the daemon started.",
+        &a.answered.to_string(),
+    );
+    p.family(
+        "aitbc_miner_audits_total",
+        "counter",
+        "Audit verdicts since the daemon started.",
+    );
+    p.sample(
+        "aitbc_miner_audits_total",
+        &[("verdict", "passed")],
+        &a.passed.to_string(),
+    );
+    p.sample(
+        "aitbc_miner_audits_total",
+        &[("verdict", "failed")],
+        &a.failed.to_string(),
+    );
+    p.single(
+        "aitbc_miner_audit_self_check_failures_total",
+        "counter",
+        "Recomputed audit rows that were not the rows this miner committed to (its own result was wrong).",
+        &a.self_check_failures.to_string(),
+    );
+    p.single(
+        "aitbc_miner_audit_spool_entries",
+        "gauge",
+        "Proved jobs kept in STATE_DIR/audit to answer an audit.",
+        &a.entries.to_string(),
+    );
+    p.single(
+        "aitbc_miner_audit_spool_bytes",
+        "gauge",
+        "The audit spool's size on disk, in bytes.",
+        &a.bytes.to_string(),
+    );
+    p.single(
+        "aitbc_miner_audit_spool_limit_bytes",
+        "gauge",
+        "AUDIT_SPOOL_MB in bytes: at or past it no new job is taken.",
+        &a.limit_bytes.to_string(),
+    );
+    p.single(
+        "aitbc_miner_audit_spool_full",
+        "gauge",
+        "1 while the audit spool is full and no new job is taken, else 0.",
+        if a.full { "1" } else { "0" },
+    );
+    p.single(
+        "aitbc_miner_suspended",
+        "gauge",
+        "1 while the Coordinator refuses this miner's key jobs after failed audits, else 0.",
+        if s.suspended.is_some() { "1" } else { "0" },
+    );
     if let (Some(amount), Some(at)) = (s.balance.amount, s.balance.fetched_at) {
         p.family(
             "aitbc_miner_wallet_balance",
             "gauge",
-            "The wallet's balance in base units, as last fetched from the Coordinator.",
+            "The wallet's settled balance in base units, as last fetched from the Coordinator.",
         );
         p.sample(
             "aitbc_miner_wallet_balance",
             &[("wallet", &s.wallet)],
             &amount.to_string(),
         );
+        for (name, value, help) in [
+            (
+                "aitbc_miner_wallet_pending",
+                s.balance.pending,
+                "Credited to the wallet but not settled yet (its jobs are being verified), in base units.",
+            ),
+            (
+                "aitbc_miner_wallet_forfeited",
+                s.balance.forfeited,
+                "Credited to the wallet and taken back after failed audits, in base units.",
+            ),
+        ] {
+            if let Some(v) = value {
+                p.family(name, "gauge", help);
+                p.sample(name, &[("wallet", &s.wallet)], &v.to_string());
+            }
+        }
         p.single(
             "aitbc_miner_wallet_balance_timestamp_seconds",
             "gauge",
@@ -226,6 +305,21 @@ pub fn human_duration(secs: f64) -> String {
         3600..=86_399 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d {:02}h", s / 86_400, s % 86_400 / 3600),
     }
+}
+
+/// A size the way people read it: `512 B`, `64.1 KiB`, `256.0 MiB`, `1.5 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// `5s ago` from the snapshot's own clock.
@@ -330,11 +424,48 @@ pub fn render_summary(s: &Snapshot) -> String {
         "  spool        {} result(s) waiting to be delivered",
         s.spool_depth
     );
+    let a = &s.audits;
+    let _ = writeln!(
+        o,
+        "  audits       {} answered ({} passed, {} failed){}",
+        a.answered,
+        a.passed,
+        a.failed,
+        if a.self_check_failures > 0 {
+            format!(
+                "; {} recomputed row(s) were not this miner's committed rows",
+                a.self_check_failures
+            )
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  audit spool  {} entr{}, {} of {}{}",
+        a.entries,
+        if a.entries == 1 { "y" } else { "ies" },
+        human_bytes(a.bytes),
+        human_bytes(a.limit_bytes),
+        if a.full {
+            " - FULL: no new job until entries go"
+        } else {
+            ""
+        }
+    );
+    if let Some(why) = &s.suspended {
+        let _ = writeln!(
+            o,
+            "  SUSPENDED    the Coordinator gives this key no jobs: {why}"
+        );
+    }
     let balance = match (s.balance.amount, s.balance.fetched_at) {
         (Some(amount), Some(at)) => {
             let mut b = format!(
-                "{amount} ({} credits), fetched {}",
+                "{amount} settled ({} credits), {} pending, {} forfeited, fetched {}",
                 s.balance.credits.unwrap_or(0),
+                s.balance.pending.unwrap_or(0),
+                s.balance.forfeited.unwrap_or(0),
                 ago(s.now, at)
             );
             if let Some(e) = &s.balance.error {
@@ -364,14 +495,21 @@ pub fn status_line(s: &Snapshot) -> String {
         Some(false) => "failing",
         None => "pending",
     };
-    format!(
+    let mut line = format!(
         "{}: {busy}/{} slots busy, {} done, {} failed, spool {}, heartbeat {heartbeat}",
         state_text(s),
         s.slots.len(),
         s.jobs_done,
         s.jobs_failed.total,
         s.spool_depth,
-    )
+    );
+    if s.audits.full {
+        line.push_str(", audit spool full");
+    }
+    if s.suspended.is_some() {
+        line.push_str(", SUSPENDED");
+    }
+    line
 }
 
 #[cfg(test)]
@@ -435,9 +573,40 @@ aitbc_miner_coordinator_consecutive_errors 0
 # HELP aitbc_miner_spool_entries Results (proofs and fail reports) in the spool, not yet delivered to the Coordinator.
 # TYPE aitbc_miner_spool_entries gauge
 aitbc_miner_spool_entries 1
-# HELP aitbc_miner_wallet_balance The wallet's balance in base units, as last fetched from the Coordinator.
+# HELP aitbc_miner_audits_answered_total Audit answers the Coordinator decided or refused since the daemon started.
+# TYPE aitbc_miner_audits_answered_total counter
+aitbc_miner_audits_answered_total 4
+# HELP aitbc_miner_audits_total Audit verdicts since the daemon started.
+# TYPE aitbc_miner_audits_total counter
+aitbc_miner_audits_total{verdict="passed"} 3
+aitbc_miner_audits_total{verdict="failed"} 1
+# HELP aitbc_miner_audit_self_check_failures_total Recomputed audit rows that were not the rows this miner committed to (its own result was wrong).
+# TYPE aitbc_miner_audit_self_check_failures_total counter
+aitbc_miner_audit_self_check_failures_total 0
+# HELP aitbc_miner_audit_spool_entries Proved jobs kept in STATE_DIR/audit to answer an audit.
+# TYPE aitbc_miner_audit_spool_entries gauge
+aitbc_miner_audit_spool_entries 2
+# HELP aitbc_miner_audit_spool_bytes The audit spool's size on disk, in bytes.
+# TYPE aitbc_miner_audit_spool_bytes gauge
+aitbc_miner_audit_spool_bytes 65600
+# HELP aitbc_miner_audit_spool_limit_bytes AUDIT_SPOOL_MB in bytes: at or past it no new job is taken.
+# TYPE aitbc_miner_audit_spool_limit_bytes gauge
+aitbc_miner_audit_spool_limit_bytes 268435456
+# HELP aitbc_miner_audit_spool_full 1 while the audit spool is full and no new job is taken, else 0.
+# TYPE aitbc_miner_audit_spool_full gauge
+aitbc_miner_audit_spool_full 0
+# HELP aitbc_miner_suspended 1 while the Coordinator refuses this miner's key jobs after failed audits, else 0.
+# TYPE aitbc_miner_suspended gauge
+aitbc_miner_suspended 0
+# HELP aitbc_miner_wallet_balance The wallet's settled balance in base units, as last fetched from the Coordinator.
 # TYPE aitbc_miner_wallet_balance gauge
 aitbc_miner_wallet_balance{wallet="wallet \"a\"\\b\nc"} 700
+# HELP aitbc_miner_wallet_pending Credited to the wallet but not settled yet (its jobs are being verified), in base units.
+# TYPE aitbc_miner_wallet_pending gauge
+aitbc_miner_wallet_pending{wallet="wallet \"a\"\\b\nc"} 200
+# HELP aitbc_miner_wallet_forfeited Credited to the wallet and taken back after failed audits, in base units.
+# TYPE aitbc_miner_wallet_forfeited gauge
+aitbc_miner_wallet_forfeited{wallet="wallet \"a\"\\b\nc"} 100
 # HELP aitbc_miner_wallet_balance_timestamp_seconds When the balance was fetched, in Unix seconds.
 # TYPE aitbc_miner_wallet_balance_timestamp_seconds gauge
 aitbc_miner_wallet_balance_timestamp_seconds 1767326635.678
@@ -459,7 +628,12 @@ aitbc_miner_wallet_balance_timestamp_seconds 1767326635.678
             ..BalanceStatus::default()
         };
         let text = render_metrics(&s);
-        for absent in ["heartbeat_", "wallet_balance"] {
+        for absent in [
+            "heartbeat_",
+            "wallet_balance",
+            "wallet_pending",
+            "wallet_forfeited",
+        ] {
             assert!(!text.contains(absent), "{absent} in:\n{text}");
         }
         // A failed heartbeat after a good one: ok 0, the success time stays.
@@ -503,7 +677,9 @@ c)
     slot 1     idle
   jobs         7 done, 2 failed (TIMED_OUT 2)
   spool        1 result(s) waiting to be delivered
-  balance      700 (7 credits), fetched 20s ago
+  audits       4 answered (3 passed, 1 failed)
+  audit spool  2 entries, 64.1 KiB of 256.0 MiB
+  balance      700 settled (7 credits), 200 pending, 100 forfeited, fetched 20s ago
 ";
         assert_eq!(text, want);
 
@@ -527,6 +703,36 @@ c)
             text.contains("  balance      unknown (not fetched yet)\n"),
             "{text}"
         );
+
+        let mut s = sample();
+        s.audits.full = true;
+        s.audits.self_check_failures = 1;
+        s.suspended = Some("failed 3 audits".into());
+        let text = render_summary(&s);
+        assert!(
+            text.contains("  audit spool  2 entries, 64.1 KiB of 256.0 MiB - FULL: no new job until entries go\n"),
+            "{text}"
+        );
+        assert!(text.contains("; 1 recomputed row(s) were not this miner's committed rows\n"));
+        assert!(
+            text.contains(
+                "  SUSPENDED    the Coordinator gives this key no jobs: failed 3 audits\n"
+            ),
+            "{text}"
+        );
+        assert!(status_line(&s).ends_with(", audit spool full, SUSPENDED"));
+        let metrics = render_metrics(&s);
+        assert!(metrics.contains("\naitbc_miner_suspended 1\n"));
+        assert!(metrics.contains("\naitbc_miner_audit_spool_full 1\n"));
+    }
+
+    #[test]
+    fn human_bytes_read_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(256 << 20), "256.0 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 
     #[test]
