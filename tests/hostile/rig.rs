@@ -261,11 +261,13 @@ impl Rig {
                 "params": params}),
             )
             .await;
-        let view = self.settled(&job.id, within).await;
+        let view = self.settled_or_proved(&job.id, within).await;
         let worker_pid = self.worker_pid_of(&job.id);
-        if view.state == JobState::Completed {
+        // A proof is in (verifying: audited or held) or the job completed: the act's worker
+        // answered Done.
+        if matches!(view.state, JobState::Completed | JobState::Verifying) {
             panic!(
-                "{}: {act:?} ESCAPED (the job completed); the worker said:\n{}\nlog:\n{}",
+                "{}: {act:?} ESCAPED (the job was proved); the worker said:\n{}\nlog:\n{}",
                 self.name,
                 self.escapes(),
                 self.log_tail()
@@ -303,6 +305,19 @@ impl Rig {
             assert!(running(miner), "{name}: the miner died while job {id} ran");
             let v = c.job(id).await;
             v.state.is_final().then_some(v)
+        })
+        .await
+    }
+
+    /// The job's view once it has ended, or once a proof of it is in (`verifying`).
+    async fn settled_or_proved(&self, id: &str, within: Duration) -> JobView {
+        let what = format!("{}: job {id} to end or be proved", self.name);
+        let c = &self.c;
+        let (miner, name) = (self.miner_pid, self.name);
+        wait_for(&what, within, || async move {
+            assert!(running(miner), "{name}: the miner died while job {id} ran");
+            let v = c.job(id).await;
+            (v.state.is_final() || v.state == JobState::Verifying).then_some(v)
         })
         .await
     }

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn miner() -> Command {
     Command::new(env!("CARGO_BIN_EXE_aitbc-miner"))
@@ -46,18 +46,33 @@ fn dev_runs_the_whole_flow_and_reports_json() {
     assert_eq!(
         keys,
         [
+            "audits_failed",
+            "audits_passed",
             "balance",
+            "forfeited",
             "gflops",
+            "held",
             "job_p50_ms",
             "jobs_done",
             "jobs_failed",
+            "pending",
             "pickup_p50_ms"
         ]
     );
     assert_eq!(summary["jobs_done"], 5);
     assert_eq!(summary["jobs_failed"], 0);
-    // Every job pays 100 base units to the dev wallet, exactly once.
+    // Verification is on: a new miner's first proofs are all audited, and pass.
+    assert_eq!(summary["audits_passed"], 5, "{summary}");
+    assert_eq!(
+        (&summary["audits_failed"], &summary["held"]),
+        (&json!(0), &json!(0))
+    );
+    // Every job pays 100 base units to the dev wallet, exactly once, settled before the end.
     assert_eq!(summary["balance"], 500);
+    assert_eq!(
+        (&summary["pending"], &summary["forfeited"]),
+        (&json!(0), &json!(0))
+    );
     assert!(
         summary["gflops"].as_f64().is_some_and(|g| g > 0.0),
         "{summary}"

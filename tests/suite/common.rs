@@ -10,13 +10,15 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aitbc_coordinator::{Coordinator, CoordinatorConfig, Scope};
+use aitbc_coordinator::{Coordinator, CoordinatorConfig, Scope, VerifyConfig};
 use aitbc_protocol::api::{ErrorBody, ErrorCode, Job, JobView};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
 /// A Coordinator config whose durations suit tests: a fast sweeper, short long-polls, a
-/// generous rate limit.
+/// generous rate limit, and verification on as by default, with a holding window of 200 ms so
+/// that unaudited credits settle within a test, and a fixed audit secret so that the audits a
+/// test sees are the same on every run.
 pub fn test_config() -> CoordinatorConfig {
     CoordinatorConfig {
         lease_margin: Duration::from_secs(30),
@@ -25,6 +27,24 @@ pub fn test_config() -> CoordinatorConfig {
         max_wait: Duration::from_secs(10),
         rate_limit_per_sec: 100_000,
         max_body_bytes: 64 * 1024,
+        verify: VerifyConfig {
+            hold: Duration::from_millis(200),
+            answer_within: Duration::from_secs(10),
+            secret: Some([0x5e; 32]),
+            ..VerifyConfig::default()
+        },
+    }
+}
+
+/// [`test_config`] with verification off: for the API's mechanics (leases, attempts,
+/// idempotency, refusals), which these tests drive with hand-made proofs of no computation.
+pub fn unverified_config() -> CoordinatorConfig {
+    CoordinatorConfig {
+        verify: VerifyConfig {
+            enabled: false,
+            ..test_config().verify
+        },
+        ..test_config()
     }
 }
 

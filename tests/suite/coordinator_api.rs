@@ -14,11 +14,11 @@ use aitbc_protocol::api::{
 };
 use serde_json::json;
 
-use crate::common::{sha_of, test_config, wait_for, TestCoordinator};
+use crate::common::{sha_of, unverified_config, wait_for, TestCoordinator};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_goes_from_submit_to_a_credited_wallet() {
-    let c = TestCoordinator::start(test_config()).await;
+    let c = TestCoordinator::start(unverified_config()).await;
     let submitted = c.submit_small(25).await;
     assert_eq!((submitted.state, submitted.attempt), (JobState::Queued, 0));
     c.heartbeat(&c.miner_key, "m1", "wallet_a").await;
@@ -53,7 +53,7 @@ async fn a_job_goes_from_submit_to_a_credited_wallet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_queue_answers_204_with_no_body() {
-    let c = TestCoordinator::start(test_config()).await;
+    let c = TestCoordinator::start(unverified_config()).await;
     c.heartbeat(&c.miner_key, "m1", "w").await;
     let r = c
         .get("/v1/miner/next?miner=m1&slots=2", Some(&c.miner_key))
@@ -80,7 +80,7 @@ async fn an_empty_queue_answers_204_with_no_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_long_poll_gets_a_new_job_within_50_ms() {
-    let c = std::sync::Arc::new(TestCoordinator::start(test_config()).await);
+    let c = std::sync::Arc::new(TestCoordinator::start(unverified_config()).await);
     c.heartbeat(&c.miner_key, "m1", "w").await;
     let poller = {
         let c = c.clone();
@@ -128,7 +128,7 @@ async fn a_waiting_long_poll_gets_a_new_job_within_50_ms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proofs_are_fenced_and_credited_exactly_once() {
-    let mut config = test_config();
+    let mut config = unverified_config();
     config.lease_margin = Duration::from_millis(150);
     // The sweeper stays out of the way: the late proof itself must take the lease back.
     config.sweep_interval = Duration::from_secs(3600);
@@ -270,7 +270,7 @@ async fn proofs_are_fenced_and_credited_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_leases_are_swept_and_waiting_miners_woken() {
-    let mut config = test_config();
+    let mut config = unverified_config();
     config.lease_margin = Duration::from_millis(100);
     config.max_attempts = 2;
     let c = std::sync::Arc::new(TestCoordinator::start(config).await);
@@ -304,7 +304,7 @@ async fn expired_leases_are_swept_and_waiting_miners_woken() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_reports_requeue_or_fail_by_reason() {
-    let mut config = test_config();
+    let mut config = unverified_config();
     config.max_attempts = 2;
     let c = TestCoordinator::start(config).await;
     c.heartbeat(&c.miner_key, "m1", "w").await;
@@ -370,7 +370,7 @@ async fn fail_reports_requeue_or_fail_by_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_scopes_and_ownership() {
-    let c = TestCoordinator::start(test_config()).await;
+    let c = TestCoordinator::start(unverified_config()).await;
     let job = c.submit_small(1).await;
     let hb = json!({"miner_id": "m1", "wallet": "w", "mode": "cpu"});
 
@@ -435,7 +435,7 @@ async fn keys_scopes_and_ownership() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_gets_4xx_with_the_error_body() {
-    let mut config = test_config();
+    let mut config = unverified_config();
     config.rate_limit_per_sec = 5;
     config.max_body_bytes = 4096;
     let c = TestCoordinator::start(config).await;
@@ -509,7 +509,7 @@ async fn hostile_input_gets_4xx_with_the_error_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_miners_never_share_a_job() {
-    let c = std::sync::Arc::new(TestCoordinator::start(test_config()).await);
+    let c = std::sync::Arc::new(TestCoordinator::start(unverified_config()).await);
     let mut ids = Vec::new();
     for i in 0..24 {
         ids.push(c.submit_small(i).await.id);
@@ -559,7 +559,7 @@ async fn admin_miner(c: &TestCoordinator, miner_id: &str) -> MinerView {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gpu_heartbeats_round_trip_and_an_unhealthy_gpu_gets_no_vram_job() {
-    let c = TestCoordinator::start(test_config()).await;
+    let c = TestCoordinator::start(unverified_config()).await;
     let healthy = json!({"healthy": true, "temperature_c": 41, "throttle_reasons": [],
                          "xid_errors": 0});
     let sent = gpu_heartbeat("g1", healthy.clone());
@@ -647,7 +647,7 @@ async fn gpu_heartbeats_round_trip_and_an_unhealthy_gpu_gets_no_vram_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_gpu_values_are_422_naming_the_field() {
-    let c = TestCoordinator::start(test_config()).await;
+    let c = TestCoordinator::start(unverified_config()).await;
     let ok_health = json!({"healthy": true});
     let gpu = |name: serde_json::Value| json!({"index": 0, "name": name, "vram_mb": 8});
     let many_gpus: Vec<serde_json::Value> = (0..17)
@@ -727,7 +727,7 @@ fn case(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proof_with_energy_metrics_is_stored_and_shown() {
-    let c = TestCoordinator::start(test_config()).await;
+    let c = TestCoordinator::start(unverified_config()).await;
     let submitted = c.submit_small(9).await;
     c.heartbeat(&c.miner_key, "m1", "wallet_e").await;
     let job = c.next(&c.miner_key, "m1", 0.0).await.expect("a job");
@@ -820,7 +820,7 @@ async fn a_proof_with_energy_metrics_is_stored_and_shown() {
 /// naming the field, the value and the bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewards_and_limits_are_bounded_at_submission() {
-    let c = TestCoordinator::start(test_config()).await;
+    let c = TestCoordinator::start(unverified_config()).await;
     let old_max = i64::MAX as u64;
     for _ in 0..2 {
         let r = c
@@ -868,7 +868,7 @@ async fn rewards_and_limits_are_bounded_at_submission() {
 /// STALE_ATTEMPT; the holder naming a wrong attempt still gets STALE_ATTEMPT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_key_naming_a_wrong_attempt_is_forbidden_not_stale() {
-    let c = TestCoordinator::start(test_config()).await;
+    let c = TestCoordinator::start(unverified_config()).await;
     let holder = c.new_key(Scope::Miner);
     c.heartbeat(&holder, "holder", "wallet_h").await;
     c.heartbeat(&c.miner_key, "snoop", "wallet_s").await;
@@ -914,7 +914,7 @@ async fn another_key_naming_a_wrong_attempt_is_forbidden_not_stale() {
 /// guess (before, the first one won).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_authorization_header_is_400() {
-    let c = TestCoordinator::start(test_config()).await;
+    let c = TestCoordinator::start(unverified_config()).await;
     c.heartbeat(&c.miner_key, "m1", "w").await;
     let twice = |second: String| {
         let c = &c;
@@ -971,7 +971,7 @@ async fn a_repeated_authorization_header_is_400() {
 /// naming `wallet`, and nothing is recorded; the balance query refuses them the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofable_wallets_and_miner_ids_are_refused() {
-    let c = TestCoordinator::start(test_config()).await;
+    let c = TestCoordinator::start(unverified_config()).await;
     for wallet in [
         "wallet_\u{202e}omed",
         "wallet\u{200b}_demo",
@@ -1050,7 +1050,7 @@ fn split_answer(answer: &[u8]) -> (String, Vec<String>, Vec<u8>) {
 /// without an answer. Anything that parses reaches the Coordinator and gets the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parser_refusals_before_routing_have_no_body() {
-    let c = TestCoordinator::start(test_config()).await;
+    let c = TestCoordinator::start(unverified_config()).await;
     let addr = c.url.trim_start_matches("http://").to_string();
     let long_uri = format!(
         "GET /v1/health?pad={} HTTP/1.1\r\nHost: x\r\n\r\n",

@@ -1,6 +1,7 @@
 //! The real `aitbc-coordinator` binary survives SIGKILL: jobs, leases (state, attempt,
 //! deadline) and balances are all on disk, and a miner holding a lease from before the crash
-//! can still prove it afterwards.
+//! can still prove it afterwards; an audit open at the crash is still owed, answered and
+//! settled once afterwards, and a proof replayed across the crash gets its first answer.
 //!
 //! Only the binary's public surface is used: `keys add`, `serve`, HTTP.
 
@@ -44,7 +45,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(db: &Path) -> Server {
+    /// `serve` with `extra` flags.
+    fn start(db: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .args([
                 "serve",
@@ -55,6 +57,7 @@ impl Server {
                 "--db",
             ])
             .arg(db)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -132,6 +135,7 @@ async fn call(
     (status, value)
 }
 
+/// The mechanics of leases and balances, with hand-made proofs: verification off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_survives_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -142,7 +146,7 @@ async fn state_survives_sigkill() {
     let http = reqwest::Client::new();
     use reqwest::Method;
 
-    let s = Server::start(&db);
+    let s = Server::start(&db, &["--verify", "off"]);
     let mut ids = Vec::new();
     for reward in [11, 22, 33] {
         let (st, v) = call(
@@ -201,7 +205,7 @@ async fn state_survives_sigkill() {
     assert!(!v.to_string().contains(&bogus[6..]));
     let mut logs = s.kill();
 
-    let s = Server::start(&db);
+    let s = Server::start(&db, &["--verify", "off"]);
     let view = |id: String| {
         let (http, s, admin) = (&http, &s, &admin);
         async move {
@@ -256,4 +260,177 @@ async fn state_survives_sigkill() {
     for key in [&client, &miner, &admin, &bogus] {
         assert!(!logs.contains(&key[6..]), "a key reached the log:\n{logs}");
     }
+}
+
+/// With verification on (the default): a proof is in and its audit open when the Coordinator is
+/// SIGKILLed. After the restart the replayed proof (same Idempotency-Key) gets the same
+/// challenge, the miner's open audits still list it, the answer settles the credit exactly
+/// once, and its replay across a second SIGKILL changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_audit_survives_sigkill_and_settles_once() {
+    use aitbc_protocol::api::{AuditAnswer, AuditChallenge, OpenedRow, ProofAck};
+    use aitbc_protocol::workload::torch_bench::{
+        commit, reference_output, row_leaf, TorchBenchParams,
+    };
+    use aitbc_protocol::{hex, merkle};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("coordinator.db");
+    let client = add_key(&db, "client");
+    let miner = add_key(&db, "miner");
+    let http = reqwest::Client::new();
+    use reqwest::Method;
+    let post = |s: &Server, path: &str, key: &str, idem: &str, body: &Value| {
+        http.post(format!("{}{path}", s.url))
+            .bearer_auth(key)
+            .header("Idempotency-Key", idem)
+            .json(body)
+            .send()
+    };
+    let s = Server::start(&db, &[]);
+    let (st, v) = call(
+        &http,
+        &s,
+        Method::POST,
+        "/v1/client/jobs",
+        &client,
+        Some(
+            json!({"workload": "torch_bench", "params": {"n": 16, "iters": 3, "seed": 4},
+                    "reward": 70}),
+        ),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, _) = call(
+        &http,
+        &s,
+        Method::POST,
+        "/v1/miner/heartbeat",
+        &miner,
+        Some(json!({"miner_id": "m1", "wallet": "w_audit", "mode": "cpu"})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, v) = call(
+        &http,
+        &s,
+        Method::GET,
+        "/v1/miner/next?miner=m1",
+        &miner,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let job: Job = serde_json::from_value(v).expect("a Job");
+    let p = TorchBenchParams {
+        n: 16,
+        iters: 3,
+        seed: 4,
+    };
+    let out = reference_output(&p);
+    let c = commit(&out, 16).expect("a commitment");
+    let leaves: Vec<merkle::Digest> = out.chunks(16).map(row_leaf).collect();
+    let proof = json!({"id": job.id, "attempt": job.attempt, "mode": "cpu",
+        "output_sha": hex::encode(&c.output_sha), "merkle_root": hex::encode(&c.merkle_root)});
+    let first: ProofAck = post(&s, "/v1/miner/proof", &miner, "p-1", &proof)
+        .await
+        .expect("proof")
+        .json()
+        .await
+        .expect("an ack");
+    let challenge = first
+        .audit
+        .clone()
+        .expect("an untrusted miner's proof is audited");
+    assert_eq!(balance(&http, &s, &client, "w_audit").await, (0, 0));
+    let mut logs = s.kill();
+
+    let s = Server::start(&db, &[]);
+    let again: ProofAck = post(&s, "/v1/miner/proof", &miner, "p-1", &proof)
+        .await
+        .expect("proof")
+        .json()
+        .await
+        .expect("an ack");
+    assert_eq!(again, first, "the replayed proof gets its first answer");
+    let (st, v) = call(
+        &http,
+        &s,
+        Method::GET,
+        "/v1/miner/audits?miner=m1",
+        &miner,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let open: Vec<AuditChallenge> = serde_json::from_value(v).expect("challenges");
+    assert_eq!(open, std::slice::from_ref(&challenge));
+    let answer = AuditAnswer {
+        id: job.id.clone(),
+        miner_id: Some("m1".into()),
+        attempt: challenge.attempt,
+        rows: challenge
+            .rows
+            .iter()
+            .map(|&i| OpenedRow {
+                index: i,
+                data: hex::encode(&aitbc_protocol::workload::torch_bench::row_bytes(
+                    &out[i as usize * 16..(i as usize + 1) * 16],
+                )),
+                path: merkle::inclusion_proof(&leaves, i as usize)
+                    .expect("a leaf")
+                    .iter()
+                    .map(|d| hex::encode(d))
+                    .collect(),
+            })
+            .collect(),
+    };
+    let body = serde_json::to_value(&answer).expect("json");
+    let ack: Value = post(&s, "/v1/miner/audit", &miner, "a-1", &body)
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("an ack");
+    assert_eq!(ack["verdict"], "passed", "{ack}");
+    logs.push_str(&s.kill());
+
+    let s = Server::start(&db, &[]);
+    let replay: Value = post(&s, "/v1/miner/audit", &miner, "a-1", &body)
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("an ack");
+    assert_eq!(replay, ack);
+    let fresh: Value = post(&s, "/v1/miner/audit", &miner, "a-2", &body)
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("an ack");
+    assert_eq!(
+        fresh, ack,
+        "a decided audit answers its verdict, whatever the key"
+    );
+    assert_eq!(balance(&http, &s, &client, "w_audit").await, (70, 1));
+    let (st, v) = call(
+        &http,
+        &s,
+        Method::GET,
+        "/v1/wallet/ledger?wallet=w_audit",
+        &client,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let kinds: Vec<&str> = v
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["settle", "credit"], "{v}");
+    logs.push_str(&s.kill());
+    assert!(!logs.contains(&miner[6..]), "a key reached the log");
 }

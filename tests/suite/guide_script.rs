@@ -1,6 +1,10 @@
 //! The guide's own miner script (section 5, vendored verbatim as `tests/fixtures/guide-miner.sh`)
-//! against a real Coordinator on 127.0.0.1: it must earn exactly the rewards of the jobs it
-//! completed, once each, and nothing for the empty "job" it makes out of a 204.
+//! against a real Coordinator on 127.0.0.1. With the Coordinator's defaults (verification on)
+//! it earns nothing: it proves no computation (its torch_bench proof is a hash of whatever its
+//! command printed, with no Merkle commitment), so every proof is refused, and the workloads it
+//! stubs cannot even be submitted. With verification off (`--verify off`, for experiments) it
+//! must earn exactly the rewards of the jobs it completed, once each, and nothing for the empty
+//! "job" it makes out of a 204.
 //!
 //! The script truncates `/var/log/aitbc-miner.log`; it runs inside
 //! `unshare --user --map-root-user --mount` with a temporary directory bind-mounted over
@@ -18,7 +22,7 @@ use serde_json::json;
 
 use sha2::{Digest, Sha256};
 
-use crate::common::{test_config, TestCoordinator};
+use crate::common::{test_config, unverified_config, TestCoordinator};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/guide-miner.sh");
 const WALLET: &str = "wallet_guide_script";
@@ -114,10 +118,102 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// With the defaults, the script's jobs end failed (its proofs are refused, its leases run out)
+/// and its wallet shows nothing settled, pending or forfeited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_guides_script_earns_exactly_the_jobs_it_completed() {
+async fn the_guides_script_earns_nothing_from_a_verifying_coordinator() {
     need_tools();
-    let tc = TestCoordinator::start(test_config()).await;
+    let mut config = test_config();
+    config.lease_margin = Duration::from_millis(300);
+    let tc = TestCoordinator::start(config).await;
+    for workload in ["sd_infer", "llm_gen"] {
+        let r = tc
+            .post(
+                "/v1/client/jobs",
+                Some(&tc.client_key),
+                &json!({"workload": workload, "params": {}, "reward": 5}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{}", r.text());
+        assert!(r.message().starts_with("workload = "), "{}", r.message());
+    }
+    let mut ids = Vec::new();
+    for reward in [19u64, 23] {
+        let view = tc
+            .submit(
+                json!({"workload": "torch_bench", "params": {"n": 64, "iters": 1},
+                           "limits": {"max_runtime_s": 1}, "reward": reward}),
+            )
+            .await;
+        ids.push(view.id);
+    }
+    let logs = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut script = start_script(
+        &tc.url,
+        &tc.miner_key,
+        logs.path(),
+        work.path(),
+        home.path(),
+    );
+    let stderr_file = logs.path().join("script.stderr");
+    let start = Instant::now();
+    let views = loop {
+        if let Some(status) = script.exited() {
+            panic!(
+                "the guide's script exited early ({status}): {}",
+                read(&stderr_file)
+            );
+        }
+        let mut views = Vec::new();
+        for id in &ids {
+            views.push(tc.job(id).await);
+        }
+        if views.iter().all(|v| v.state.is_final()) {
+            break views;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "jobs not final within {DEADLINE:?}: {:?}",
+            views
+                .iter()
+                .map(|v| (v.state, v.attempt))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    script.kill();
+    for v in &views {
+        assert_eq!(v.state, JobState::Failed, "{v:?}");
+        let failure = v.failure.as_ref().expect("a failed job says why");
+        assert_eq!(
+            failure.reason,
+            aitbc_protocol::api::FailReason::AttemptsExhausted
+        );
+        assert!(v.proof.is_none(), "{v:?}");
+    }
+    let stderr = read(&stderr_file);
+    assert!(
+        stderr.contains("curl: (22) The requested URL returned error: 422"),
+        "its proofs without a commitment must be refused with 422; stderr:\n{stderr}"
+    );
+    let r = tc
+        .get(&format!("/v1/wallet/balance?wallet={WALLET}"), None)
+        .await;
+    let b: aitbc_protocol::api::Balance = r.parse();
+    assert_eq!(
+        (b.balance, b.pending, b.forfeited, b.credits),
+        (0, 0, 0, 0),
+        "{b:?}"
+    );
+    assert!(tc.ledger(WALLET).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guides_script_earns_exactly_the_jobs_it_completed_with_verification_off() {
+    need_tools();
+    let tc = TestCoordinator::start(unverified_config()).await;
     // The stub workloads write a fixed line; torch_bench has no PyTorch here, so its output is
     // empty, and the script proves that empty output all the same (set -e is off in run_job).
     let stub = |line: &str| Some(sha256_hex(format!("{line}\n").as_bytes()));
@@ -239,13 +335,15 @@ async fn the_guides_script_earns_exactly_the_jobs_it_completed() {
     }
     assert_eq!(completed_rewards, 7 + 11 + 13 + 17 + 19);
 
-    // Balance = exactly the completed rewards; one ledger credit per job and nothing else.
+    // Balance = exactly the completed rewards; one settled ledger credit per job and nothing
+    // else (with verification off each credit settles at once: a credit and its settle entry).
     let (balance, credits) = tc.balance(WALLET).await;
     assert_eq!(balance, completed_rewards);
     assert_eq!(credits, views.len() as u64);
     let ledger = tc.ledger(WALLET).await;
+    assert_eq!(ledger.len(), 2 * views.len(), "{ledger:?}");
     let mut credited: BTreeMap<String, u64> = BTreeMap::new();
-    for c in &ledger {
+    for c in ledger.iter().filter(|c| c["kind"] == "settle") {
         let job = c["job_id"].as_str().expect("credit.job_id is a string");
         let amount = c["amount"].as_u64().expect("credit.amount is an integer");
         assert!(

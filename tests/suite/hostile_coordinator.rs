@@ -65,6 +65,8 @@ pub enum Ep {
     Proof,
     Fail,
     Balance,
+    Audits,
+    Audit,
     Other,
 }
 
@@ -76,6 +78,8 @@ impl Ep {
             "/v1/miner/proof" => Ep::Proof,
             "/v1/miner/fail" => Ep::Fail,
             "/v1/wallet/balance" => Ep::Balance,
+            "/v1/miner/audits" => Ep::Audits,
+            "/v1/miner/audit" => Ep::Audit,
             _ => Ep::Other,
         }
     }
@@ -233,10 +237,13 @@ impl Reply {
                     200,
                     &ProofAck {
                         id: p.id,
-                        state: JobState::Completed,
+                        // Verification on, not chosen for audit: held, then settled.
+                        state: JobState::Verifying,
                         attempt: p.attempt.unwrap_or(1),
                         wallet: "w_fake".into(),
                         credited: 1,
+                        audit: None,
+                        settles_at: Some(ts::now() + time::Duration::seconds(600)),
                     },
                 )
             },
@@ -279,6 +286,8 @@ impl Reply {
                 wallet: seen.param("wallet").unwrap_or_default(),
                 balance: 0,
                 credits: 0,
+                pending: 0,
+                forfeited: 0,
             },
         )
     }
@@ -424,6 +433,8 @@ fn reply_for(st: &mut State, seen: &Seen) -> Reply {
         Ep::Proof => Reply::proof_ack(seen),
         Ep::Fail => Reply::fail_ack(seen),
         Ep::Balance => Reply::balance(seen),
+        Ep::Audits => Reply::json(200, &Vec::<aitbc_protocol::api::AuditChallenge>::new()),
+        Ep::Audit => Reply::api_error(409, "NO_AUDIT", "no open audit"),
         Ep::Other => Reply::api_error(404, "NOT_FOUND", "no such route"),
     }
 }
@@ -1599,4 +1610,67 @@ async fn the_same_job_attempt_handed_out_twice_runs_once() {
         "a fail report for X would end the first copy's lease: {fails:?}"
     );
     assert!(m.spool().is_empty(), "spool: {:?}", m.spool());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10: a suspended key
+// ---------------------------------------------------------------------------------------------
+
+/// `next` answers `403 MINER_SUSPENDED` (the key failed too many audits): the miner says so
+/// once (not per poll), shows it in `status`, asks again only at BACKOFF_MAX_SECS, and once
+/// reinstated takes jobs again and clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_key_is_logged_once_shown_in_status_and_polled_slowly() {
+    let (fake, m) = setup("hc-susp", &[], true).await;
+    fake.on(Ep::Next, |_| {
+        Reply::api_error(
+            403,
+            "MINER_SUSPENDED",
+            "this miner key is suspended after failing audits",
+        )
+    });
+    let window = Duration::from_secs(2);
+    let from = Instant::now();
+    observe(&m, window, "403 MINER_SUSPENDED answers", ok).await;
+    let polls = fake.count_between(Ep::Next, from, Instant::now());
+    // Every pause is BACKOFF_MAX_SECS (0.3 s): at most 2 s / 0.3 s polls, plus the one under way.
+    let most = (window.as_secs_f64() / m.backoff.1) as usize + 2;
+    assert!(
+        (2..=most).contains(&polls),
+        "{polls} polls in {window:?} while suspended (at most {most})\n{}",
+        m.tail()
+    );
+    let stderr = std::fs::read_to_string(&m.stderr).unwrap_or_default();
+    assert_eq!(
+        stderr.matches("SUSPENDED from taking jobs").count(),
+        1,
+        "one log line for the suspension, not one per poll\n{}",
+        m.tail()
+    );
+    let (code, summary) = m.status_summary();
+    assert_eq!(code, 0, "{summary}");
+    assert!(
+        summary.contains(
+            "  SUSPENDED    the Coordinator gives this key no jobs: this miner key is suspended after failing audits\n"
+        ),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("  errors       0 coordinator call(s)"),
+        "{summary}"
+    );
+
+    fake.reset(Ep::Next);
+    until(
+        &m,
+        "the suspension to clear",
+        Duration::from_secs(10),
+        || {
+            let (_, summary) = m.status_summary();
+            (!summary.contains("SUSPENDED")).then_some(())
+        },
+    )
+    .await;
+    let stderr = std::fs::read_to_string(&m.stderr).unwrap_or_default();
+    assert!(stderr.contains("no longer suspended"), "{}", m.tail());
 }

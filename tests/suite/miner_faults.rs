@@ -50,7 +50,7 @@ fn children(pid: i32) -> Vec<i32> {
     out
 }
 
-fn sigkill(pid: i32) {
+pub(crate) fn sigkill(pid: i32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -125,7 +125,7 @@ async fn a_worker_killed_mid_job_is_reported_crashed_and_the_slot_recovers() {
 }
 
 /// Writes a miner config file for the real binary.
-fn config_file(
+pub(crate) fn config_file(
     dir: &Path,
     url: &str,
     key: &str,
@@ -148,7 +148,7 @@ fn config_file(
     path
 }
 
-fn spawn_miner(config: &Path, log: &Path) -> Child {
+pub(crate) fn spawn_miner(config: &Path, log: &Path) -> Child {
     let log = std::fs::File::create(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_aitbc-miner"))
         .arg("run")
@@ -331,6 +331,7 @@ async fn proofs_survive_a_coordinator_restart_and_are_credited_once() {
     let ledger: Vec<serde_json::Value> = r.json().await.unwrap();
     let mut credited: Vec<String> = ledger
         .iter()
+        .filter(|e| e["kind"] == "credit")
         .map(|e| e["job_id"].as_str().unwrap().to_owned())
         .collect();
     credited.sort();
@@ -522,6 +523,8 @@ async fn a_job_past_its_deadline_is_killed_and_a_shutdown_drain_gives_the_next_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proofs_left_in_the_spool_by_a_previous_run_are_delivered_at_start_and_credited_once() {
     use aitbc_protocol::api::{Metrics, Mode, Proof};
+    use aitbc_protocol::workload::WorkloadSpec;
+    use aitbc_supervisor::audit::{self, AuditSpool};
     use aitbc_supervisor::spool::{Entry, Spool};
 
     let c = TestCoordinator::start(test_config()).await;
@@ -538,6 +541,7 @@ async fn proofs_left_in_the_spool_by_a_previous_run_are_delivered_at_start_and_c
     // (the Coordinator credited it, but the answer was lost) and crashed before sending the second.
     c.heartbeat(&c.miner_key, "spool-miner", "w_spool").await;
     let spool = Spool::open(&config.state_dir).unwrap();
+    let audits = AuditSpool::open(&config.state_dir).unwrap();
     let mut entries = Vec::new();
     for reward in [4, 6] {
         c.submit_small(reward).await;
@@ -551,13 +555,27 @@ async fn proofs_left_in_the_spool_by_a_previous_run_are_delivered_at_start_and_c
             seed: 0,
         };
         let run = aitbc_worker::workload::torch_bench::run_cpu(&params, 1).unwrap();
+        // As the previous run did: the audit entry first, then the proof.
+        audits
+            .write(&audit::Entry {
+                meta: audit::Meta {
+                    job_id: job.id.clone(),
+                    attempt: job.attempt,
+                    spec: WorkloadSpec::TorchBench(params),
+                    merkle_root: aitbc_protocol::hex::encode(&run.merkle_root),
+                    proved_at: aitbc_protocol::api::ts::now(),
+                    challenge: None,
+                },
+                leaves: run.leaves.clone(),
+            })
+            .unwrap();
         let entry = Entry::proof(Proof {
             id: job.id.clone(),
             miner_id: Some("spool-miner".into()),
             attempt: Some(job.attempt),
             mode: Mode::Cpu,
             output_sha: run.output_sha.iter().map(|b| format!("{b:02x}")).collect(),
-            merkle_root: None,
+            merkle_root: Some(aitbc_protocol::hex::encode(&run.merkle_root)),
             output_len: Some(run.output_len),
             metrics: Metrics::default(),
             started_at: None,
@@ -593,8 +611,15 @@ async fn proofs_left_in_the_spool_by_a_previous_run_are_delivered_at_start_and_c
             })
             .await;
     }
+    // Both were audited (a new miner's first proofs are); the resent first proof is a replay
+    // whose ack carries the same audit, and the miner answers both from its audit spool.
     for (id, _) in &entries {
-        assert_eq!(c.job(id).await.state, JobState::Completed);
+        let v = settled(&c, id, Duration::from_secs(20)).await;
+        assert_eq!(v.state, JobState::Completed, "{v:?}");
+        assert_eq!(
+            v.verification.map(|x| x.status),
+            Some(aitbc_protocol::api::VerificationStatus::Passed)
+        );
     }
     assert_eq!(
         c.balance("w_spool").await,
@@ -602,6 +627,13 @@ async fn proofs_left_in_the_spool_by_a_previous_run_are_delivered_at_start_and_c
         "each job credited exactly once"
     );
     assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 0);
+    let audit_dir = audits.dir().to_owned();
+    wait_for(
+        "the audit entries to go",
+        Duration::from_secs(10),
+        || async { (std::fs::read_dir(&audit_dir).unwrap().count() == 0).then_some(()) },
+    )
+    .await;
     let summary = miner.stop().await;
     assert_eq!((summary.jobs_done, summary.jobs_failed), (0, 0));
 }

@@ -365,20 +365,42 @@ async fn status_metrics_and_systemd_notifications_of_a_running_daemon() {
     assert_eq!(s.slots.len(), 2);
     assert_eq!(s.state, status::DaemonState::Running);
 
-    // One job: done, its proof accepted and credited, the balance fetched.
+    // One job: done, its proof accepted and credited, audited (a new miner's first proofs
+    // always are), the audit passed and the credit settled, the balance fetched.
     let job = c.submit_small(42).await;
-    let s = wait_for("the job done and the balance fetched", DEADLINE, || {
-        let socket = socket.clone();
-        async move {
-            snapshot(&socket).filter(|s| {
-                s.jobs_done == 1
-                    && s.balance.amount == Some(42)
-                    && s.spool_depth == 0
-                    && s.slots.iter().all(|x| x.state == SlotState::Idle)
-            })
-        }
-    })
+    let s = wait_for(
+        "the job done, audited and the balance fetched",
+        DEADLINE,
+        || {
+            let socket = socket.clone();
+            async move {
+                snapshot(&socket).filter(|s| {
+                    s.jobs_done == 1
+                        && s.balance.amount == Some(42)
+                        && s.spool_depth == 0
+                        && s.audits.entries == 0
+                        && s.audits.passed == 1
+                        && s.slots.iter().all(|x| x.state == SlotState::Idle)
+                })
+            }
+        },
+    )
     .await;
+    assert_eq!(
+        s.audits,
+        status::AuditStatus {
+            entries: 0,
+            bytes: 0,
+            limit_bytes: 256 << 20,
+            full: false,
+            answered: 1,
+            passed: 1,
+            failed: 0,
+            self_check_failures: 0,
+        }
+    );
+    assert_eq!((s.balance.pending, s.balance.forfeited), (Some(0), Some(0)));
+    assert_eq!(s.suspended, None);
     assert_eq!(s.jobs_failed.total, 0);
     assert_eq!(s.heartbeat.ok, Some(true));
     assert_eq!(s.coordinator_errors, 0);
@@ -398,7 +420,9 @@ async fn status_metrics_and_systemd_notifications_of_a_running_daemon() {
         "    slot 1     idle\n",
         "  jobs         1 done, 0 failed\n",
         "  spool        0 result(s) waiting to be delivered\n",
-        "  balance      42 (1 credits), fetched ",
+        "  audits       1 answered (1 passed, 0 failed)\n",
+        "  audit spool  0 entries, 0 B of 256.0 MiB\n",
+        "  balance      42 settled (1 credits), 0 pending, 0 forfeited, fetched ",
     ] {
         assert!(out.contains(want), "{want:?} not in:\n{out}");
     }
@@ -420,6 +444,16 @@ async fn status_metrics_and_systemd_notifications_of_a_running_daemon() {
     assert_eq!(m["aitbc_miner_state{state=\"running\"}"], 1.0);
     assert_eq!(m["aitbc_miner_heartbeat_ok"], 1.0);
     assert_eq!(m["aitbc_miner_spool_entries"], 0.0);
+    assert_eq!(m["aitbc_miner_audits_answered_total"], 1.0);
+    assert_eq!(m["aitbc_miner_audits_total{verdict=\"passed\"}"], 1.0);
+    assert_eq!(m["aitbc_miner_audits_total{verdict=\"failed\"}"], 0.0);
+    assert_eq!(m["aitbc_miner_audit_spool_entries"], 0.0);
+    assert_eq!(m["aitbc_miner_audit_spool_full"], 0.0);
+    assert_eq!(m["aitbc_miner_suspended"], 0.0);
+    assert_eq!(
+        m[&format!("aitbc_miner_wallet_pending{{wallet=\"{WALLET}\"}}")],
+        0.0
+    );
 
     // --json is the snapshot itself.
     let (code, json, err) = status_cli(&["--socket", socket.to_str().unwrap(), "--json"]);
