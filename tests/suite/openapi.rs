@@ -1,6 +1,8 @@
 //! Keeps `docs/openapi.json` (and the names in `docs/api.md`) in step with the code: the routes
-//! the Coordinator serves, every body type of `protocol::api` as serde (de)serializes it, and
-//! the statuses and bodies a live Coordinator (in-process, on 127.0.0.1) actually answers.
+//! the Coordinator serves, every body type of `protocol::api` as serde (de)serializes it, the
+//! statuses and bodies a live Coordinator (in-process, on 127.0.0.1) actually answers, with
+//! verification on (a real torch_bench proof, its audit and a real answer) and off, and the
+//! verification figures `docs/api.md` states (its flags' defaults and its probability tables).
 //!
 //! Each check compares the document with the code in both directions, so adding a route, a
 //! field, an error code or a failure reason without documenting it fails here. This module must
@@ -8,12 +10,20 @@
 
 use std::collections::BTreeSet;
 
+use aitbc_coordinator::audit::{pass_probability, unnoticed_probability};
+use aitbc_coordinator::store::EntryKind;
+use aitbc_coordinator::{Scope, VerifyConfig};
 use aitbc_protocol::api::{is_miner_id, is_wallet, Disposition, IDEMPOTENCY_HEADER, MAX_REWARD};
 use aitbc_protocol::api::{
-    ApiError, Balance, EnergySource, ErrorBody, ErrorCode, FailAck, FailReason, FailReport,
-    Failure, GpuFlag, GpuHealth, GpuInfo, HeartbeatAck, Job, JobLimits, JobState, JobView, Metrics,
-    MinerCapabilities, MinerLimits, MinerView, Mode, Proof, ProofAck, SubmitJob,
+    ApiError, AuditAck, AuditAnswer, AuditChallenge, AuditVerdict, Balance, EnergySource,
+    ErrorBody, ErrorCode, FailAck, FailReason, FailReport, Failure, GpuFlag, GpuHealth, GpuInfo,
+    HeartbeatAck, Job, JobLimits, JobState, JobView, Metrics, MinerCapabilities, MinerLimits,
+    MinerView, Mode, OpenedRow, Proof, ProofAck, Standing, SubmitJob, Verification,
+    VerificationStatus,
 };
+use aitbc_protocol::hex;
+use aitbc_protocol::merkle::{self, Digest};
+use aitbc_protocol::workload::torch_bench::{self, TorchBenchParams};
 use aitbc_protocol::workload::Workload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -21,7 +31,7 @@ use serde_json::{json, Value};
 use time::macros::datetime;
 use time::OffsetDateTime;
 
-use crate::common::{test_config, TestCoordinator};
+use crate::common::{test_config, unverified_config, TestCoordinator};
 
 const OPENAPI: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"));
 const API_MD: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md"));
@@ -232,6 +242,26 @@ fn minimal_proof() -> Proof {
     }
 }
 
+fn full_challenge() -> AuditChallenge {
+    AuditChallenge {
+        id: "job-1".into(),
+        attempt: 2,
+        rows: vec![17, 64, 130, 201, 255, 388, 402, 511],
+        answer_by: t0(),
+    }
+}
+
+fn full_verification() -> Verification {
+    Verification {
+        status: VerificationStatus::Challenged,
+        attempt: 2,
+        audit_rows: vec![17, 64, 130, 201, 255, 388, 402, 511],
+        answer_by: Some(t0()),
+        settles_at: Some(t0()),
+        message: "the audit was not answered in time".into(),
+    }
+}
+
 fn full_failure() -> Failure {
     Failure {
         reason: FailReason::TimedOut,
@@ -259,7 +289,9 @@ fn every_error_code() -> Vec<ErrorCode> {
             PayloadTooLarge => ValidationFailed,
             ValidationFailed => IdempotencyKeyReused,
             IdempotencyKeyReused => RateLimited,
-            RateLimited => Internal,
+            RateLimited => MinerSuspended,
+            MinerSuspended => NoAudit,
+            NoAudit => Internal,
             Internal => Unavailable,
             Unavailable => Other,
             Other => return None,
@@ -472,6 +504,8 @@ fn check_objects(doc: &Value) -> BTreeSet<String> {
         miner_id: caps.miner_id.clone(),
         wallet: caps.wallet.clone(),
         last_seen: t0(),
+        strikes: u32::from(caps.gpu.0) * 2,
+        suspended: caps.gpu.0,
         capabilities: caps,
     };
     check_object(
@@ -541,12 +575,99 @@ fn check_objects(doc: &Value) -> BTreeSet<String> {
     check_object(doc, &mut seen, "Proof", &full_proof(), &minimal_proof());
     let pack = ProofAck {
         id: "job-1".into(),
-        state: JobState::Completed,
+        state: JobState::Verifying,
         attempt: 1,
         wallet: "wallet_demo".into(),
         credited: u64::MAX,
+        audit: Some(full_challenge()),
+        settles_at: Some(t0()),
     };
-    check_object(doc, &mut seen, "ProofAck", &pack, &pack);
+    let settled = ProofAck {
+        state: JobState::Completed,
+        audit: None,
+        settles_at: None,
+        ..pack.clone()
+    };
+    check_object(doc, &mut seen, "ProofAck", &pack, &settled);
+    check_object(
+        doc,
+        &mut seen,
+        "AuditChallenge",
+        &full_challenge(),
+        &AuditChallenge {
+            rows: vec![],
+            ..full_challenge()
+        },
+    );
+    let opened = OpenedRow {
+        index: 3,
+        data: "80ff017f".into(),
+        path: vec!["ab".repeat(32), "cd".repeat(32)],
+    };
+    let lone = OpenedRow {
+        index: 0,
+        data: "00".into(),
+        path: vec![],
+    };
+    check_object(doc, &mut seen, "OpenedRow", &opened, &lone);
+    check_object(
+        doc,
+        &mut seen,
+        "AuditAnswer",
+        &AuditAnswer {
+            id: "job-1".into(),
+            miner_id: Some("host-gpu0".into()),
+            attempt: 2,
+            rows: vec![lone.clone(), opened],
+        },
+        &AuditAnswer {
+            id: "job-1".into(),
+            miner_id: None,
+            attempt: 1,
+            rows: vec![],
+        },
+    );
+    check_object(
+        doc,
+        &mut seen,
+        "AuditAck",
+        &AuditAck {
+            id: "job-1".into(),
+            attempt: 2,
+            verdict: AuditVerdict::Failed,
+            state: JobState::Queued,
+            message:
+                "row 3 is committed but is not the chain's row 3 (first wrong byte at column 0)"
+                    .into(),
+        },
+        &AuditAck {
+            id: "job-1".into(),
+            attempt: 1,
+            verdict: AuditVerdict::Passed,
+            state: JobState::Completed,
+            message: String::new(),
+        },
+    );
+    check_object(
+        doc,
+        &mut seen,
+        "Verification",
+        &full_verification(),
+        &Verification {
+            status: VerificationStatus::Off,
+            attempt: 1,
+            audit_rows: vec![],
+            answer_by: None,
+            settles_at: None,
+            message: String::new(),
+        },
+    );
+    let standing = Standing {
+        miner_id: "host-gpu0".into(),
+        strikes: 0,
+        suspended: false,
+    };
+    check_object(doc, &mut seen, "Standing", &standing, &standing);
     check_object(
         doc,
         &mut seen,
@@ -609,6 +730,7 @@ fn check_objects(doc: &Value) -> BTreeSet<String> {
             lease_expires_at: Some(t0()),
             proof: Some(full_proof()),
             failure: Some(full_failure()),
+            verification: Some(full_verification()),
         },
         &JobView {
             id: "job-1".into(),
@@ -625,17 +747,21 @@ fn check_objects(doc: &Value) -> BTreeSet<String> {
             lease_expires_at: None,
             proof: None,
             failure: None,
+            verification: None,
         },
     );
     let bal = Balance {
         wallet: "wallet_demo".into(),
         balance: 75,
         credits: 3,
+        pending: 25,
+        forfeited: 10,
     };
     check_object(doc, &mut seen, "Balance", &bal, &bal);
     let credit = aitbc_coordinator::Credit {
         job_id: "job-1".into(),
         attempt: 1,
+        kind: EntryKind::Forfeit,
         amount: 25,
         wallet: "wallet_demo".into(),
         miner_id: "host-gpu0".into(),
@@ -689,10 +815,37 @@ fn check_enums(doc: &Value) -> BTreeSet<String> {
         &[
             JobState::Queued,
             JobState::Assigned,
+            JobState::Verifying,
             JobState::Completed,
             JobState::Failed,
         ],
     );
+    check_enum(
+        doc,
+        &mut seen,
+        "VerificationStatus",
+        &VerificationStatus::ALL,
+    );
+    // Exhaustive matches, so that a new variant is a compile error here until it is listed.
+    let verdicts = [AuditVerdict::Passed, AuditVerdict::Failed];
+    for (i, v) in verdicts.iter().enumerate() {
+        let at = match v {
+            AuditVerdict::Passed => 0,
+            AuditVerdict::Failed => 1,
+        };
+        assert_eq!(at, i);
+    }
+    check_enum(doc, &mut seen, "AuditVerdict", &verdicts);
+    let kinds = [EntryKind::Credit, EntryKind::Settle, EntryKind::Forfeit];
+    for (i, k) in kinds.iter().enumerate() {
+        let at = match k {
+            EntryKind::Credit => 0,
+            EntryKind::Settle => 1,
+            EntryKind::Forfeit => 2,
+        };
+        assert_eq!(at, i);
+    }
+    check_enum(doc, &mut seen, "EntryKind", &kinds);
     check_enum(doc, &mut seen, "Workload", &Workload::ALL);
     check_enum(doc, &mut seen, "FailReason", &FailReason::ALL);
     // `Other` is the client's catch-all for codes a newer Coordinator adds; it is never sent.
@@ -700,7 +853,7 @@ fn check_enums(doc: &Value) -> BTreeSet<String> {
         .into_iter()
         .filter(|c| *c != ErrorCode::Other)
         .collect();
-    assert_eq!(sent.len(), 16);
+    assert_eq!(sent.len(), 18);
     check_enum(doc, &mut seen, "ErrorCode", &sent);
     seen
 }
@@ -921,6 +1074,183 @@ fn schema_and_serde_agree_on_raw_requests() {
         json!({"id": "j1", "reason": "TIRED"}),
         false,
     );
+    agree::<FailReport>(
+        &doc,
+        "FailReport",
+        json!({"id": "j1", "reason": "AUDIT_TIMEOUT"}),
+        true,
+    );
+    let row = json!({"index": 1, "data": "00ff", "path": ["ab".repeat(32)]});
+    for (answer, accepted) in [
+        (json!({"id": "j1", "attempt": 1, "rows": [row]}), true),
+        (
+            json!({"id": "j1", "miner_id": "m", "attempt": 1, "rows": []}),
+            true,
+        ),
+        (
+            json!({"id": "j1", "miner_id": null, "attempt": 1, "rows": [row]}),
+            true,
+        ),
+        (json!({"id": "j1", "rows": [row]}), false),
+        (json!({"id": "j1", "attempt": 1}), false),
+        (json!({"id": "j1", "attempt": -1, "rows": []}), false),
+        (
+            json!({"id": "j1", "attempt": 1, "rows": [], "verdict": "passed"}),
+            false,
+        ),
+        (
+            json!({"id": "j1", "attempt": 1, "rows": [{"index": 1, "data": "00"}]}),
+            false,
+        ),
+        (
+            json!({"id": "j1", "attempt": 1,
+                   "rows": [{"index": 1, "data": "00", "path": [], "leaf": "x"}]}),
+            false,
+        ),
+        (
+            json!({"id": "j1", "attempt": 1, "rows": [{"index": -1, "data": "00", "path": []}]}),
+            false,
+        ),
+    ] {
+        agree::<AuditAnswer>(&doc, "AuditAnswer", answer, accepted);
+    }
+}
+
+/// The schema's spelling of opened rows and digests is protocol's `hex`: a row's `data` is
+/// lower-case hex of whole bytes, each path entry a 64-digit digest. (serde takes any string:
+/// an answer spelled otherwise is not a 422 but a failed audit, as `docs/api.md` says.)
+#[test]
+fn opened_row_patterns_match_protocol_hex() {
+    let doc = doc();
+    let v = validator(&doc, "OpenedRow");
+    let row = |data: &str, path: &str| json!({"index": 0, "data": data, "path": [path]});
+    let digest = "ab".repeat(32);
+    for data in ["", "00", "0aff", "0A", "0", "zz", " 00", "0g", "é0"] {
+        assert_eq!(
+            v.is_valid(&row(data, &digest)),
+            hex::decode(data).is_some(),
+            "data {data:?}: the schema and protocol::hex disagree"
+        );
+    }
+    for path in [
+        digest.clone(),
+        "AB".repeat(32),
+        "ab".repeat(31),
+        "ab".repeat(33),
+        format!("{}g", "a".repeat(63)),
+    ] {
+        assert_eq!(
+            v.is_valid(&row("00", &path)),
+            hex::digest(&path).is_some(),
+            "path {path:?}: the schema and protocol::hex disagree"
+        );
+    }
+    assert!(API_MD.contains("it is never a 422"));
+}
+
+/// `docs/api.md` states the verification flags with the defaults `aitbc-coordinator serve`
+/// has, which are `VerifyConfig::default()`'s.
+#[test]
+fn documented_verification_flags_match_the_binary_and_the_defaults() {
+    let d = VerifyConfig::default();
+    assert!(d.enabled, "verification is on by default");
+    let secs = |t: std::time::Duration| t.as_secs_f64().to_string();
+    let flags = [
+        ("--verify", "on".to_string()),
+        ("--verify-trust-after", d.trust_after.to_string()),
+        ("--verify-floor", d.floor.to_string()),
+        ("--verify-rows", d.rows.to_string()),
+        ("--verify-hold-secs", secs(d.hold)),
+        ("--verify-answer-secs", secs(d.answer_within)),
+        ("--verify-strikes", d.strikes.to_string()),
+    ];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aitbc-coordinator"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("run aitbc-coordinator serve --help");
+    assert!(out.status.success(), "serve --help failed");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = help.lines().collect();
+    for (flag, default) in &flags {
+        // The flag's entry: from its line to the next flag's.
+        let start = lines
+            .iter()
+            .position(|l| {
+                l.trim_start()
+                    .strip_prefix(flag)
+                    .is_some_and(|r| r.starts_with(' ') || r.starts_with('='))
+            })
+            .unwrap_or_else(|| panic!("serve --help does not list {flag}:\n{help}"));
+        let entry: String = lines[start..]
+            .iter()
+            .enumerate()
+            .take_while(|(i, l)| *i == 0 || !l.trim_start().starts_with("--"))
+            .map(|(_, l)| l.trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            entry.contains(&format!("[default: {default}]")),
+            "serve --help gives {flag} another default than {default}: {entry}"
+        );
+        let row = if *flag == "--verify" {
+            format!("| `--verify on\\|off` | `{default}` |")
+        } else {
+            format!("` | {default} |")
+        };
+        let doc_row = API_MD
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{flag} ")))
+            .unwrap_or_else(|| panic!("docs/api.md has no row for {flag}"));
+        assert!(
+            doc_row.contains(&row),
+            "docs/api.md gives {flag} another default than {default}: {doc_row}"
+        );
+    }
+    assert!(API_MD.contains(&format!("answer: {} MiB", d.max_answer_bytes >> 20)));
+}
+
+/// A probability as `docs/api.md` writes it: two significant digits, and `m·10^e` below 10^-3.
+fn figure(p: f64) -> String {
+    if p == 0.0 {
+        return "0".into();
+    }
+    if p >= 1e-3 {
+        let decimals = (1 - p.log10().floor() as i32).max(0) as usize;
+        return format!("{p:.decimals$}");
+    }
+    let e = format!("{p:.1e}");
+    let (m, exp) = e.split_once('e').expect("exponent form");
+    format!("{m}·10^{exp}")
+}
+
+/// The probability tables of `docs/api.md` are the policy's own formulas
+/// (`coordinator/src/audit.rs`) at the defaults.
+#[test]
+fn documented_probabilities_are_the_policys() {
+    let d = VerifyConfig::default();
+    let k = d.rows;
+    let mut row = String::from("| passes an audit, at most |");
+    for f in [0.01_f64, 0.1, 0.25, 0.5, 1.0] {
+        let bound = (1.0 - f).powi(k as i32);
+        // The exact hypergeometric figure never exceeds the bound (n = 1024, ceil(f n) wrong).
+        let bad = (f * 1024.0_f64).ceil() as u64;
+        assert!(
+            pass_probability(1024, bad, u64::from(k)) <= bound + 1e-12,
+            "f = {f}"
+        );
+        row.push_str(&format!(" {} |", figure(bound)));
+    }
+    assert!(API_MD.contains(&row), "docs/api.md lacks the row {row:?}");
+    for g in [0.01, 0.1, 1.0] {
+        let mut row = format!("| {g} |");
+        for m in [100, 1000, 10_000] {
+            row.push_str(&format!(
+                " {} |",
+                figure(unnoticed_probability(g, 1.0, k, d.floor, m))
+            ));
+        }
+        assert!(API_MD.contains(&row), "docs/api.md lacks the row {row:?}");
+    }
 }
 
 /// A live Coordinator, to hold its answers against the document.
@@ -989,24 +1319,91 @@ impl Live {
     }
 }
 
+/// A torch_bench output as a miner holds it: its rows, their leaves, and the commitment.
+struct Held {
+    rows: Vec<Vec<i8>>,
+    leaves: Vec<Digest>,
+    sha: String,
+    root: String,
+}
+
+impl Held {
+    /// The chain's real output for `p` (`wrong`: every byte changed, committed all the same).
+    fn of(p: &TorchBenchParams, wrong: bool) -> Held {
+        let n = p.n as usize;
+        let mut out = torch_bench::reference_output(p);
+        if wrong {
+            out.iter_mut().for_each(|x| *x ^= 1);
+        }
+        let c = torch_bench::commit(&out, n).expect("an n x n output");
+        let rows: Vec<Vec<i8>> = out.chunks(n).map(<[i8]>::to_vec).collect();
+        Held {
+            leaves: rows.iter().map(|r| torch_bench::row_leaf(r)).collect(),
+            rows,
+            sha: hex::encode(&c.output_sha),
+            root: hex::encode(&c.merkle_root),
+        }
+    }
+
+    fn open(&self, rows: &[u64]) -> Vec<OpenedRow> {
+        rows.iter()
+            .map(|&i| OpenedRow {
+                index: i,
+                data: hex::encode(&torch_bench::row_bytes(&self.rows[i as usize])),
+                path: merkle::inclusion_proof(&self.leaves, i as usize)
+                    .expect("a row of the tree")
+                    .iter()
+                    .map(|d| hex::encode(d))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn proof(&self, job: &Value, miner_id: &str) -> String {
+        json!({"id": job["id"], "miner_id": miner_id, "attempt": job["attempt"], "mode": "cpu",
+            "output_sha": self.sha, "merkle_root": self.root,
+            "output_len": self.rows.len() * self.rows.len(),
+            "metrics": {"wall_ms": 3, "energy_mj": 1200, "energy_source": "rapl", "tflops": 0.02}})
+        .to_string()
+    }
+}
+
+fn kinds(ledger: &Value) -> Vec<String> {
+    ledger
+        .as_array()
+        .expect("a list of ledger entries")
+        .iter()
+        .map(|c| c["kind"].as_str().expect("Credit.kind").to_string())
+        .collect()
+}
+
 /// What a running Coordinator answers is what the document promises: every status it sends on
-/// the way through a job's life and through common refusals is listed for its route, and every
-/// body validates against the listed schema.
+/// the way through a job's life (proof, audit, answer, settlement), a cheater's (a wrong output
+/// under a real commitment: caught, forfeited, suspended, reinstated) and common refusals is
+/// listed for its route, and every body validates against the listed schema. Verification is
+/// on, as by default; the proof and the audit answer are real (a tiny torch_bench job, n = 4,
+/// so an audit opens all 4 rows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_answers_match_the_document() {
+    let mut config = test_config();
+    config.verify.strikes = 1;
+    // Small enough that the 413 below is a small request (the default is 4 MiB).
+    config.verify.max_answer_bytes = 16 << 10;
     let live = Live {
         doc: doc(),
-        tc: TestCoordinator::start(test_config()).await,
+        tc: TestCoordinator::start(config).await,
     };
     let (miner, client, admin) = (
         live.tc.miner_key.clone(),
         live.tc.client_key.clone(),
         live.tc.admin_key.clone(),
     );
-    let (m, c, a) = (
+    let cheat = live.tc.new_key(Scope::Miner);
+    let (m, c, a, x) = (
         Some(miner.as_str()),
         Some(client.as_str()),
         Some(admin.as_str()),
+        Some(cheat.as_str()),
     );
     let hb = r#"{"miner_id":"live-0","wallet":"wallet_live","mode":"cpu","gpu":0}"#;
     let next = "/v1/miner/next?miner=live-0&slots=1";
@@ -1055,6 +1452,7 @@ async fn live_answers_match_the_document() {
             .map(|h| h.healthy),
         Some(true)
     );
+    assert_eq!((gpu_miner.strikes, gpu_miner.suspended), (0, false));
     live.check(
         "GET",
         "/v1/admin/miners",
@@ -1068,7 +1466,27 @@ async fn live_answers_match_the_document() {
         .await;
     live.check("GET", "/v1/miner/next", next, m, None, 204)
         .await;
-    let submit = r#"{"workload":"torch_bench","params":{"n":64,"iters":2},"reward":25}"#;
+
+    // A workload without a verifier cannot be submitted while verification is on.
+    let stub = r#"{"workload":"sd_infer","params":{},"reward":5}"#;
+    let refused = live
+        .check(
+            "POST",
+            "/v1/client/jobs",
+            "/v1/client/jobs",
+            c,
+            Some(stub),
+            422,
+        )
+        .await;
+    assert_eq!(refused["error"]["details"]["field"], json!("workload"));
+    let params = TorchBenchParams {
+        n: 4,
+        iters: 1,
+        seed: 0,
+    };
+    let honest = Held::of(&params, false);
+    let submit = r#"{"workload":"torch_bench","params":{"n":4,"iters":1},"reward":25}"#;
     let first = live
         .check(
             "POST",
@@ -1092,74 +1510,144 @@ async fn live_answers_match_the_document() {
         .check("GET", "/v1/miner/next", next, m, None, 200)
         .await;
     assert_eq!(job["id"], first["id"], "the oldest job goes first");
-    let id = job["id"].as_str().expect("Job.id is a string");
+    let id = job["id"].as_str().expect("Job.id is a string").to_string();
+    let proof_path = "/v1/miner/proof";
     let bad_metrics = json!({"id": id, "miner_id": "live-0", "attempt": job["attempt"],
-        "mode": "cpu", "output_sha": "ab".repeat(32),
+        "mode": "cpu", "output_sha": honest.sha, "merkle_root": honest.root,
         "metrics": {"energy_mj": 5, "energy_source": "unavailable"}})
     .to_string();
     let refused = live
-        .check(
-            "POST",
-            "/v1/miner/proof",
-            "/v1/miner/proof",
-            m,
-            Some(&bad_metrics),
-            422,
-        )
+        .check("POST", proof_path, proof_path, m, Some(&bad_metrics), 422)
         .await;
     assert_eq!(
         refused["error"]["details"]["field"],
         json!("metrics.energy_mj")
     );
-    let proof = json!({"id": id, "miner_id": "live-0", "attempt": job["attempt"], "mode": "cpu",
-        "output_sha": "ab".repeat(32), "metrics": {"wall_ms": 3, "energy_mj": 1200,
-        "energy_source": "rapl", "tflops": 0.02}})
+    // Verification on: a torch_bench proof needs its commitment and the job's output length.
+    let unrooted = json!({"id": id, "miner_id": "live-0", "attempt": job["attempt"],
+        "mode": "cpu", "output_sha": honest.sha})
     .to_string();
-    live.check(
-        "POST",
-        "/v1/miner/proof",
-        "/v1/miner/proof",
-        m,
-        Some(&proof),
-        200,
-    )
-    .await;
-    live.check(
-        "POST",
-        "/v1/miner/proof",
-        "/v1/miner/proof",
-        m,
-        Some(&proof),
-        409,
-    )
-    .await;
-    let job2 = live
-        .check("GET", "/v1/miner/next", next, m, None, 200)
+    let refused = live
+        .check("POST", proof_path, proof_path, m, Some(&unrooted), 422)
         .await;
-    let fail = json!({"id": job2["id"], "attempt": job2["attempt"], "reason": "TIMED_OUT",
-        "message": "too slow"})
+    assert_eq!(refused["error"]["details"]["field"], json!("merkle_root"));
+    let long = json!({"id": id, "miner_id": "live-0", "attempt": job["attempt"],
+        "mode": "cpu", "output_sha": honest.sha, "merkle_root": honest.root, "output_len": 17})
     .to_string();
-    live.check(
-        "POST",
-        "/v1/miner/fail",
-        "/v1/miner/fail",
-        m,
-        Some(&fail),
-        200,
-    )
-    .await;
+    let refused = live
+        .check("POST", proof_path, proof_path, m, Some(&long), 422)
+        .await;
+    assert_eq!(refused["error"]["details"]["field"], json!("output_len"));
 
-    let view = live
+    // The real proof: pending, and audited (a new key is audited on every proof).
+    let proof = honest.proof(&job, "live-0");
+    let ack = live
+        .check("POST", proof_path, proof_path, m, Some(&proof), 200)
+        .await;
+    let ack: ProofAck = serde_json::from_value(ack).expect("a ProofAck");
+    assert_eq!(
+        (ack.state, ack.credited, ack.settles_at),
+        (JobState::Verifying, 25, None)
+    );
+    let challenge = ack.audit.expect("a new key's proof is audited");
+    assert_eq!(challenge.rows, [0, 1, 2, 3], "n = 4 < 8 rows: all of them");
+    assert_eq!(challenge.attempt, 1);
+    live.check("POST", proof_path, proof_path, m, Some(&proof), 409)
+        .await;
+    let verifying = live
         .check(
             "GET",
-            "/v1/client/jobs/{id}",
-            &format!("/v1/client/jobs/{id}"),
-            c,
+            "/v1/admin/jobs",
+            "/v1/admin/jobs?state=verifying",
+            a,
             None,
             200,
         )
         .await;
+    assert_eq!(verifying.as_array().map(Vec::len), Some(1), "{verifying}");
+    let job_path = format!("/v1/client/jobs/{id}");
+    let view = live
+        .check("GET", "/v1/client/jobs/{id}", &job_path, c, None, 200)
+        .await;
+    assert_eq!(view["state"], json!("verifying"));
+    assert_eq!(view["verification"]["status"], json!("challenged"));
+    assert_eq!(view["verification"]["audit_rows"], json!([0, 1, 2, 3]));
+    let bal = live
+        .check(
+            "GET",
+            "/v1/wallet/balance",
+            "/v1/wallet/balance?wallet=wallet_live",
+            None,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!((&bal["balance"], &bal["pending"]), (&json!(0), &json!(25)));
+
+    // The open audit, listed and answered.
+    let audits = "/v1/miner/audits";
+    let listed = live
+        .check("GET", audits, "/v1/miner/audits?miner=live-0", m, None, 200)
+        .await;
+    let listed: Vec<AuditChallenge> = serde_json::from_value(listed).expect("challenges");
+    assert_eq!(listed, std::slice::from_ref(&challenge));
+    let none = live
+        .check(
+            "GET",
+            audits,
+            "/v1/miner/audits?miner=live-gpu",
+            m,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(none, json!([]));
+    live.check("GET", audits, audits, m, None, 422).await;
+    live.check("GET", audits, "/v1/miner/audits?miner=live-0", c, None, 403)
+        .await;
+    let audit = "/v1/miner/audit";
+    let answer = serde_json::to_string(&AuditAnswer {
+        id: id.clone(),
+        miner_id: Some("live-0".into()),
+        attempt: 1,
+        rows: honest.open(&challenge.rows),
+    })
+    .expect("an answer serializes");
+    live.check("POST", audit, audit, c, Some(&answer), 403)
+        .await;
+    let unknown_field =
+        json!({"id": id, "attempt": 1, "rows": [], "verdict": "passed"}).to_string();
+    live.check("POST", audit, audit, m, Some(&unknown_field), 422)
+        .await;
+    let huge = format!(
+        r#"{{"id":"{id}","attempt":1,"rows":[{{"index":0,"data":"{}","path":[]}}]}}"#,
+        "00".repeat(10 << 10)
+    );
+    live.check("POST", audit, audit, m, Some(&huge), 413).await;
+    let nothing = json!({"id": "no-such-job", "attempt": 1, "rows": []}).to_string();
+    live.check("POST", audit, audit, m, Some(&nothing), 404)
+        .await;
+    let passed = live
+        .check("POST", audit, audit, m, Some(&answer), 200)
+        .await;
+    let passed: AuditAck = serde_json::from_value(passed).expect("an AuditAck");
+    assert_eq!(
+        (passed.verdict, passed.state, passed.message.as_str()),
+        (AuditVerdict::Passed, JobState::Completed, "")
+    );
+    let again = live
+        .check("POST", audit, audit, m, Some(&answer), 200)
+        .await;
+    assert_eq!(
+        again["verdict"],
+        json!("passed"),
+        "a decided audit answers its verdict again"
+    );
+    let view = live
+        .check("GET", "/v1/client/jobs/{id}", &job_path, c, None, 200)
+        .await;
     assert_eq!(view["state"], json!("completed"));
+    assert_eq!(view["verification"]["status"], json!("passed"));
     assert_eq!(
         view["proof"]["metrics"],
         json!({"wall_ms": 3, "energy_mj": 1200, "energy_source": "rapl", "tflops": 0.02})
@@ -1173,22 +1661,206 @@ async fn live_answers_match_the_document() {
         404,
     )
     .await;
-    let balance = "/v1/wallet/balance?wallet=wallet_live";
     let bal = live
-        .check("GET", "/v1/wallet/balance", balance, None, None, 200)
+        .check(
+            "GET",
+            "/v1/wallet/balance",
+            "/v1/wallet/balance?wallet=wallet_live",
+            None,
+            None,
+            200,
+        )
         .await;
+    let bal: Balance = serde_json::from_value(bal).expect("a Balance");
     assert_eq!(
-        (bal["balance"].as_u64(), bal["credits"].as_u64()),
-        (Some(25), Some(1))
+        (bal.balance, bal.credits, bal.pending, bal.forfeited),
+        (25, 1, 0, 0)
     );
     let ledger = "/v1/wallet/ledger?wallet=wallet_live&limit=10";
-    live.check("GET", "/v1/wallet/ledger", ledger, None, None, 200)
+    let entries = live
+        .check("GET", "/v1/wallet/ledger", ledger, None, None, 200)
         .await;
+    assert_eq!(kinds(&entries), ["settle", "credit"]);
+
+    // The second job: given back, then proved by a cheater (a wrong output under a real tree).
+    let job2 = live
+        .check("GET", "/v1/miner/next", next, m, None, 200)
+        .await;
+    let id2 = job2["id"].as_str().expect("Job.id").to_string();
+    // An audit answer for a job with no proof in is 409 NO_AUDIT.
+    let early = json!({"id": id2, "attempt": 1, "rows": []}).to_string();
+    let refused = live.check("POST", audit, audit, m, Some(&early), 409).await;
+    assert_eq!(refused["error"]["code"], json!("NO_AUDIT"));
+    let fail = json!({"id": id2, "attempt": job2["attempt"], "reason": "TIMED_OUT",
+        "message": "too slow"})
+    .to_string();
+    live.check(
+        "POST",
+        "/v1/miner/fail",
+        "/v1/miner/fail",
+        m,
+        Some(&fail),
+        200,
+    )
+    .await;
+    let cheat_hb = r#"{"miner_id":"live-cheat","wallet":"wallet_cheat","mode":"cpu"}"#;
+    live.check(
+        "POST",
+        "/v1/miner/heartbeat",
+        "/v1/miner/heartbeat",
+        x,
+        Some(cheat_hb),
+        200,
+    )
+    .await;
+    let refused = live
+        .check("GET", audits, "/v1/miner/audits?miner=live-0", x, None, 403)
+        .await;
+    assert_eq!(refused["error"]["code"], json!("MINER_ID_TAKEN"));
+    let cheat_next = "/v1/miner/next?miner=live-cheat";
+    let taken = live
+        .check("GET", "/v1/miner/next", cheat_next, x, None, 200)
+        .await;
+    assert_eq!((&taken["id"], &taken["attempt"]), (&json!(id2), &json!(2)));
+    let wrong = Held::of(&params, true);
+    let ack = live
+        .check(
+            "POST",
+            proof_path,
+            proof_path,
+            x,
+            Some(&wrong.proof(&taken, "live-cheat")),
+            200,
+        )
+        .await;
+    let ack: ProofAck = serde_json::from_value(ack).expect("a ProofAck");
+    let challenge = ack.audit.expect("a new key's proof is audited");
+    let answer = serde_json::to_string(&AuditAnswer {
+        id: id2.clone(),
+        miner_id: None,
+        attempt: 2,
+        rows: wrong.open(&challenge.rows),
+    })
+    .expect("an answer serializes");
+    // Another key cannot answer (or learn about) the cheater's audit.
+    live.check("POST", audit, audit, m, Some(&answer), 403)
+        .await;
+    let caught = live
+        .check("POST", audit, audit, x, Some(&answer), 200)
+        .await;
+    let caught: AuditAck = serde_json::from_value(caught).expect("an AuditAck");
+    assert_eq!(
+        (caught.verdict, caught.state),
+        (AuditVerdict::Failed, JobState::Queued)
+    );
+    assert!(
+        caught.message.contains("is not the chain's row"),
+        "{}",
+        caught.message
+    );
+    let view = live
+        .check(
+            "GET",
+            "/v1/client/jobs/{id}",
+            &format!("/v1/client/jobs/{id2}"),
+            a,
+            None,
+            200,
+        )
+        .await;
+    let view: JobView = serde_json::from_value(view).expect("a JobView");
+    assert_eq!(view.state, JobState::Queued);
+    assert_eq!(
+        view.failure.map(|f| f.reason),
+        Some(FailReason::AuditFailed)
+    );
+    let v = view.verification.expect("a verification");
+    assert_eq!((v.status, v.attempt), (VerificationStatus::Failed, 2));
+    assert!(
+        view.proof.is_some(),
+        "the rejected proof stays shown, as documented"
+    );
+    let bal = live
+        .check(
+            "GET",
+            "/v1/wallet/balance",
+            "/v1/wallet/balance?wallet=wallet_cheat",
+            None,
+            None,
+            200,
+        )
+        .await;
+    let bal: Balance = serde_json::from_value(bal).expect("a Balance");
+    assert_eq!(
+        (bal.balance, bal.credits, bal.pending, bal.forfeited),
+        (0, 0, 0, 25)
+    );
+    let entries = live
+        .check(
+            "GET",
+            "/v1/wallet/ledger",
+            "/v1/wallet/ledger?wallet=wallet_cheat",
+            None,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(kinds(&entries), ["forfeit", "credit"]);
     let queued = "/v1/admin/jobs?state=queued";
     let jobs = live
         .check("GET", "/v1/admin/jobs", queued, a, None, 200)
         .await;
     assert_eq!(jobs.as_array().map(Vec::len), Some(1), "{jobs}");
+
+    // One strike (this Coordinator's --verify-strikes) suspends the key until reinstated.
+    let miners = live
+        .check("GET", "/v1/admin/miners", "/v1/admin/miners", a, None, 200)
+        .await;
+    let listed: Vec<MinerView> = serde_json::from_value(miners).expect("MinerViews");
+    let cheater = listed
+        .iter()
+        .find(|v| v.miner_id == "live-cheat")
+        .expect("live-cheat listed");
+    assert_eq!((cheater.strikes, cheater.suspended), (1, true));
+    let refused = live
+        .check("GET", "/v1/miner/next", cheat_next, x, None, 403)
+        .await;
+    assert_eq!(refused["error"]["code"], json!("MINER_SUSPENDED"));
+    let reinstate = "/v1/admin/miners/{id}/reinstate";
+    let path = "/v1/admin/miners/live-cheat/reinstate";
+    live.check("POST", reinstate, path, x, None, 403).await;
+    live.check(
+        "POST",
+        reinstate,
+        "/v1/admin/miners/nobody/reinstate",
+        a,
+        None,
+        404,
+    )
+    .await;
+    live.check(
+        "POST",
+        reinstate,
+        "/v1/admin/miners/no%20body/reinstate",
+        a,
+        None,
+        422,
+    )
+    .await;
+    let standing = live.check("POST", reinstate, path, a, None, 200).await;
+    let standing: Standing = serde_json::from_value(standing).expect("a Standing");
+    assert_eq!(
+        standing,
+        Standing {
+            miner_id: "live-cheat".into(),
+            strikes: 0,
+            suspended: false
+        }
+    );
+    let again = live
+        .check("GET", "/v1/miner/next", cheat_next, x, None, 200)
+        .await;
+    assert_eq!((&again["id"], &again["attempt"]), (&json!(id2), &json!(3)));
 
     // Refusals, each with the error body and a documented status.
     let hb_path = "/v1/miner/heartbeat";
@@ -1228,5 +1900,114 @@ async fn live_answers_match_the_document() {
     live.check("GET", "/v1/wallet/ledger", bad_limit, None, None, 422)
         .await;
 
+    live.tc.stop().await;
+}
+
+/// With `--verify off` the answers are still the document's: any workload is taken, a proof
+/// without a commitment completes its job at once with `verification.status = off`, and its
+/// credit settles in the same transaction (a credit and its settle entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_answers_without_verification_match_the_document() {
+    let live = Live {
+        doc: doc(),
+        tc: TestCoordinator::start(unverified_config()).await,
+    };
+    let (miner, client) = (live.tc.miner_key.clone(), live.tc.client_key.clone());
+    let (m, c) = (Some(miner.as_str()), Some(client.as_str()));
+    let hb = r#"{"miner_id":"off-0","wallet":"wallet_off","mode":"cpu"}"#;
+    live.check(
+        "POST",
+        "/v1/miner/heartbeat",
+        "/v1/miner/heartbeat",
+        m,
+        Some(hb),
+        200,
+    )
+    .await;
+    let stub = r#"{"workload":"sd_infer","params":{},"reward":5}"#;
+    live.check(
+        "POST",
+        "/v1/client/jobs",
+        "/v1/client/jobs",
+        c,
+        Some(stub),
+        201,
+    )
+    .await;
+    let job = live
+        .check(
+            "GET",
+            "/v1/miner/next",
+            "/v1/miner/next?miner=off-0",
+            m,
+            None,
+            200,
+        )
+        .await;
+    let proof = json!({"id": job["id"], "attempt": job["attempt"], "mode": "cpu",
+        "output_sha": "ab".repeat(32), "metrics": {}})
+    .to_string();
+    let ack = live
+        .check(
+            "POST",
+            "/v1/miner/proof",
+            "/v1/miner/proof",
+            m,
+            Some(&proof),
+            200,
+        )
+        .await;
+    let ack: ProofAck = serde_json::from_value(ack).expect("a ProofAck");
+    assert_eq!(ack.state, JobState::Completed);
+    assert!(ack.audit.is_none() && ack.settles_at.is_none(), "{ack:?}");
+    let id = job["id"].as_str().expect("Job.id");
+    let view = live
+        .check(
+            "GET",
+            "/v1/client/jobs/{id}",
+            &format!("/v1/client/jobs/{id}"),
+            c,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(view["verification"], json!({"status": "off", "attempt": 1}));
+    let answer = json!({"id": id, "attempt": 1, "rows": []}).to_string();
+    let refused = live
+        .check(
+            "POST",
+            "/v1/miner/audit",
+            "/v1/miner/audit",
+            m,
+            Some(&answer),
+            409,
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], json!("NO_AUDIT"));
+    let bal = live
+        .check(
+            "GET",
+            "/v1/wallet/balance",
+            "/v1/wallet/balance?wallet=wallet_off",
+            None,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(
+        bal,
+        json!({"wallet": "wallet_off", "balance": 5, "credits": 1, "pending": 0, "forfeited": 0})
+    );
+    let entries = live
+        .check(
+            "GET",
+            "/v1/wallet/ledger",
+            "/v1/wallet/ledger?wallet=wallet_off",
+            None,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(kinds(&entries), ["settle", "credit"]);
     live.tc.stop().await;
 }
