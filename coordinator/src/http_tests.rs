@@ -454,3 +454,46 @@ fn a_temperature_change_alone_is_not_stored() {
     other_gpu.gpus[0].vram_mb = 16;
     assert!(!same(&caps(40, true), &other_gpu));
 }
+
+/// The reasons only the Coordinator sets are refused in a miner's fail report, naming the
+/// field; a malformed Idempotency-Key is 400 on reinstate as on every POST.
+#[test]
+fn coordinator_only_reasons_and_reinstate_headers_are_checked() {
+    let f = fixture();
+    for reason in ["AUDIT_FAILED", "AUDIT_TIMEOUT"] {
+        let body = serde_json::to_vec(&serde_json::json!({"id": "j", "reason": reason})).unwrap();
+        let c = f.rt.block_on(async {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/v1/miner/fail")
+                .header("authorization", format!("Bearer {}", f.admin))
+                .body(Body::from(body))
+                .unwrap();
+            let resp = f.app.clone().oneshot(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let b = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, b.to_vec())
+        });
+        let e = assert_error_body(c.0, &c.1, reason);
+        assert_eq!((c.0, e.error.code), (422, ErrorCode::ValidationFailed));
+        assert!(
+            e.error.message.starts_with("reason = "),
+            "{}",
+            e.error.message
+        );
+    }
+    let c = f.rt.block_on(async {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/admin/miners/m1/reinstate")
+            .header("authorization", format!("Bearer {}", f.admin))
+            .header("idempotency-key", "bad key with spaces")
+            .body(Body::empty())
+            .unwrap();
+        let resp = f.app.clone().oneshot(req).await.unwrap();
+        resp.status().as_u16()
+    });
+    assert_eq!(c, 400);
+}
