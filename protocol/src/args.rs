@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! aitbc-miner worker --job-dir DIR [--fs auto|landlock|mount] [--file-size-mb N] [--kind cpu|gpu]
+//!                    [--cpu-kernel auto|avx512-vnni|avx-vnni|avx2|portable]
 //! ```
 //!
 //! Parsing is a pure function from the flags to [`WorkerArgs`]; it never touches the
@@ -58,6 +59,60 @@ impl std::fmt::Display for FsMode {
     }
 }
 
+/// Which int8 kernel a worker's CPU chain runs (`--cpu-kernel`, the config's `CPU_KERNEL`):
+/// the fastest the CPU has, or exactly the one named. Every kernel gives the same bytes; naming
+/// one is an operator's workaround (a CPU whose fast path misbehaves) or a way to compare
+/// paths. A worker whose CPU lacks the named kernel refuses to start; it never runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CpuKernel {
+    /// The fastest kernel the CPU runs, detected by the worker.
+    #[default]
+    Auto,
+    /// 512-bit `vpdpbusd` (AVX-512F, AVX-512BW, AVX-512-VNNI).
+    Avx512Vnni,
+    /// 256-bit `vpdpbusd` (AVX-VNNI and AVX2).
+    AvxVnni,
+    /// `vpmovsxbw` + `vpmaddwd` (AVX2).
+    Avx2,
+    /// Plain loops: any CPU.
+    Portable,
+}
+
+impl CpuKernel {
+    pub const ALL: [CpuKernel; 5] = [
+        CpuKernel::Auto,
+        CpuKernel::Avx512Vnni,
+        CpuKernel::AvxVnni,
+        CpuKernel::Avx2,
+        CpuKernel::Portable,
+    ];
+
+    /// The spelling used in the config file and on the worker's command line (a kernel's name
+    /// in the worker's logs and benchmarks too).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuKernel::Auto => "auto",
+            CpuKernel::Avx512Vnni => "avx512-vnni",
+            CpuKernel::AvxVnni => "avx-vnni",
+            CpuKernel::Avx2 => "avx2",
+            CpuKernel::Portable => "portable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CpuKernel> {
+        CpuKernel::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// What a refusal of a spelling says is expected.
+    pub const EXPECTED: &'static str = "expected auto, avx512-vnni, avx-vnni, avx2 or portable";
+}
+
+impl std::fmt::Display for CpuKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A worker's command line after the subcommand.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerArgs {
@@ -68,11 +123,13 @@ pub struct WorkerArgs {
     pub file_size_mb: u64,
     /// Which kind of worker this process is (selects the seccomp profile and Landlock paths).
     pub kind: Mode,
+    /// The int8 kernel of the CPU chain.
+    pub cpu_kernel: CpuKernel,
 }
 
 impl WorkerArgs {
     /// The flags, every one of them, in the order `--job-dir`, `--fs`, `--file-size-mb`,
-    /// `--kind`: what [`WorkerArgs::parse`] reads back.
+    /// `--kind`, `--cpu-kernel`: what [`WorkerArgs::parse`] reads back.
     pub fn to_args(&self) -> Vec<OsString> {
         vec![
             "--job-dir".into(),
@@ -83,6 +140,8 @@ impl WorkerArgs {
             self.file_size_mb.to_string().into(),
             "--kind".into(),
             self.kind.as_str().into(),
+            "--cpu-kernel".into(),
+            self.cpu_kernel.as_str().into(),
         ]
     }
 
@@ -94,6 +153,7 @@ impl WorkerArgs {
         let mut fs: Option<FsMode> = None;
         let mut file_size_mb: Option<u64> = None;
         let mut kind: Option<Mode> = None;
+        let mut cpu_kernel: Option<CpuKernel> = None;
         while let Some(arg) = it.next() {
             let Some(text) = arg.to_str() else {
                 return Err(usage(
@@ -108,12 +168,12 @@ impl WorkerArgs {
             };
             if !matches!(
                 flag.as_str(),
-                "--job-dir" | "--fs" | "--file-size-mb" | "--kind"
+                "--job-dir" | "--fs" | "--file-size-mb" | "--kind" | "--cpu-kernel"
             ) {
                 return Err(usage(
                     "(argument)",
                     &arg,
-                    "unknown; expected --job-dir, --fs, --file-size-mb or --kind",
+                    "unknown; expected --job-dir, --fs, --file-size-mb, --kind or --cpu-kernel",
                 ));
             }
             let value = match inline.or_else(|| it.next()) {
@@ -160,6 +220,15 @@ impl WorkerArgs {
                         }
                     }
                 }
+                "--cpu-kernel" => {
+                    if cpu_kernel.is_some() {
+                        return Err(twice(&flag));
+                    }
+                    cpu_kernel = Some(match value.to_str().and_then(CpuKernel::parse) {
+                        Some(k) => k,
+                        None => return Err(usage(&flag, &value, CpuKernel::EXPECTED)),
+                    });
+                }
                 _ => {
                     if kind.is_some() {
                         return Err(twice(&flag));
@@ -183,6 +252,7 @@ impl WorkerArgs {
             fs: fs.unwrap_or(FsMode::Auto),
             file_size_mb: file_size_mb.unwrap_or(DEFAULT_FILE_SIZE_MB),
             kind: kind.unwrap_or(Mode::Cpu),
+            cpu_kernel: cpu_kernel.unwrap_or_default(),
         })
     }
 }
@@ -231,13 +301,16 @@ mod tests {
         for kind in [Mode::Cpu, Mode::Gpu] {
             for fs in FsMode::ALL {
                 for file_size_mb in [1, DEFAULT_FILE_SIZE_MB, MAX_FILE_SIZE_MB] {
-                    let a = WorkerArgs {
-                        job_dir: "/var/lib/aitbc/work/w 1".into(),
-                        fs,
-                        file_size_mb,
-                        kind,
-                    };
-                    assert_eq!(WorkerArgs::parse(a.to_args()).unwrap(), a);
+                    for cpu_kernel in CpuKernel::ALL {
+                        let a = WorkerArgs {
+                            job_dir: "/var/lib/aitbc/work/w 1".into(),
+                            fs,
+                            file_size_mb,
+                            kind,
+                            cpu_kernel,
+                        };
+                        assert_eq!(WorkerArgs::parse(a.to_args()).unwrap(), a);
+                    }
                 }
             }
         }
@@ -252,6 +325,7 @@ mod tests {
                 fs: FsMode::Auto,
                 file_size_mb: DEFAULT_FILE_SIZE_MB,
                 kind: Mode::Cpu,
+                cpu_kernel: CpuKernel::Auto,
             }
         );
         assert_eq!(
@@ -261,6 +335,7 @@ mod tests {
                 "16",
                 "--kind",
                 "gpu",
+                "--cpu-kernel=portable",
                 "--job-dir=/j/",
             ])
             .unwrap(),
@@ -269,12 +344,22 @@ mod tests {
                 fs: FsMode::Mount,
                 file_size_mb: 16,
                 kind: Mode::Gpu,
+                cpu_kernel: CpuKernel::Portable,
             }
         );
         assert_eq!(
             parse(&["--job-dir", "/j", "--fs", "landlock"]).unwrap().fs,
             FsMode::Landlock
         );
+        for k in CpuKernel::ALL {
+            assert_eq!(
+                parse(&["--job-dir", "/j", "--cpu-kernel", k.as_str()])
+                    .unwrap()
+                    .cpu_kernel,
+                k
+            );
+            assert_eq!(CpuKernel::parse(&k.to_string()), Some(k));
+        }
     }
 
     #[test]
@@ -310,6 +395,24 @@ mod tests {
             (
                 &["--job-dir", "/j", "--kind", "tpu"],
                 "--kind = \"tpu\": expected cpu or gpu",
+            ),
+            (
+                &["--job-dir", "/j", "--cpu-kernel", "avx512"],
+                "--cpu-kernel = \"avx512\": expected auto, avx512-vnni, avx-vnni, avx2 or portable",
+            ),
+            (
+                &["--job-dir", "/j", "--cpu-kernel", "AVX2"],
+                "--cpu-kernel = \"AVX2\": expected auto",
+            ),
+            (
+                &[
+                    "--job-dir",
+                    "/j",
+                    "--cpu-kernel",
+                    "portable",
+                    "--cpu-kernel=avx2",
+                ],
+                "--cpu-kernel = \"avx2\": given more than once",
             ),
             (
                 &["--job-dir", "/j", "--job-dir", "/k"],

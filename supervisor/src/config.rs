@@ -18,7 +18,7 @@
 //! the API key's value, nor put it into an error, a warning or `Debug` output.
 
 use crate::Error;
-use protocol::args::FsMode;
+use protocol::args::{CpuKernel, FsMode};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
@@ -100,6 +100,10 @@ pub struct Config {
     pub run_as_user: String,
     /// `SANDBOX_FS` (default `auto`): how a worker confines its view of the filesystem.
     pub sandbox_fs: FsMode,
+    /// `CPU_KERNEL` (default `auto`): the int8 kernel a CPU worker runs torch_bench's chain
+    /// on: the fastest the CPU has, or exactly the one named (a worker whose CPU lacks it
+    /// refuses to start).
+    pub cpu_kernel: CpuKernel,
     /// `GPU_POLL_MS` (default 500, 10 to 60000): how often the VRAM watch asks NVML for a GPU
     /// job's used device memory.
     pub gpu_poll: Duration,
@@ -1017,6 +1021,10 @@ fn parse_sandbox_fs(text: &str) -> Result<FsMode, String> {
     }
 }
 
+fn parse_cpu_kernel(text: &str) -> Result<CpuKernel, String> {
+    CpuKernel::parse(&text.to_ascii_lowercase()).ok_or_else(|| CpuKernel::EXPECTED.into())
+}
+
 /// A user name as `useradd` accepts it (and as `getpwnam` can find it): 1 to 32 characters,
 /// starting with a lower-case letter or `_`, then lower-case letters, digits, `_`, `-`, and an
 /// optional final `$`. Checked here so a typo is a config error with a line number rather than
@@ -1128,6 +1136,7 @@ pub fn resolve(
     let worker_exe = look.get("WORKER_EXE", parse_optional_path)?;
     let run_as_user = look.get("RUN_AS_USER", parse_user_name)?;
     let sandbox_fs = look.get("SANDBOX_FS", parse_sandbox_fs)?;
+    let cpu_kernel = look.get("CPU_KERNEL", parse_cpu_kernel)?;
     let gpu_poll = look.get("GPU_POLL_MS", |t| {
         parse_int(t, 10, 60_000, "500").map(Duration::from_millis)
     })?;
@@ -1160,6 +1169,7 @@ pub fn resolve(
         worker_exe,
         run_as_user,
         sandbox_fs,
+        cpu_kernel,
         gpu_poll,
         gpu_max_temp_c,
         status_socket,
@@ -1455,6 +1465,18 @@ mod tests {
             assert_eq!(c.sandbox_fs, want);
             assert_eq!(want.as_str(), text.to_ascii_lowercase());
         }
+        assert_eq!(c.cpu_kernel, CpuKernel::Auto);
+        for (text, want) in [
+            ("auto", CpuKernel::Auto),
+            ("avx512-vnni", CpuKernel::Avx512Vnni),
+            ("avx-vnni", CpuKernel::AvxVnni),
+            ("AVX2", CpuKernel::Avx2),
+            ("portable", CpuKernel::Portable),
+        ] {
+            let c = config_with(&format!("CPU_KERNEL={text}")).unwrap();
+            assert_eq!(c.cpu_kernel, want);
+            assert_eq!(want.as_str(), text.to_ascii_lowercase());
+        }
         for name in ["_svc", "a", "svc-miner_2", "machine$", &"u".repeat(32)] {
             let c = config_with(&format!("RUN_AS_USER={name}")).unwrap();
             assert_eq!(c.run_as_user, name);
@@ -1510,6 +1532,8 @@ mod tests {
             ("MAX_JOB_DISK_MB=1G", "MAX_JOB_DISK_MB=\"1G\": expected a whole number"),
             ("SANDBOX_FS=chroot", "miner.conf:5: SANDBOX_FS=\"chroot\": expected auto, landlock or mount"),
             ("SANDBOX_FS=", "miner.conf:5: SANDBOX_FS=\"\": expected auto, landlock or mount"),
+            ("CPU_KERNEL=avx512", "miner.conf:5: CPU_KERNEL=\"avx512\": expected auto, avx512-vnni, avx-vnni, avx2 or portable"),
+            ("CPU_KERNEL=", "miner.conf:5: CPU_KERNEL=\"\": expected auto, avx512-vnni"),
             ("RUN_AS_USER=", "miner.conf:5: RUN_AS_USER=\"\": expected a user name: 1 to 32 characters"),
             ("RUN_AS_USER=Root", "miner.conf:5: RUN_AS_USER=\"Root\": expected a user name"),
             ("RUN_AS_USER=1000", "RUN_AS_USER=\"1000\": expected a user name"),

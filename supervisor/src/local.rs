@@ -32,6 +32,9 @@ pub struct LocalRun {
     pub metrics: Metrics,
     /// From spawning the worker to its Hello.
     pub spawn_to_ready: Duration,
+    /// The worker's Hello line: the confinement it applied and, on a CPU worker, the int8
+    /// kernel it ran (`int8 kernel NAME`).
+    pub sandbox: String,
     /// From handing the job to the ready worker to its answer (Run frame, compute, hash, answer).
     pub handoff_to_answer: Duration,
 }
@@ -61,6 +64,7 @@ pub async fn run_local(
     let t0 = Instant::now();
     let w = WorkerProcess::start(&worker.with_kind(plan.kind), WORKER_START_TIMEOUT).await?;
     let spawn_to_ready = t0.elapsed();
+    let sandbox = w.hello().sandbox.clone();
     let plan = plan
         .for_worker(w.hello().kind, &job, &max)
         .map_err(refused)?;
@@ -77,6 +81,7 @@ pub async fn run_local(
             leaves,
             metrics,
             spawn_to_ready,
+            sandbox,
             handoff_to_answer: handoff,
         }),
         Err(Failed { reason, message }) => Err(Error::Job { reason, message }),

@@ -11,7 +11,7 @@
 //! the supervisor is root, moves its socket to fd 3, marks every other descriptor
 //! close-on-exec and sets its parent-death signal (after the uid switch, which clears it).
 //! The worker then runs `worker` with [`WorkerArgs::to_args`] (`--job-dir DIR --fs ..
-//! --file-size-mb N --kind ..`) and confines the rest itself.
+//! --file-size-mb N --kind .. --cpu-kernel ..`) and confines the rest itself.
 //!
 //! Hand-off ([`WorkerProcess::run`]): the job's [`JobPlan`] is applied as it is, nothing here
 //! computes a limit: the cgroup's memory (swap off), pids and CPU limits (`plan.cgroup`),
@@ -59,7 +59,7 @@ use protocol::wire::{self, FromWorker, Hello, ToWorker, WireError, HEADER_LEN, W
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use protocol::args::{FsMode, WorkerArgs, DEFAULT_FILE_SIZE_MB};
+use protocol::args::{CpuKernel, FsMode, WorkerArgs, DEFAULT_FILE_SIZE_MB};
 
 use crate::cgroup::{CgroupStats, Subtree, WorkerCgroup};
 use crate::ending::{Ending, ExitStatus};
@@ -84,7 +84,7 @@ pub const DEFAULT_WORK_DIR: &str = "/tmp/aitbc-work";
 /// supervisor runs workers as.
 ///
 /// The command line is `program args..` followed by [`WorkerArgs::to_args`] (the job
-/// directory, `fs`, `file_size_mb` and `kind`); a GPU worker also gets
+/// directory, `fs`, `file_size_mb`, `kind` and `cpu_kernel`); a GPU worker also gets
 /// `CUDA_DEVICE_ORDER=PCI_BUS_ID` (so its CUDA device 0 is NVML's device 0, the one the
 /// supervisor watches).
 #[derive(Clone, Debug)]
@@ -95,6 +95,8 @@ pub struct WorkerCommand {
     pub fs: FsMode,
     /// `--file-size-mb`: the worker's RLIMIT_FSIZE (`MAX_JOB_DISK_MB`).
     pub file_size_mb: u64,
+    /// `--cpu-kernel`: the int8 kernel of the worker's CPU chain (`CPU_KERNEL`).
+    pub cpu_kernel: CpuKernel,
     /// The parent of each worker's job directory (`WORK_DIR`).
     pub work_dir: PathBuf,
     /// The supervisor's cgroup subtree; `None`: no per-worker cgroup.
@@ -119,6 +121,7 @@ impl WorkerCommand {
             args: args.into_iter().map(Into::into).collect(),
             fs: FsMode::default(),
             file_size_mb: DEFAULT_FILE_SIZE_MB,
+            cpu_kernel: CpuKernel::Auto,
             work_dir: PathBuf::from(DEFAULT_WORK_DIR),
             subtree: None,
             run_as: None,
@@ -144,7 +147,7 @@ impl WorkerCommand {
 
     /// The worker a config asks for: `WORKER_EXE worker` when WORKER_EXE is set, otherwise
     /// this very executable (see [`WorkerCommand::current_exe`]); `--fs SANDBOX_FS`,
-    /// `--file-size-mb MAX_JOB_DISK_MB`; job directories in `WORK_DIR`; and, when this
+    /// `--file-size-mb MAX_JOB_DISK_MB`, `--cpu-kernel CPU_KERNEL`; job directories in `WORK_DIR`; and, when this
     /// process is root, `RUN_AS_USER` for the workers. The cgroup subtree is left to the
     /// caller ([`crate::cgroup::supervisor_subtree`]; `run` makes one when none is given).
     pub fn for_config(config: &crate::Config) -> Result<WorkerCommand, Error> {
@@ -154,6 +157,7 @@ impl WorkerCommand {
         };
         cmd.fs = config.sandbox_fs;
         cmd.file_size_mb = config.job_limits_max.disk_mb;
+        cmd.cpu_kernel = config.cpu_kernel;
         cmd.work_dir = config.work_dir.clone();
         if crate::privilege::is_root() {
             cmd.run_as = Some(crate::privilege::lookup_user(&config.run_as_user)?);
@@ -335,6 +339,7 @@ impl WorkerProcess {
                     fs: cmd.fs,
                     file_size_mb: cmd.file_size_mb,
                     kind: cmd.kind,
+                    cpu_kernel: cmd.cpu_kernel,
                 }
                 .to_args(),
             )
@@ -1281,7 +1286,10 @@ mod tests {
             .find(|l| l.starts_with("args: "))
             .unwrap_or_default()
             .to_owned();
-        assert!(line.ends_with(" --kind gpu order: PCI_BUS_ID"), "{line}");
+        assert!(
+            line.ends_with(" --kind gpu --cpu-kernel auto order: PCI_BUS_ID"),
+            "{line}"
+        );
         let (fin, _) = run(&cmd, Duration::from_secs(10)).await;
         assert!(
             fin.stderr_tail.contains("--kind cpu") && !fin.stderr_tail.contains("PCI_BUS_ID"),
@@ -1375,6 +1383,7 @@ mod tests {
             r#"head -c 4 <&3 >/dev/null; echo "args: $*" >&2; stat -c 'mode %a' "$2" >&2"#,
         );
         cmd.fs = FsMode::Mount;
+        cmd.cpu_kernel = CpuKernel::Portable;
         let (fin, _) = run(&cmd, Duration::from_secs(10)).await;
         let work = f.dir.path().join("work");
         let line = fin
@@ -1386,7 +1395,7 @@ mod tests {
             .strip_prefix(&format!("args: --job-dir {}/w", work.display()))
             .unwrap_or_else(|| panic!("{line}"));
         assert!(
-            rest.ends_with(" --fs mount --file-size-mb 1024 --kind cpu"),
+            rest.ends_with(" --fs mount --file-size-mb 1024 --kind cpu --cpu-kernel portable"),
             "{line}"
         );
         assert!(fin.stderr_tail.contains("mode 700"), "{}", fin.stderr_tail);

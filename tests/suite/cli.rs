@@ -123,6 +123,39 @@ fn bench_runs_one_job_through_the_worker_and_reports_json() {
 }
 
 #[test]
+fn bench_runs_the_named_kernel_and_refuses_one_the_cpu_lacks() {
+    use aitbc_worker::workload::torch_bench::Kernel;
+    let bench = |kernel: &str| {
+        miner()
+            .args(["bench", "--params", r#"{"n":9,"iters":2,"seed":3}"#])
+            .args(["--threads", "1", "--json", "--kernel", kernel])
+            .output()
+            .expect("running aitbc-miner bench")
+    };
+    let auto = json_line(&bench("auto"));
+    assert_eq!(auto["kernel"], Kernel::detect().name(), "{auto}");
+    for k in Kernel::ALL {
+        let out = bench(k.name());
+        if k.available() {
+            let m = json_line(&out);
+            assert_eq!(m["kernel"], k.name(), "{m}");
+            assert_eq!(m["output_sha"], auto["output_sha"], "{m}");
+        } else {
+            assert_ne!(out.status.code(), Some(0));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains(&format!("this CPU lacks the {} int8 kernel", k.name())),
+                "{stderr}"
+            );
+        }
+    }
+    let out = bench("avx512");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("expected auto, avx512-vnni"), "{stderr}");
+}
+
+#[test]
 fn bench_names_an_unknown_workload() {
     let out = miner()
         .args(["bench", "--workload", "bitcoin", "--json"])

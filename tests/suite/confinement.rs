@@ -61,7 +61,13 @@ impl Worker {
     /// Sends `Run(job)` and returns the one answer; the worker must then exit 0.
     fn run(mut self, job: JobSpec) -> FromWorker {
         write_frame(&mut self.sock, &ToWorker::Run(job)).expect("send the job");
-        let reply = read_frame::<FromWorker, _>(&mut self.sock).expect("the worker's answer");
+        // A finished job's row leaves come first, in `Leaves` frames; then the answer.
+        let reply = loop {
+            match read_frame::<FromWorker, _>(&mut self.sock).expect("the worker's answer") {
+                FromWorker::Leaves(_) => continue,
+                other => break other,
+            }
+        };
         let status = self.child.wait().expect("reap the worker");
         assert!(status.success(), "worker exited {status:?}");
         reply
@@ -515,6 +521,45 @@ fn a_worker_that_cannot_confine_itself_exits_before_hello_naming_why() {
         err.contains("confinement step filesystem: --kind gpu needs Landlock"),
         "{err}"
     );
+}
+
+/// `--cpu-kernel`: a worker runs exactly the named kernel (its Hello line says which) and gets
+/// the same bytes with it; one this CPU lacks is refused before the first step (exit 3, one
+/// line naming it and what the CPU runs), never run.
+#[test]
+fn a_worker_runs_the_named_kernel_and_refuses_one_the_cpu_lacks() {
+    use aitbc_worker::workload::torch_bench::Kernel;
+    for k in Kernel::ALL {
+        let (_tmp, dir) = job_dir(None);
+        let args = ["--job-dir", dir.as_str(), "--cpu-kernel", k.name()];
+        if k.available() {
+            let w = start(&args, None);
+            let line = &w.hello.sandbox;
+            assert!(
+                line.contains(&format!("int8 kernel {}", k.name())),
+                "{line}"
+            );
+            let (job, want) = job_and_expected_hash();
+            assert_done_with(w.run(job), want);
+        } else {
+            let (code, err) = run_to_exit(&args);
+            assert_eq!(code, Some(3), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.starts_with(&format!(
+                    "aitbc-miner worker: confinement step device: --cpu-kernel {0}: this CPU \
+                     lacks the {0} int8 kernel (it runs ",
+                    k.name()
+                )),
+                "{err}"
+            );
+        }
+    }
+    // `auto` names the kernel detection picks.
+    let (_tmp, dir) = job_dir(None);
+    let w = start(&["--job-dir", &dir], None);
+    let want = format!("int8 kernel {}", Kernel::detect().name());
+    assert!(w.hello.sandbox.contains(&want), "{}", w.hello.sandbox);
 }
 
 /// A GPU worker on a host without the NVIDIA driver (this machine and CI) stops at the device

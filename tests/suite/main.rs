@@ -12,6 +12,7 @@ mod doctor;
 mod exact_chain;
 mod gpu;
 mod guide_script;
+mod honest_audits;
 mod hostile_coordinator;
 mod miner_audits;
 mod miner_e2e;

@@ -90,6 +90,7 @@ pub(crate) fn miner_config(
         worker_exe: None,
         run_as_user: crate::common::RUN_AS.into(),
         sandbox_fs: FsMode::Auto,
+        cpu_kernel: aitbc_protocol::args::CpuKernel::Auto,
         gpu_poll: Duration::from_millis(500),
         gpu_max_temp_c: 90,
         status_socket: None,

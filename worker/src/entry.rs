@@ -23,7 +23,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_SETUP: u8 = 3;
 
 /// Runs a worker process. `args` is the whole argv: the program name, `worker`, then
-/// `--job-dir DIR [--fs auto|landlock|mount] [--file-size-mb N] [--kind cpu|gpu]`.
+/// `--job-dir DIR [--fs auto|landlock|mount] [--file-size-mb N] [--kind cpu|gpu]
+/// [--cpu-kernel auto|avx512-vnni|avx-vnni|avx2|portable]`.
 pub fn worker_main(args: impl Iterator<Item = OsString>) -> ExitCode {
     let parsed = match parse_args(args) {
         Ok(a) => a,

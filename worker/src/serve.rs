@@ -42,7 +42,7 @@ pub fn serve_fd(fd: RawFd, sandbox: &str) -> ExitCode {
             return ExitCode::from(EXIT_BAD_FD);
         }
     };
-    serve_exit(sock, sandbox, &Device::Cpu)
+    serve_exit(sock, sandbox, &Device::detected_cpu())
 }
 
 /// [`serve`] on `device`, turned into the process exit code (see [`serve_fd`]).
@@ -125,7 +125,7 @@ fn sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
 /// process's entry ([`serve_fd`], [`crate::worker_main`]) does. It computes on the CPU; a GPU
 /// worker's [`Device`] exists only inside a confined worker process.
 pub fn serve(sock: UnixStream, sandbox: &str) -> Result<(), WorkerError> {
-    converse(sock, sandbox, Process::Shared, &Device::Cpu)
+    converse(sock, sandbox, Process::Shared, &Device::detected_cpu())
 }
 
 /// Whether the process serving the job is a worker of its own (which takes the job's limits
@@ -383,7 +383,7 @@ mod tests {
             Backend::Gpu {
                 vram_cap_bytes: 1 << 30,
             },
-            &Device::Cpu,
+            &Device::detected_cpu(),
         )
         .unwrap_err();
         assert_eq!(e.fail_reason(), WorkerFailReason::Internal);

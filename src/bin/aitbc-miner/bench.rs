@@ -1,6 +1,7 @@
 //! `aitbc-miner bench`: one workload through the real worker path (a pre-started worker
 //! process, the wire protocol, the hash), without a Coordinator, and its metrics. With `--gpu`
-//! the worker is a GPU worker (`--kind gpu`) and the job's VRAM cap is what its params need.
+//! the worker is a GPU worker (`--kind gpu`) and the job's VRAM cap is what its params need;
+//! `--kernel` names the CPU worker's int8 kernel, as `CPU_KERNEL` does.
 
 use std::process::ExitCode;
 
@@ -8,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use aitbc_protocol::api::JobLimits;
+use aitbc_protocol::args::CpuKernel;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -26,6 +28,14 @@ pub struct BenchArgs {
     /// Run on the GPU (a `--kind gpu` worker); fails with the worker's reason without one.
     #[arg(long)]
     gpu: bool,
+    /// The CPU worker's int8 kernel, as `CPU_KERNEL`: auto, avx512-vnni, avx-vnni, avx2 or
+    /// portable; the worker refuses one this CPU lacks.
+    #[arg(long, default_value = "auto", value_parser = parse_kernel)]
+    kernel: CpuKernel,
+}
+
+fn parse_kernel(s: &str) -> Result<CpuKernel, String> {
+    CpuKernel::parse(s).ok_or_else(|| CpuKernel::EXPECTED.to_string())
 }
 
 pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -54,7 +64,8 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         aitbc_protocol::api::Mode::Cpu
     };
-    let worker = aitbc_supervisor::WorkerCommand::current_exe()?.with_kind(kind);
+    let mut worker = aitbc_supervisor::WorkerCommand::current_exe()?.with_kind(kind);
+    worker.cpu_kernel = args.kernel;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -67,12 +78,19 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
         threads,
     ))?;
     let m = &run.metrics;
+    // The kernel the worker says it ran (its Hello line), e.g. what `auto` chose.
+    let kernel = run
+        .sandbox
+        .split("; ")
+        .find_map(|part| part.strip_prefix("int8 kernel "))
+        .unwrap_or("none");
     if args.json {
         let out = serde_json::json!({
             "workload": args.workload,
             "params": params,
             "threads": threads,
             "kind": if args.gpu { "gpu" } else { "cpu" },
+            "kernel": kernel,
             "gflops": m.gflops,
             "tflops": m.tflops,
             "energy_mj": m.energy_mj,
@@ -91,6 +109,9 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("workload      {} {}", args.workload, params);
         println!("threads       {threads}");
         println!("device        {}", if args.gpu { "gpu" } else { "cpu" });
+        if !args.gpu {
+            println!("int8 kernel   {kernel} (--kernel {})", args.kernel);
+        }
         println!("Gop/s (int8)  {:.2}", m.gflops.unwrap_or(0.0));
         match (m.energy_mj, m.energy_source) {
             (Some(mj), Some(src)) => println!("energy        {mj} mJ ({})", src.as_str()),

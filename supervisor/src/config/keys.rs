@@ -108,6 +108,11 @@ pub const DEFS: &[KeyDef] = &[
     key("SANDBOX_FS", Value("auto"),
         "worker filesystem confinement: `auto` (Landlock if the kernel has it, else a \
          read-only mount-namespace view), `landlock` (required) or `mount`"),
+    key("CPU_KERNEL", Value("auto"),
+        "the int8 kernel CPU workers run: `auto` (the fastest this CPU has), or exactly \
+         `avx512-vnni`, `avx-vnni`, `avx2` or `portable` (every one gives the same bytes): an \
+         operator's workaround for a CPU whose fast path misbehaves, or to compare paths. A \
+         worker whose CPU lacks the named kernel refuses to start"),
     key("LOG_FILE", Empty("none"),
         "also append logs here (with timestamps); never truncated. The unit allows \
          `/var/log/aitbc-miner.log`, the guide's file"),

@@ -14,7 +14,8 @@
 //!                   files read-only) — or nothing more when step 1 built the mount view;
 //!                   chdir to the job dir
 //!  6. device        GPU workers (`device.rs`): is libcuda loadable (if not: fail, naming it),
-//!                   open GPU 0 (context, streams, PTX module JIT-compiled, cuBLAS), warm up
+//!                   open GPU 0 (context, streams, PTX module JIT-compiled, cuBLAS), warm up;
+//!                   CPU workers: the int8 kernel the plan chose (named in the Hello line)
 //!  7. seccomp       aitbc_seccomp::install, the kind's profile (on every thread, TSYNC)
 //!  -> Hello, then the job is read; before any of its work the worker lowers RLIMIT_CPU and
 //!     RLIMIT_AS to the job's values (`apply_job_limits`; the seccomp policy allows just those)
@@ -31,7 +32,8 @@
 //! (unshare, mount, landlock_*, prctl on capabilities), and CUDA's initialisation more than a
 //! job needs. A GPU worker needs Landlock: the mount view has no NVIDIA device nodes, so
 //! `--kind gpu` with `--fs mount` (or `auto` on a kernel without Landlock) is refused before
-//! the first step.
+//! the first step, and so is a `--cpu-kernel` this CPU lacks (the plan picks the kernel from
+//! `cpuid` alone: it never runs an instruction the CPU does not have).
 //!
 //! The order is enforced by types: each step is a method that consumes the previous stage and
 //! returns the next, and [`confine`] is the only way in. A step that fails returns an error
@@ -57,6 +59,7 @@ use std::time::{Duration, Instant};
 
 pub use self::landlock::kernel_abi as landlock_kernel_abi;
 pub use self::rlimits::{apply_job as apply_job_limits, Limits, NPROC};
+use crate::workload::torch_bench::Kernel;
 use crate::workload::Device;
 use crate::WorkerError;
 use aitbc_protocol::api::Mode;
@@ -89,7 +92,7 @@ pub enum Step {
     Capabilities,
     /// Landlock (the mount view was built with the namespaces).
     Filesystem,
-    /// GPU workers: CUDA initialisation (nothing for CPU workers).
+    /// GPU workers: CUDA initialisation; CPU workers: the int8 kernel the plan chose.
     Device,
     Seccomp,
 }
@@ -143,12 +146,20 @@ pub struct Plan {
     pub fs: Fs,
     pub limits: Limits,
     pub kind: Mode,
+    /// The int8 kernel of the CPU chain: `--cpu-kernel`, checked against this CPU.
+    pub cpu_kernel: Kernel,
 }
 
 impl Plan {
-    /// Decides the plan for `args` on a kernel offering Landlock ABI `landlock_abi` (0: none).
-    /// `--fs landlock` without Landlock is refused here, before anything is changed.
+    /// Decides the plan for `args` on a kernel offering Landlock ABI `landlock_abi` (0: none),
+    /// on this CPU (`cpuid`: which int8 kernels it runs). `--fs landlock` without Landlock,
+    /// and a `--cpu-kernel` this CPU lacks, are refused here, before anything is changed.
     pub fn new(args: &WorkerArgs, landlock_abi: i32) -> Result<Plan, WorkerError> {
+        let cpu_kernel =
+            Kernel::choose(args.cpu_kernel).map_err(|reason| WorkerError::SetupRefused {
+                step: Step::Device,
+                reason: format!("--cpu-kernel {}: {reason}", args.cpu_kernel),
+            })?;
         let fs = match (args.fs, landlock_abi > 0) {
             (FsMode::Auto, true) => Fs::Landlock { required: false },
             (FsMode::Auto, false) | (FsMode::Mount, _) => Fs::MountView,
@@ -180,6 +191,7 @@ impl Plan {
             fs,
             limits: Limits::for_worker(args.kind, args.file_size_mb),
             kind: args.kind,
+            cpu_kernel,
         })
     }
 }
@@ -391,10 +403,15 @@ impl<'a> Powerless<'a> {
 
 impl<'a> FsConfined<'a> {
     /// Step 6: a GPU worker initialises CUDA after Landlock and before seccomp (see
-    /// [`device::open_gpu`]); a CPU worker has nothing to do.
+    /// [`device::open_gpu`]); a CPU worker only names the int8 kernel its plan chose.
     fn init_device(mut self) -> Result<DeviceReady<'a>, WorkerError> {
         let device = self.0.run(Step::Device, |plan| match plan.kind {
-            Mode::Cpu => Ok((Device::Cpu, None)),
+            Mode::Cpu => Ok((
+                Device::Cpu {
+                    kernel: plan.cpu_kernel,
+                },
+                Some(format!("int8 kernel {}", plan.cpu_kernel.name())),
+            )),
             Mode::Gpu => {
                 let (gpu, summary) = device::open_gpu(device::GPU_ORDINAL)?;
                 Ok((Device::Gpu(Box::new(gpu)), Some(summary)))
@@ -496,7 +513,7 @@ fn check_job_dir(plan: &Plan) -> Result<(), WorkerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aitbc_protocol::args::DEFAULT_FILE_SIZE_MB;
+    use aitbc_protocol::args::{CpuKernel, DEFAULT_FILE_SIZE_MB};
 
     fn args(fs: FsMode) -> WorkerArgs {
         WorkerArgs {
@@ -504,6 +521,45 @@ mod tests {
             fs,
             file_size_mb: DEFAULT_FILE_SIZE_MB,
             kind: Mode::Cpu,
+            cpu_kernel: CpuKernel::Auto,
+        }
+    }
+
+    #[test]
+    fn the_plan_takes_the_named_kernel_or_refuses_before_the_first_step() {
+        let plan = |kind, cpu_kernel| {
+            Plan::new(
+                &WorkerArgs {
+                    kind,
+                    cpu_kernel,
+                    ..args(FsMode::Auto)
+                },
+                7,
+            )
+        };
+        assert_eq!(
+            plan(Mode::Cpu, CpuKernel::Auto).unwrap().cpu_kernel,
+            Kernel::detect()
+        );
+        for k in Kernel::ALL {
+            for kind in [Mode::Cpu, Mode::Gpu] {
+                match plan(kind, k.choice()) {
+                    Ok(p) => {
+                        assert!(k.available(), "{} planned on a CPU that lacks it", k.name());
+                        assert_eq!(p.cpu_kernel, k);
+                    }
+                    Err(e) => {
+                        assert!(!k.available(), "{}: {e}", k.name());
+                        let e = e.to_string();
+                        let want = format!(
+                            "confinement step device: --cpu-kernel {0}: this CPU lacks the {0} \
+                             int8 kernel (it runs ",
+                            k.name()
+                        );
+                        assert!(e.starts_with(&want), "{e}");
+                    }
+                }
+            }
         }
     }
 

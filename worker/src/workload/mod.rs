@@ -74,8 +74,9 @@ impl Output {
 /// What a worker process computes on: chosen by `--kind`, opened during confinement (step 6)
 /// and kept for the one job.
 pub enum Device {
-    /// The host CPU.
-    Cpu,
+    /// The host CPU, and the int8 kernel torch_bench's chain runs on it (the operator's
+    /// `--cpu-kernel`, checked against the CPU before confinement: `Kernel::choose`).
+    Cpu { kernel: torch_bench::Kernel },
     /// An NVIDIA GPU with every served workload's module, opened and warmed up before the
     /// sandbox was sealed.
     Gpu(Box<GpuModules>),
@@ -89,10 +90,17 @@ pub struct GpuModules {
 }
 
 impl Device {
+    /// The host CPU with the fastest kernel it runs (`--cpu-kernel auto`).
+    pub fn detected_cpu() -> Device {
+        Device::Cpu {
+            kernel: torch_bench::Kernel::detect(),
+        }
+    }
+
     /// The kind a worker on this device announces in its `Hello`.
     pub fn kind(&self) -> Mode {
         match self {
-            Device::Cpu => Mode::Cpu,
+            Device::Cpu { .. } => Mode::Cpu,
             Device::Gpu(_) => Mode::Gpu,
         }
     }
@@ -101,7 +109,7 @@ impl Device {
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Device::Cpu => f.write_str("Cpu"),
+            Device::Cpu { kernel } => write!(f, "Cpu({})", kernel.name()),
             Device::Gpu(g) => f.debug_tuple("Gpu").field(g).finish(),
         }
     }
@@ -201,14 +209,22 @@ pub fn run(spec: &WorkloadSpec, backend: Backend, device: &Device) -> Result<Out
     let gpu = match (backend, device) {
         (Backend::Cpu { .. }, _) => None,
         (Backend::Gpu { .. }, Device::Gpu(modules)) => Some(modules.as_ref()),
-        (Backend::Gpu { .. }, Device::Cpu) => {
+        (Backend::Gpu { .. }, Device::Cpu { .. }) => {
             return Err(WorkerError::Internal(
                 "a GPU job reached a CPU worker".into(),
             ))
         }
     };
+    // A CPU backend runs on a CPU worker (the re-check picks the backend from the device); a
+    // GPU worker has no CPU kernel of its own and would detect one.
+    let kernel = match device {
+        Device::Cpu { kernel } => *kernel,
+        Device::Gpu(_) => torch_bench::Kernel::detect(),
+    };
     match spec {
-        WorkloadSpec::TorchBench(p) => torch_bench::run(p, backend, gpu.map(|m| &m.torch_bench)),
+        WorkloadSpec::TorchBench(p) => {
+            torch_bench::run(p, backend, kernel, gpu.map(|m| &m.torch_bench))
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! # How it computes
 //!
-//! * **Kernels, chosen at run time** ([`Kernel::detect`], once per process): AVX-512-VNNI
+//! * **Kernels, chosen at run time** ([`Kernel::detect`], once per process, unless the operator
+//!   names one with `CPU_KERNEL`: [`Kernel::choose`]): AVX-512-VNNI
 //!   (512-bit `vpdpbusd`), AVX-VNNI (256-bit `vpdpbusd`), AVX2 (`vpmovsxbw` + `vpmaddwd`) and a
 //!   portable scalar loop. Every one computes the same exact `i32` sums, so the bytes never
 //!   depend on the kernel, the blocking or the thread count ([`run_cpu_with`] forces one).
@@ -30,6 +31,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use aitbc_protocol::api::Mode;
+use aitbc_protocol::args::CpuKernel;
 use aitbc_protocol::workload::torch_bench::TorchBenchParams;
 use aitbc_protocol::workload::torch_bench::{
     element_of, stream_key, Commitment, Committer, MATRIX_A0, MATRIX_B,
@@ -73,6 +75,49 @@ impl Kernel {
         })
     }
 
+    /// The kernel an operator's `choice` (`--cpu-kernel`, the config's `CPU_KERNEL`) names on
+    /// this CPU: [`Kernel::detect`] for `auto`, otherwise exactly the one named, or `Err`
+    /// saying which this CPU runs. Never a kernel the CPU lacks.
+    pub fn choose(choice: CpuKernel) -> Result<Kernel, String> {
+        match choice {
+            CpuKernel::Auto => Ok(Kernel::detect()),
+            named => Kernel::choose_from(named, Kernel::available),
+        }
+    }
+
+    /// [`Kernel::choose`] on a CPU that runs the kernels `available` accepts (pure: for tests
+    /// of CPUs this one is not). `auto` is the first available of [`Kernel::ALL`].
+    pub fn choose_from(
+        choice: CpuKernel,
+        available: impl Fn(Kernel) -> bool,
+    ) -> Result<Kernel, String> {
+        let named = match choice {
+            CpuKernel::Auto => {
+                return Ok(Kernel::ALL
+                    .into_iter()
+                    .find(|&k| available(k))
+                    .unwrap_or(Kernel::Portable))
+            }
+            CpuKernel::Avx512Vnni => Kernel::Avx512Vnni,
+            CpuKernel::AvxVnni => Kernel::AvxVnni,
+            CpuKernel::Avx2 => Kernel::Avx2,
+            CpuKernel::Portable => Kernel::Portable,
+        };
+        if available(named) {
+            return Ok(named);
+        }
+        let runs: Vec<&str> = Kernel::ALL
+            .into_iter()
+            .filter(|&k| available(k) || k == Kernel::Portable)
+            .map(Kernel::name)
+            .collect();
+        Err(format!(
+            "this CPU lacks the {} int8 kernel (it runs {}); set CPU_KERNEL=auto or one of those",
+            named.name(),
+            runs.join(", ")
+        ))
+    }
+
     /// Whether this CPU (and this build's target) can run the kernel.
     pub fn available(self) -> bool {
         match self {
@@ -94,13 +139,18 @@ impl Kernel {
         }
     }
 
-    /// A short name for logs and benchmarks.
+    /// A short name for logs and benchmarks: the spelling of `CPU_KERNEL` and `--cpu-kernel`.
     pub fn name(self) -> &'static str {
+        self.choice().as_str()
+    }
+
+    /// The operator's choice that names exactly this kernel.
+    pub fn choice(self) -> CpuKernel {
         match self {
-            Kernel::Avx512Vnni => "avx512-vnni",
-            Kernel::AvxVnni => "avx-vnni",
-            Kernel::Avx2 => "avx2",
-            Kernel::Portable => "portable",
+            Kernel::Avx512Vnni => CpuKernel::Avx512Vnni,
+            Kernel::AvxVnni => CpuKernel::AvxVnni,
+            Kernel::Avx2 => CpuKernel::Avx2,
+            Kernel::Portable => CpuKernel::Portable,
         }
     }
 
@@ -1046,6 +1096,57 @@ mod tests {
         }
         let c = CpuChain::with_kernel(Kernel::Portable, &params(10, 1, 0), 1).unwrap();
         assert_eq!(c.shape().0, 12);
+    }
+
+    #[test]
+    fn an_operators_choice_is_exactly_that_kernel_or_a_refusal() {
+        // Every kernel's name is the spelling of the choice that names it.
+        for k in Kernel::ALL {
+            assert_eq!(CpuKernel::parse(k.name()), Some(k.choice()));
+            assert_eq!(Kernel::choose_from(k.choice(), |_| true), Ok(k));
+        }
+        // A CPU with AVX2 only (this test's host may have more or less).
+        let avx2_only = |k: Kernel| matches!(k, Kernel::Avx2 | Kernel::Portable);
+        assert_eq!(
+            Kernel::choose_from(CpuKernel::Auto, avx2_only),
+            Ok(Kernel::Avx2)
+        );
+        assert_eq!(
+            Kernel::choose_from(CpuKernel::Portable, avx2_only),
+            Ok(Kernel::Portable)
+        );
+        assert_eq!(
+            Kernel::choose_from(CpuKernel::Avx2, avx2_only),
+            Ok(Kernel::Avx2)
+        );
+        for missing in [CpuKernel::Avx512Vnni, CpuKernel::AvxVnni] {
+            let e = Kernel::choose_from(missing, avx2_only).unwrap_err();
+            assert_eq!(
+                e,
+                format!(
+                    "this CPU lacks the {missing} int8 kernel (it runs avx2, portable); set \
+                     CPU_KERNEL=auto or one of those"
+                )
+            );
+        }
+        // A CPU with nothing but the portable loops.
+        assert_eq!(
+            Kernel::choose_from(CpuKernel::Auto, |_| false),
+            Ok(Kernel::Portable)
+        );
+        assert!(Kernel::choose_from(CpuKernel::Avx2, |_| false)
+            .unwrap_err()
+            .contains("(it runs portable)"));
+        // This CPU: auto is detection; a named kernel is itself exactly when it is available.
+        assert_eq!(Kernel::choose(CpuKernel::Auto), Ok(Kernel::detect()));
+        for k in Kernel::ALL {
+            assert_eq!(
+                Kernel::choose(k.choice()).is_ok(),
+                k.available(),
+                "{}",
+                k.name()
+            );
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //!
 //! What it gives the worker's dispatch (`crate::workload`): [`warm_up`] (the CPU kernel's
 //! detection, before seccomp), [`open_gpu`] (its GPU module, `aitbc_cuda::Gpu`), [`check_params`]
-//! and [`run`]: [`run_cpu`] (the int8 kernels of [`cpu`](mod@cpu), chosen at run time) with the
-//! job's thread count, or [`run_gpu`] on the device within the job's `vram_mb` cap.
+//! and [`run`]: [`run_cpu_with`] (the int8 kernels of [`cpu`](mod@cpu), chosen at run time or
+//! named by the operator, [`Kernel::choose`]) with the job's thread count, or [`run_gpu`] on the device within the job's `vram_mb` cap.
 //!
 //! This module must never make a result depend on timing, scheduling, the kernel or the
 //! device, and never report a length or operation count that differ from the params'.
@@ -26,15 +26,17 @@ use crate::WorkerError;
 pub use cpu::{chain_cpu_with, run_cpu, run_cpu_with, warm_up, CpuChain, Kernel};
 pub use gpu::{open_gpu, run_gpu};
 
-/// Runs the chain for checked params `p` on `backend`: the CPU kernels, or `gpu` (the worker's
-/// torch_bench module; the dispatch passes it for a GPU backend only).
+/// Runs the chain for checked params `p` on `backend`: the CPU's `kernel` (the worker's
+/// choice, [`Kernel::choose`]), or `gpu` (the worker's torch_bench module; the dispatch passes
+/// it for a GPU backend only).
 pub fn run(
     p: &TorchBenchParams,
     backend: Backend,
+    kernel: Kernel,
     gpu: Option<&aitbc_cuda::Gpu>,
 ) -> Result<Output, WorkerError> {
     match (backend, gpu) {
-        (Backend::Cpu { threads }, _) => run_cpu(p, threads),
+        (Backend::Cpu { threads }, _) => run_cpu_with(kernel, p, threads),
         (Backend::Gpu { vram_cap_bytes }, Some(gpu)) => run_gpu(gpu, p, vram_cap_bytes),
         (Backend::Gpu { .. }, None) => Err(WorkerError::Internal(
             "a GPU job reached a worker without torch_bench's GPU module".into(),
