@@ -738,8 +738,9 @@ fn settle(
 }
 
 /// A proof that did not hold (`reason`: AUDIT_FAILED or AUDIT_TIMEOUT): the job is requeued and
-/// its credit forfeited; every other credit its key still has pending is forfeited and its job
-/// requeued too (they are no better attested); the key's streak on the workload restarts, it
+/// its credit forfeited; every other credit its key still has pending in its window is forfeited
+/// and its job requeued too (they are no better attested; a held credit whose window already
+/// ended settles instead); the key's streak on the workload restarts, it
 /// takes a strike, and at `policy.config.strikes` strikes it is suspended from `next`. Returns
 /// how many jobs went back to the queue.
 fn catch(
@@ -772,7 +773,15 @@ fn catch(
         )
     };
     exclude(&job.id)?;
+    let mut forfeited = 0;
     for other in &others {
+        // A held credit whose window has ended was earned under the policy: it settles (the
+        // sweeper would have, had it run first), and is not part of the stake.
+        let window_over = other.settles_at.is_some_and(|at| at < now_ms);
+        if other.status()? == Some(VerificationStatus::Holding) && window_over {
+            settle(tx, other, VerificationStatus::Unaudited, now_ms)?;
+            continue;
+        }
         exclude(&other.id)?;
         let msg = format!(
             "credit forfeited: the same miner key's proof of job {} failed its audit",
@@ -786,6 +795,7 @@ fn catch(
             now_ms,
         )?;
         requeued += usize::from(t.effects.wake);
+        forfeited += 1;
     }
     tx.execute(
         "INSERT INTO trust (key_id, workload, streak) VALUES (?1, ?2, 0) \
@@ -806,7 +816,7 @@ fn catch(
         job = %job.id,
         key_id,
         reason = reason.as_str(),
-        forfeited_others = others.len(),
+        forfeited_others = forfeited,
         "a proof failed verification: credits forfeited, jobs requeued"
     );
     Ok(requeued)
@@ -2325,6 +2335,45 @@ mod tests {
         assert_eq!(e, want);
         // The secret is made once and kept.
         assert_eq!(s.audit_secret().unwrap(), s.audit_secret().unwrap());
+    }
+
+    /// When a key is caught, a credit of it that was held and whose window already ended
+    /// (the sweeper has not run yet) settles: it was earned under the policy. One still in its
+    /// window is forfeited.
+    #[test]
+    fn a_catch_forfeits_only_credits_still_in_their_window() {
+        let (_d, s) = store();
+        let client = s.add_key("c", Scope::Client, "c", 0).unwrap();
+        let mk = s.add_key("m", Scope::Miner, "m", 0).unwrap();
+        let m = miner(&s, mk, "m1");
+        for id in ["old", "new", "bad"] {
+            submit(&s, client, id, 60);
+        }
+        let rare = verifying(10, 0.0001);
+        s.lock()
+            .execute(
+                "INSERT INTO trust (key_id, workload, streak) VALUES (?1, 'torch_bench', 1000000)",
+                [mk],
+            )
+            .unwrap();
+        s.assign(&m, 1_000, 0).unwrap().unwrap();
+        s.proof(mk, &rooted("old"), &rare, None, 1_000).unwrap(); // settles_at 1_100
+        s.assign(&m, 1_150, 0).unwrap().unwrap();
+        s.proof(mk, &rooted("new"), &rare, None, 1_150).unwrap(); // settles_at 1_250
+        s.lock().execute("UPDATE trust SET streak = 0", []).unwrap();
+        s.assign(&m, 1_200, 0).unwrap().unwrap();
+        s.proof(mk, &rooted("bad"), &rare, None, 1_200).unwrap();
+        let bad = verdict(mk, "bad", 1, Err("wrong".into()));
+        s.audit_verdict(&bad, &rare, None, 1_210).unwrap();
+        let state = |id: &str| s.job(id).unwrap().unwrap().0;
+        assert_eq!(state("old").state, JobState::Completed);
+        assert_eq!(
+            state("old").verification.unwrap().status,
+            VerificationStatus::Unaudited
+        );
+        assert_eq!(state("new").state, JobState::Queued);
+        let b = s.balance("w1").unwrap();
+        assert_eq!((b.balance, b.pending, b.forfeited), (10, 0, 20));
     }
 
     /// A held credit settles when its window ends, as `unaudited`.

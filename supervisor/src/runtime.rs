@@ -1500,7 +1500,7 @@ impl Auditor {
                 match built {
                     Ok(Ok((answer, faults))) => {
                         for f in &faults {
-                            error!(job = %key.0, attempt = key.1, row = f.row, "SELF-CHECK FAILED: the recomputed row is not the row this miner committed to; its own result was wrong (faulty CPU, memory or GPU?); answering the recomputed row");
+                            error!(job = %key.0, attempt = key.1, row = f.row, "SELF-CHECK FAILED: the recomputed row is not the row this miner committed to; its own result was wrong (faulty CPU, memory or GPU? CPU_KERNEL=portable rules out the fast int8 kernel); answering the recomputed row");
                         }
                         if !faults.is_empty() {
                             ctx.status.audit_self_check_failed(faults.len() as u64);
@@ -1782,6 +1782,7 @@ mod tests {
             worker_exe: None,
             run_as_user: "nobody".into(),
             sandbox_fs: protocol::args::FsMode::Auto,
+            cpu_kernel: protocol::args::CpuKernel::Auto,
             gpu_poll: Duration::from_millis(500),
             gpu_max_temp_c: 90,
             status_socket: None,

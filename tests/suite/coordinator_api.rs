@@ -39,11 +39,15 @@ async fn a_job_goes_from_submit_to_a_credited_wallet() {
     assert_eq!(view.state, JobState::Completed);
     assert_eq!(view.proof.expect("the proof").output_sha, sha_of(&job.id));
     assert_eq!(c.balance("wallet_a").await, (25, 1));
+    // Verification is off here: the credit and its settle entry, newest first.
     let ledger = c.ledger("wallet_a").await;
-    assert_eq!(ledger.len(), 1);
-    assert_eq!(ledger[0]["job_id"], json!(job.id));
-    assert_eq!(ledger[0]["amount"], json!(25));
-    assert_eq!(ledger[0]["miner_id"], json!("m1"));
+    assert_eq!(ledger.len(), 2, "{ledger:?}");
+    for (entry, kind) in ledger.iter().zip(["settle", "credit"]) {
+        assert_eq!(entry["kind"], json!(kind));
+        assert_eq!(entry["job_id"], json!(job.id));
+        assert_eq!(entry["amount"], json!(25));
+        assert_eq!(entry["miner_id"], json!("m1"));
+    }
     // The miner key alone finds its wallet.
     let r = c.get("/v1/wallet/balance", Some(&c.miner_key)).await;
     assert_eq!(r.json()["balance"], json!(25));
@@ -262,7 +266,7 @@ async fn proofs_are_fenced_and_credited_exactly_once() {
         .await
         .into_iter()
         .chain(c.ledger("wallet_2").await)
-        .filter(|e| e["job_id"] == json!(late.id))
+        .filter(|e| e["job_id"] == json!(late.id) && e["kind"] == json!("credit"))
         .count();
     assert_eq!(credits_for_late, 1);
     c.stop().await;

@@ -1777,8 +1777,8 @@ async fn live_answers_match_the_document() {
     let v = view.verification.expect("a verification");
     assert_eq!((v.status, v.attempt), (VerificationStatus::Failed, 2));
     assert!(
-        view.proof.is_some(),
-        "the rejected proof stays shown, as documented"
+        view.proof.is_none(),
+        "a rejected proof is no result, as documented"
     );
     let bal = live
         .check(
@@ -1857,10 +1857,18 @@ async fn live_answers_match_the_document() {
             suspended: false
         }
     );
+    // Reinstated, it may take jobs again, but never the one it was caught on.
+    live.check("GET", "/v1/miner/next", cheat_next, x, None, 204)
+        .await;
+    assert_eq!(live.tc.job(&id2).await.state, JobState::Queued);
+    let fresh = live
+        .tc
+        .submit(json!({"workload": "torch_bench", "params": {"n": 4, "iters": 1}, "reward": 1}))
+        .await;
     let again = live
         .check("GET", "/v1/miner/next", cheat_next, x, None, 200)
         .await;
-    assert_eq!((&again["id"], &again["attempt"]), (&json!(id2), &json!(3)));
+    assert_eq!(again["id"], json!(fresh.id));
 
     // Refusals, each with the error body and a documented status.
     let hb_path = "/v1/miner/heartbeat";
