@@ -27,9 +27,9 @@
 //! trust a challenge: rows out of range, out of order or more than [`MAX_AUDIT_ROWS`] are
 //! refused before anything is computed.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -200,19 +200,7 @@ impl AuditSpool {
         let bytes = entry
             .encode()
             .map_err(|e| err(&path)(std::io::Error::other(e)))?;
-        let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(err(&path))?;
+        crate::spool::write_durably(&self.dir, &tmp, &path, &bytes).map_err(err(&path))?;
         Ok((path, bytes.len() as u64))
     }
 
@@ -254,14 +242,7 @@ impl AuditSpool {
 
     /// Removes an entry (and syncs the directory so it stays removed).
     pub fn remove(&self, path: &Path) -> Result<(), Error> {
-        match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(err(path)(e)),
-        }
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err(&self.dir))
+        crate::spool::remove_durably(&self.dir, path).map_err(err(path))
     }
 }
 

@@ -109,19 +109,7 @@ impl Spool {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(spool_err(&path))?;
+        write_durably(&self.dir, &tmp, &path, &bytes).map_err(spool_err(&path))?;
         Ok(path)
     }
 
@@ -165,15 +153,39 @@ impl Spool {
 
     /// Removes a sent entry (and syncs the directory so it stays removed).
     pub fn remove(&self, path: &Path) -> Result<(), Error> {
-        match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(spool_err(path)(e)),
-        }
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(spool_err(&self.dir))
+        remove_durably(&self.dir, path).map_err(spool_err(path))
     }
+}
+
+/// Writes `bytes` to `path` in `dir` so that a crash leaves the old file or the new one, never
+/// a torn one: a private (0600) `tmp` file, fsync, rename over `path`, fsync of `dir`. The
+/// proof spool and the audit spool both write this way.
+pub(crate) fn write_durably(
+    dir: &Path,
+    tmp: &Path,
+    path: &Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Removes `path` (already gone is fine) and syncs `dir` so it stays removed.
+pub(crate) fn remove_durably(dir: &Path, path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
