@@ -518,8 +518,28 @@ async fn audit(State(inner): State<App>, headers: HeaderMap, body: Body) -> Resu
                 .as_deref()
                 .is_none_or(|m| t.prover_miner_id.as_deref() == Some(m))
     });
+    // Held until the verdict is stored, so no second check of this audit starts meanwhile.
+    let _held = match open {
+        Some(_) => match Checking::claim(&inner, &answer.id, answer.attempt) {
+            Some(held) => Some(held),
+            None => {
+                let mut r = Refusal::new(
+                    ErrorCode::Unavailable,
+                    "an answer to this audit is already being checked; send it again".into(),
+                );
+                r.retry_after = Some(1);
+                return Err(r.into());
+            }
+        },
+        None => None,
+    };
     let verdict = match open {
         Some(t) => {
+            let _permit = inner
+                .check_permits
+                .acquire()
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?;
             let a = answer.clone();
             Some(
                 tokio::task::spawn_blocking(move || check_answer(&t, &a))
@@ -551,6 +571,37 @@ async fn audit(State(inner): State<App>, headers: HeaderMap, body: Body) -> Resu
         crate::refresh_suspended(&inner).await?;
     }
     Ok(respond(outcome.answer))
+}
+
+/// One audit's answer being checked: at most one at a time per (job, attempt), released when
+/// dropped (the verdict applied, or the request gone).
+struct Checking<'a> {
+    inner: &'a App,
+    key: (String, u32),
+}
+
+impl<'a> Checking<'a> {
+    fn claim(inner: &'a App, id: &str, attempt: u32) -> Option<Checking<'a>> {
+        let key = (id.to_string(), attempt);
+        // The lock is released before a guard exists: a refused claim builds none, so no
+        // drop can run (and lock again, or release the other claim) while it is held.
+        let fresh = inner
+            .checking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
+        fresh.then(|| Checking { inner, key })
+    }
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .checking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
 }
 
 /// The verdict on an answer to an open audit (the workload's own check).

@@ -497,3 +497,18 @@ fn coordinator_only_reasons_and_reinstate_headers_are_checked() {
     });
     assert_eq!(c, 400);
 }
+
+/// An audit's answer is checked once at a time: a second claim of the same (job, attempt)
+/// is refused while the first is held, other audits are not held up, and dropping releases.
+#[test]
+fn one_check_at_a_time_per_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::open(&dir.path().join("c.db"), CoordinatorConfig::default()).unwrap();
+    let first = super::Checking::claim(&c.inner, "j", 1).expect("free");
+    assert!(super::Checking::claim(&c.inner, "j", 1).is_none());
+    let other = super::Checking::claim(&c.inner, "j", 2).expect("another attempt is free");
+    drop(first);
+    assert!(super::Checking::claim(&c.inner, "j", 1).is_some());
+    drop(other);
+    assert!(c.inner.checking.lock().unwrap().is_empty());
+}

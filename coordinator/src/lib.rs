@@ -153,6 +153,11 @@ pub(crate) struct Inner {
     /// after a failed audit and on reinstatement, so that `next` on an empty queue still never
     /// reaches the database.
     pub(crate) suspended: RwLock<HashSet<i64>>,
+    /// The audits whose answer is being recomputed right now, and the permits for doing so:
+    /// a check costs `k * iters * n^2` multiply-adds, so a miner may not have two of its own
+    /// answers checked at once, and no more checks run at once than there are cores.
+    pub(crate) checking: Mutex<HashSet<(String, u32)>>,
+    pub(crate) check_permits: tokio::sync::Semaphore,
     /// Miners by id, as last heartbeated (last_seen kept here only).
     pub(crate) miners: RwLock<HashMap<String, MinerRecord>>,
     /// Bumped whenever a job becomes queued; long-polls wait on it.
@@ -195,6 +200,10 @@ impl Coordinator {
                 keys: RwLock::new(HashMap::new()),
                 buckets: Mutex::new(HashMap::new()),
                 suspended: RwLock::new(suspended),
+                checking: Mutex::new(HashSet::new()),
+                check_permits: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                ),
                 miners: RwLock::new(miners),
                 queued: watch::channel(0).0,
                 stopping: watch::channel(false).0,
