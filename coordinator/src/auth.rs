@@ -65,22 +65,15 @@ pub struct KeyInfo {
 pub fn new_key() -> Result<String, Error> {
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
-    Ok(format!("{KEY_PREFIX}{}", hex(&bytes)))
+    Ok(format!(
+        "{KEY_PREFIX}{}",
+        aitbc_protocol::hex::encode(&bytes)
+    ))
 }
 
 /// The stored identity of a key: SHA-256 of the whole key string, lower-case hex.
 pub fn key_hash(key: &str) -> String {
-    hex(&Sha256::digest(key.as_bytes()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
+    aitbc_protocol::hex::encode(&Sha256::digest(key.as_bytes()))
 }
 
 /// Extracts the key from the request's `Authorization` header values (all of them, in order).

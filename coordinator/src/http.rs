@@ -231,7 +231,7 @@ fn idem_of(headers: &HeaderMap, key: KeyInfo, route: &str, body: &[u8]) -> Resul
     Ok(Some(IdemKey {
         key_id: key.id,
         key: idem,
-        request_hash: auth::hex(&h.finalize()),
+        request_hash: aitbc_protocol::hex::encode(&h.finalize()),
     }))
 }
 

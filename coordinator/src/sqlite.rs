@@ -923,10 +923,7 @@ fn check_claim(tx: &Connection, id: &str, claim: Claim<'_>, now_ms: i64) -> Resu
         lease_expires_ms: job.lease_expires_at,
     };
     match lifecycle::check_report(assignment, claim, now_ms) {
-        Err(r) => Ok(Checked::Refused(Outcome {
-            answer: r.answer(),
-            requeued: false,
-        })),
+        Err(r) => Ok(Checked::Refused(Outcome::refused(r))),
         Ok(Verdict::Accept) => Ok(Checked::Go(Box::new(job))),
         Ok(Verdict::Expired) => {
             let deadline = job.lease_expires_at.map(from_ms).transpose()?;
@@ -1173,12 +1170,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<Outcome, Error> {
         self.write(idem, now_ms, |tx| {
-            let refuse = |r: Refusal| {
-                Ok(Outcome {
-                    answer: r.answer(),
-                    requeued: false,
-                })
-            };
+            let refuse = |r: Refusal| Ok(Outcome::refused(r));
             if !is_sha256_hex(&p.output_sha) {
                 return refuse(Refusal::invalid(
                     "output_sha",
@@ -1474,12 +1466,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<Outcome, Error> {
         self.write(idem, now_ms, |tx| {
-            let refuse = |r: Refusal| {
-                Ok(Outcome {
-                    answer: r.answer(),
-                    requeued: false,
-                })
-            };
+            let refuse = |r: Refusal| Ok(Outcome::refused(r));
             let Some(job) = load_job(tx, claim.id)? else {
                 return refuse(Refusal::new(
                     ErrorCode::NotFound,

@@ -157,6 +157,16 @@ pub struct Outcome {
     pub requeued: bool,
 }
 
+impl Outcome {
+    /// A refusal, which changes nothing.
+    pub fn refused(r: crate::error::Refusal) -> Outcome {
+        Outcome {
+            answer: r.answer(),
+            requeued: false,
+        }
+    }
+}
+
 /// The Coordinator's storage. Each method is atomic; see the module doc.
 pub trait Store: Send + Sync {
     /// Stores a key's hash; returns its id.

@@ -75,9 +75,9 @@ pub async fn run_local(
             handoff,
             leaves,
         }) => Ok(LocalRun {
-            output_sha: crate::runtime::hex(&output.output_sha),
+            output_sha: protocol::hex::encode(&output.output_sha),
             output_len: output.output_len,
-            merkle_root: crate::runtime::hex(&output.merkle_root),
+            merkle_root: protocol::hex::encode(&output.merkle_root),
             leaves,
             metrics,
             spawn_to_ready,

@@ -895,8 +895,8 @@ async fn run_job(
                 miner_id: Some(ctx.config.miner_id.clone()),
                 attempt: Some(job.attempt),
                 mode: out.kind,
-                output_sha: hex(&out.output_sha),
-                merkle_root: Some(hex(&out.merkle_root)),
+                output_sha: protocol::hex::encode(&out.output_sha),
+                merkle_root: Some(protocol::hex::encode(&out.merkle_root)),
                 output_len: Some(out.output_len),
                 metrics,
                 started_at: Some(started_at),
@@ -960,7 +960,7 @@ async fn keep_for_audit(
         job_id: job.id.clone(),
         attempt: job.attempt,
         spec,
-        merkle_root: hex(root),
+        merkle_root: protocol::hex::encode(root),
         proved_at,
         challenge: None,
     };
@@ -1005,16 +1005,6 @@ async fn enqueue(ctx: &Ctx, entry: Entry) {
     // Counted before the sender can settle it.
     ctx.status.spooled(1);
     let _ = ctx.outbox.send((path, entry));
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// What to do with an outbox entry after one send.
@@ -1870,6 +1860,6 @@ mod tests {
 
     #[test]
     fn hex_is_lower_case() {
-        assert_eq!(hex(&[0x00, 0xab, 0x10]), "00ab10");
+        assert_eq!(protocol::hex::encode(&[0x00, 0xab, 0x10]), "00ab10");
     }
 }

@@ -166,7 +166,7 @@ fn run(
                     ..
                 }) => SelfTest::Ran {
                     sandbox,
-                    output_sha: crate::runtime::hex(&output.output_sha),
+                    output_sha: protocol::hex::encode(&output.output_sha),
                     handoff,
                     start,
                     audit: self_audit(KNOWN_PARAMS, &output.merkle_root, leaves, &pick_rows()),
@@ -209,7 +209,7 @@ pub fn self_audit(
             job_id: "doctor-self-test".into(),
             attempt: 1,
             spec: WorkloadSpec::TorchBench(p),
-            merkle_root: crate::runtime::hex(root),
+            merkle_root: protocol::hex::encode(root),
             proved_at: protocol::api::ts::now(),
             challenge: None,
         },
@@ -389,7 +389,7 @@ mod tests {
         let out = reference_output(&p);
         let leaves: Vec<Digest> = out.chunks(p.n as usize).map(row_leaf).collect();
         let root = protocol::merkle::root(&leaves).unwrap();
-        assert_eq!(crate::runtime::hex(&root), KNOWN.4);
+        assert_eq!(protocol::hex::encode(&root), KNOWN.4);
         let rows = pick_rows();
         assert_eq!(rows.len(), AUDIT_ROWS);
         assert!(rows.windows(2).all(|w| w[0] < w[1]) && rows.iter().all(|&r| r < 64));
