@@ -127,7 +127,9 @@ pub fn status_of(code: ErrorCode) -> u16 {
         | ErrorCode::StaleAttempt
         | ErrorCode::UnknownMiner
         | ErrorCode::WalletFull
-        | ErrorCode::NoAudit => 409,
+        | ErrorCode::NoAudit
+        | ErrorCode::ResultNotReady
+        | ErrorCode::OffsetMismatch => 409,
         ErrorCode::PayloadTooLarge => 413,
         ErrorCode::ValidationFailed | ErrorCode::IdempotencyKeyReused => 422,
         ErrorCode::RateLimited => 429,

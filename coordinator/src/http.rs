@@ -9,15 +9,16 @@
 use std::sync::Arc;
 
 use aitbc_protocol::api::{
-    AuditAck, AuditAnswer, AuditVerdict, ErrorCode, FailReason, FailReport, HeartbeatAck,
-    MinerCapabilities, MinerView, Proof, SubmitJob, VerificationStatus, IDEMPOTENCY_HEADER,
+    ArtifactStatus, AuditAck, AuditAnswer, AuditVerdict, ErrorCode, FailReason, FailReport,
+    HeartbeatAck, JobResult, JobState, JobView, MinerCapabilities, MinerView, Proof, SubmitJob,
+    VerificationStatus, IDEMPOTENCY_HEADER,
 };
 use aitbc_protocol::workload::torch_bench::TorchBenchParams;
 use aitbc_protocol::workload::Workload;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +26,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 
+use crate::artifacts::{Artifacts, Held, CHUNK_BYTES};
 use crate::auth::{self, KeyInfo, Scope};
 use crate::error::{Answer, Error, Refusal};
 use crate::store::{AuditClaim, AuditTarget, IdemKey, Matcher, MinerRecord, NewJob, Store};
@@ -48,6 +50,11 @@ pub(crate) fn router(inner: App) -> Router {
         .route("/v1/miner/audit", post(audit))
         .route("/v1/client/jobs", post(submit))
         .route("/v1/client/jobs/{id}", get(job))
+        .route("/v1/client/jobs/{id}/artifact", get(download))
+        .route(
+            "/v1/miner/jobs/{id}/artifact",
+            get(upload_status).put(upload),
+        )
         .route("/v1/wallet/balance", get(balance))
         .route("/v1/wallet/ledger", get(ledger))
         .route("/v1/admin/jobs", get(admin_jobs))
@@ -652,9 +659,265 @@ async fn job(
     let lookup = id.clone();
     let found = blocking(&inner, move |s| s.job(&lookup)).await?;
     match found {
-        Some((view, owner)) if owner == key.id || key.scope == Scope::Admin => ok_json(200, &view),
+        Some((view, owner)) if owner == key.id || key.scope == Scope::Admin => {
+            let views = with_results(&inner, vec![view]).await?;
+            ok_json(200, &views[0])
+        }
         _ => Err(Refusal::new(ErrorCode::NotFound, format!("no job {id:?}")).into()),
     }
+}
+
+/// Fills each view's `result` from its accepted proof and the artifact directory.
+async fn with_results(inner: &App, mut views: Vec<JobView>) -> Result<Vec<JobView>> {
+    let Some(artifacts) = inner.artifacts.clone() else {
+        for v in &mut views {
+            v.result = result_of(v, None);
+        }
+        return Ok(views);
+    };
+    let owners: Vec<Option<i64>> = views.iter().map(|v| prover_key(inner, v)).collect();
+    let filled = tokio::task::spawn_blocking(move || {
+        for (v, owner) in views.iter_mut().zip(owners) {
+            let held = match (accepted(v), owner) {
+                (Some((sha, Some(size))), Some(key_id)) => {
+                    Some(artifacts.held(&sha, key_id, size)?)
+                }
+                _ => None,
+            };
+            v.result = result_of(v, held);
+        }
+        Ok::<_, Error>(views)
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))??;
+    Ok(filled)
+}
+
+/// The output digest and length of a job's accepted proof: one that is being verified or has
+/// settled (a rejected proof is cleared from its job).
+fn accepted(v: &JobView) -> Option<(String, Option<u64>)> {
+    let p = v.proof.as_ref()?;
+    matches!(v.state, JobState::Verifying | JobState::Completed)
+        .then(|| (p.output_sha.clone(), p.output_len))
+}
+
+fn result_of(v: &JobView, held: Option<Held>) -> Option<JobResult> {
+    let p = v.proof.as_ref()?;
+    accepted(v)?;
+    let complete = held.is_some_and(|h| h.complete);
+    Some(JobResult {
+        output_sha: p.output_sha.clone(),
+        merkle_root: p.merkle_root.clone(),
+        output_len: p.output_len,
+        artifact_received: held.map_or(0, |h| h.received),
+        artifact_ready: complete && v.state == JobState::Completed,
+    })
+}
+
+/// The key that owns the miner recorded on the job (its prover, once a proof is in).
+fn prover_key(inner: &App, v: &JobView) -> Option<i64> {
+    let miners = inner.miners.read().unwrap_or_else(|e| e.into_inner());
+    v.miner_id
+        .as_ref()
+        .and_then(|m| miners.get(m))
+        .map(|m| m.key_id)
+}
+
+fn artifact_dir(inner: &App) -> Result<Arc<Artifacts>> {
+    inner.artifacts.clone().ok_or_else(|| {
+        Refusal::new(
+            ErrorCode::Unavailable,
+            "this coordinator keeps no artifacts (it was started without an artifact directory)"
+                .to_string(),
+        )
+        .into()
+    })
+}
+
+/// What an upload of job `id`'s artifact by `key` for `attempt` is checked against: the job's
+/// accepted proof of that attempt, by this key, with an output of at most the configured size.
+/// Answers the digest and size.
+async fn upload_target(inner: &App, key: KeyInfo, id: &str, attempt: u32) -> Result<(String, u64)> {
+    let lookup = id.to_string();
+    let Some((view, _)) = blocking(inner, move |s| s.job(&lookup)).await? else {
+        return Err(Refusal::new(ErrorCode::NotFound, format!("no job {id:?}")).into());
+    };
+    if view.attempt != attempt {
+        return Err(Refusal::new(
+            ErrorCode::StaleAttempt,
+            format!(
+                "attempt = {attempt}: the job is at attempt {}; only its accepted proof's \
+                 attempt uploads",
+                view.attempt
+            ),
+        )
+        .into());
+    }
+    let Some((sha, size)) = accepted(&view) else {
+        let code = if view.state == JobState::Failed {
+            ErrorCode::JobFinished
+        } else {
+            ErrorCode::NotAssigned
+        };
+        return Err(Refusal::new(
+            code,
+            format!(
+                "attempt {attempt} has no accepted proof (the job is {})",
+                view.state.as_str()
+            ),
+        )
+        .into());
+    };
+    if prover_key(inner, &view) != Some(key.id) {
+        return Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "the job's proof was sent under another key".to_string(),
+        )
+        .into());
+    }
+    let size = size.ok_or_else(|| {
+        Refusal::new(
+            ErrorCode::ValidationFailed,
+            "the proof declared no output_len, so its output has no artifact".to_string(),
+        )
+    })?;
+    let max = inner.config.artifact_max_bytes;
+    if size > max {
+        return Err(Refusal::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the output of {size} bytes is larger than the {max} bytes this coordinator \
+                 keeps per artifact"
+            ),
+        )
+        .into());
+    }
+    Ok((sha, size))
+}
+
+fn artifact_status(id: String, attempt: u32, sha: String, size: u64, h: Held) -> ArtifactStatus {
+    ArtifactStatus {
+        id,
+        attempt,
+        size,
+        sha256: sha,
+        received: h.received,
+        complete: h.complete,
+    }
+}
+
+/// `GET /v1/miner/jobs/{id}/artifact?attempt=N`: where the upload stands (to resume).
+async fn upload_status(
+    State(inner): State<App>,
+    headers: HeaderMap,
+    id: std::result::Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let key = authenticate(&inner, &headers, Some(Scope::Miner)).await?;
+    let Path(id) = id.map_err(|e| Refusal::bad_request(format!("bad job id in path: {e}")))?;
+    check_id("id", &id)?;
+    let (attempt, _) = validate::artifact_query(q.as_deref(), false)?;
+    let artifacts = artifact_dir(&inner)?;
+    let (sha, size) = upload_target(&inner, key, &id, attempt).await?;
+    let s2 = sha.clone();
+    let held = tokio::task::spawn_blocking(move || artifacts.held(&s2, key.id, size))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+    ok_json(200, &artifact_status(id, attempt, sha, size, held))
+}
+
+/// `PUT /v1/miner/jobs/{id}/artifact?attempt=N&offset=K`: appends the body (at most
+/// [`CHUNK_BYTES`]) at byte `offset` of the output; idempotent, so a replay or an overlapping
+/// resume is answered from what is held.
+async fn upload(
+    State(inner): State<App>,
+    headers: HeaderMap,
+    id: std::result::Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Result<Response> {
+    let key = authenticate(&inner, &headers, Some(Scope::Miner)).await?;
+    let Path(id) = id.map_err(|e| Refusal::bad_request(format!("bad job id in path: {e}")))?;
+    check_id("id", &id)?;
+    let (attempt, offset) = validate::artifact_query(q.as_deref(), true)?;
+    let artifacts = artifact_dir(&inner)?;
+    let (sha, size) = upload_target(&inner, key, &id, attempt).await?;
+    let chunk = read_body_up_to(&headers, body, CHUNK_BYTES).await?;
+    let s2 = sha.clone();
+    let held = tokio::task::spawn_blocking(move || {
+        let Some(turn) = artifacts.turn(&s2, key.id) else {
+            let mut r = Refusal::new(
+                ErrorCode::Unavailable,
+                "another upload of this artifact by this key is being written; retry".to_string(),
+            );
+            r.retry_after = Some(1);
+            return Err(Error::from(r));
+        };
+        artifacts.write(&turn, &s2, key.id, size, offset, &chunk)
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))??;
+    ok_json(200, &artifact_status(id, attempt, sha, size, held))
+}
+
+/// `GET /v1/client/jobs/{id}/artifact`: the output of a completed job, streamed, to the client
+/// that submitted it or an admin. `ETag` and `X-Content-SHA256` carry its SHA-256.
+async fn download(
+    State(inner): State<App>,
+    headers: HeaderMap,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let key = authenticate(&inner, &headers, Some(Scope::Client)).await?;
+    let Path(id) = id.map_err(|e| Refusal::bad_request(format!("bad job id in path: {e}")))?;
+    check_id("id", &id)?;
+    let lookup = id.clone();
+    let view = match blocking(&inner, move |s| s.job(&lookup)).await? {
+        Some((view, owner)) if owner == key.id || key.scope == Scope::Admin => view,
+        _ => return Err(Refusal::new(ErrorCode::NotFound, format!("no job {id:?}")).into()),
+    };
+    let not_ready = |why: String| Refusal::new(ErrorCode::ResultNotReady, why);
+    if view.state != JobState::Completed {
+        return Err(not_ready(format!(
+            "the job is {}; its result is served once its proof is verified and settled",
+            view.state.as_str()
+        ))
+        .into());
+    }
+    let Some((sha, Some(size))) = accepted(&view) else {
+        return Err(Refusal::new(
+            ErrorCode::NotFound,
+            "the job's proof declared no output_len, so it has no artifact; its result is the \
+             proof's output_sha and merkle_root"
+                .to_string(),
+        )
+        .into());
+    };
+    let artifacts = artifact_dir(&inner)?;
+    let s2 = sha.clone();
+    let file = tokio::task::spawn_blocking(move || artifacts.complete(&s2))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+    let Some(path) = file else {
+        return Err(not_ready(format!(
+            "the miner has not uploaded the job's {size}-byte output yet"
+        ))
+        .into());
+    };
+    let file = tokio::fs::File::open(&path).await.map_err(Error::Io)?;
+    let mut resp = Response::new(Body::from_stream(tokio_util::io::ReaderStream::new(file)));
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(CONTENT_LENGTH, HeaderValue::from(size));
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{sha}\"")) {
+        h.insert(ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&sha) {
+        h.insert("x-content-sha256", v);
+    }
+    Ok(resp)
 }
 
 /// The caller's key, if it sent one (public endpoints still refuse a bad key).
@@ -739,7 +1002,7 @@ async fn admin_jobs(
     let state = validate::state_param(&pairs)?;
     let limit = validate::limit_param(&pairs)?;
     let jobs = blocking(&inner, move |s| s.jobs(state, limit)).await?;
-    ok_json(200, &jobs)
+    ok_json(200, &with_results(&inner, jobs).await?)
 }
 
 /// Miners as last heard from, newest heartbeat first; served from memory, so `last_seen` and

@@ -2,6 +2,8 @@
 //! lifecycle and the ledger.
 //!
 //! * [`lifecycle`]: the job state machine, pure.
+//! * [`artifacts`]: the job outputs miners upload for their clients, as files named by
+//!   their SHA-256.
 //! * [`audit`]: the verification policy (which proofs are audited, which rows) and the
 //!   check of an audit's answer, pure.
 //! * [`validate`] and [`auth`]: pure checks of requests, keys and rate limits.
@@ -15,6 +17,7 @@
 //! port-0 loopback listener. Architecture invariant: this crate depends on `aitbc-protocol`
 //! only, never on the miner's crates; it never logs an API key and never panics on input.
 
+pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod error;
@@ -55,6 +58,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/miner/audits"),
     ("POST", "/v1/miner/audit"),
     ("POST", "/v1/admin/miners/{id}/reinstate"),
+    ("GET", "/v1/client/jobs/{id}/artifact"),
+    ("GET", "/v1/miner/jobs/{id}/artifact"),
+    ("PUT", "/v1/miner/jobs/{id}/artifact"),
 ];
 
 /// Tunables. Durations are plain values so tests run them in milliseconds.
@@ -74,6 +80,11 @@ pub struct CoordinatorConfig {
     pub max_body_bytes: usize,
     /// How proofs are checked before their credit settles.
     pub verify: VerifyConfig,
+    /// Where uploaded job outputs are kept; `None` with [`Coordinator::open`] means
+    /// `<db>.artifacts` beside the database, and with [`Coordinator::with_store`] none are kept.
+    pub artifact_dir: Option<std::path::PathBuf>,
+    /// Largest output a miner may upload for one job.
+    pub artifact_max_bytes: u64,
 }
 
 /// The verification policy's knobs (`aitbc-coordinator serve --verify-*` flags). The policy
@@ -131,6 +142,8 @@ impl Default for CoordinatorConfig {
             rate_limit_per_sec: 1000,
             max_body_bytes: 64 * 1024,
             verify: VerifyConfig::default(),
+            artifact_dir: None,
+            artifact_max_bytes: 64 << 20,
         }
     }
 }
@@ -146,6 +159,8 @@ pub(crate) struct Inner {
     /// The verification policy and its secret (from the config, else the database).
     pub(crate) policy: audit::Policy,
     pub(crate) store: Arc<dyn Store>,
+    /// The uploaded job outputs, when an artifact directory is configured.
+    pub(crate) artifacts: Option<Arc<artifacts::Artifacts>>,
     /// Verified keys by hash. Only positive answers are cached; keys are never deleted.
     pub(crate) keys: RwLock<HashMap<String, KeyInfo>>,
     pub(crate) buckets: Mutex<HashMap<i64, auth::Bucket>>,
@@ -168,8 +183,14 @@ pub(crate) struct Inner {
 
 impl Coordinator {
     /// Opens (creating and migrating) the SQLite database at `db`.
-    pub fn open(db: &Path, config: CoordinatorConfig) -> Result<Coordinator, Error> {
+    /// Uploaded outputs go to `config.artifact_dir`, else to `<db>.artifacts` beside it.
+    pub fn open(db: &Path, mut config: CoordinatorConfig) -> Result<Coordinator, Error> {
         let store: Arc<dyn Store> = Arc::new(sqlite::SqliteStore::open(db)?);
+        if config.artifact_dir.is_none() {
+            let mut name = db.file_name().unwrap_or_default().to_os_string();
+            name.push(".artifacts");
+            config.artifact_dir = Some(db.with_file_name(name));
+        }
         Coordinator::with_store(store, config)
     }
 
@@ -187,6 +208,10 @@ impl Coordinator {
             secret,
         };
         let suspended = store.suspended_keys()?.into_iter().collect();
+        let artifacts = match &config.artifact_dir {
+            Some(dir) => Some(Arc::new(artifacts::Artifacts::open(dir)?)),
+            None => None,
+        };
         let miners = store
             .load_miners()?
             .into_iter()
@@ -197,6 +222,7 @@ impl Coordinator {
                 config,
                 policy,
                 store,
+                artifacts,
                 keys: RwLock::new(HashMap::new()),
                 buckets: Mutex::new(HashMap::new()),
                 suspended: RwLock::new(suspended),

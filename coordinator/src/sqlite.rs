@@ -554,6 +554,7 @@ impl JobRow {
                 .map(serde_json::from_str)
                 .transpose()?,
             verification: self.verification()?,
+            result: None,
         })
     }
 

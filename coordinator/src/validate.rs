@@ -424,6 +424,21 @@ pub fn next_query(raw: Option<&str>, max_wait: Duration) -> Result<NextQuery, Re
     })
 }
 
+/// `?attempt=N` (required) and, for an upload, `&offset=K` (required): an artifact request's
+/// attempt and the byte offset of its chunk.
+pub fn artifact_query(raw: Option<&str>, upload: bool) -> Result<(u32, u64), Refusal> {
+    let pairs = query_pairs(raw)?;
+    let required = |name: &str| Refusal::invalid(name, "", "this query parameter is required");
+    let attempt =
+        int_param(&pairs, "attempt", 1, u64::from(u32::MAX))?.ok_or_else(|| required("attempt"))?;
+    let offset = match int_param(&pairs, "offset", 0, u64::MAX)? {
+        Some(k) if upload => k,
+        None if upload => return Err(required("offset")),
+        _ => 0,
+    };
+    Ok((u32::try_from(attempt).unwrap_or(u32::MAX), offset))
+}
+
 /// `?miner=ID` (required), for the miner's own listings (`GET /v1/miner/audits`).
 pub fn miner_param(pairs: &[(String, String)]) -> Result<String, Refusal> {
     let miner = get(pairs, "miner")

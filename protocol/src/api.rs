@@ -483,6 +483,38 @@ pub struct AuditAck {
     pub message: String,
 }
 
+/// Where the upload of a job's artifact stands: the answer to `PUT` and `GET
+/// /v1/miner/jobs/{id}/artifact`. The artifact is the job's output itself: `size` bytes
+/// (the proof's `output_len`) whose SHA-256 is `sha256` (the proof's `output_sha`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ArtifactStatus {
+    pub id: String,
+    pub attempt: u32,
+    pub size: u64,
+    pub sha256: String,
+    /// Bytes the Coordinator holds durably; the next upload starts at this offset.
+    pub received: u64,
+    /// All `size` bytes are in and their SHA-256 is `sha256`.
+    pub complete: bool,
+}
+
+/// A job's result as its client sees it, once a proof is accepted: what the proof commits
+/// to, and how much of the output (the artifact) the miner has uploaded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JobResult {
+    /// Lower-case hex SHA-256 of the output.
+    pub output_sha: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merkle_root: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_len: Option<u64>,
+    /// Bytes of the output uploaded so far (checked against `output_sha` once complete).
+    pub artifact_received: u64,
+    /// `GET /v1/client/jobs/{id}/artifact` serves the output now: the job is completed (its
+    /// proof verified, or settled) and the whole artifact is in.
+    pub artifact_ready: bool,
+}
+
 /// Where the check of a job's proof stands, as its client sees it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -728,6 +760,9 @@ pub struct JobView {
     /// The check of the latest proof, once one arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// The result the accepted proof names, and its artifact's upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
 }
 
 /// A miner as the Coordinator last heard from it: one entry of `GET /v1/admin/miners`.
@@ -812,6 +847,12 @@ pub enum ErrorCode {
     MinerSuspended,
     /// 409: the job has no open audit for this attempt (none was asked, or it was decided).
     NoAudit,
+    /// 409: the job's result cannot be served yet: it is not completed, or its artifact is not
+    /// (wholly) uploaded.
+    ResultNotReady,
+    /// 409: an artifact upload starts past the bytes the Coordinator holds; `details.received`
+    /// says where to resume.
+    OffsetMismatch,
     /// 500: the Coordinator failed; the request may be retried.
     Internal,
     /// 503: the Coordinator is shutting down or its store is unavailable.

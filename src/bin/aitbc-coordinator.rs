@@ -93,6 +93,12 @@ struct Serve {
     /// Failed audits after which a miner key is suspended from `next`.
     #[arg(long, default_value_t = 3)]
     verify_strikes: u32,
+    /// Where job outputs uploaded by miners are kept (default: `<db>.artifacts`).
+    #[arg(long)]
+    artifact_dir: Option<PathBuf>,
+    /// Largest job output a miner may upload, in MiB.
+    #[arg(long, default_value_t = 64)]
+    artifact_max_mb: u64,
 }
 
 #[derive(Subcommand)]
@@ -146,6 +152,15 @@ enum Jobs {
         #[command(flatten)]
         remote: Remote,
         id: String,
+    },
+    /// Download a completed job's output to a file, checked against its proof's output_sha.
+    Result {
+        #[command(flatten)]
+        remote: Remote,
+        id: String,
+        /// Where to write it (written beside as `FILE.part`, renamed once its SHA-256 holds).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -253,6 +268,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let path = format!("/v1/client/jobs/{}", encode(&id));
             http::<()>(&remote, reqwest::Method::GET, &path, &[], None)
         }
+        Command::Jobs(Jobs::Result { remote, id, out }) => download(&remote, &id, &out),
         Command::Wallet(Wallet::Balance { remote, wallet }) => {
             let query: Vec<(&str, String)> = wallet.into_iter().map(|w| ("wallet", w)).collect();
             http::<()>(
@@ -372,6 +388,8 @@ fn serve(s: Serve) -> anyhow::Result<()> {
         rate_limit_per_sec: s.rate_limit_per_sec.max(1),
         max_body_bytes: s.max_body_bytes,
         verify,
+        artifact_dir: s.artifact_dir.clone(),
+        artifact_max_bytes: s.artifact_max_mb.saturating_mul(1 << 20),
     };
     let coordinator = Coordinator::open(&s.db, config)
         .with_context(|| format!("opening database {}", s.db.display()))?;
@@ -409,6 +427,91 @@ fn encode(s: &str) -> String {
 }
 
 /// One request; prints the JSON answer on stdout, or the error body on stderr and fails.
+/// `jobs result`: the job's `result.output_sha` from its view, then the artifact streamed into
+/// `OUT.part` and hashed on the way; renamed to `OUT` only when the digests agree.
+fn download(remote: &Remote, id: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let base = format!(
+        "{}/v1/client/jobs/{}",
+        remote.url.trim_end_matches('/'),
+        encode(id)
+    );
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let get = |url: String| {
+            let req = client.get(url);
+            match &remote.key {
+                Some(key) => req.bearer_auth(key),
+                None => req,
+            }
+        };
+        let answer = |resp: reqwest::Response| async move {
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(resp);
+            }
+            let text = resp.text().await.unwrap_or_default();
+            bail!("{status}: {}", text.trim())
+        };
+        let view = answer(
+            get(base.clone())
+                .send()
+                .await
+                .context("requesting the job")?,
+        )
+        .await?;
+        let view: aitbc_protocol::api::JobView = view.json().await.context("reading the job")?;
+        let want = view.result.map(|r| r.output_sha).with_context(|| {
+            format!(
+                "job {id} has no accepted result (it is {})",
+                view.state.as_str()
+            )
+        })?;
+        let url = format!("{base}/artifact");
+        let mut resp = answer(
+            get(url.clone())
+                .send()
+                .await
+                .context("requesting the artifact")?,
+        )
+        .await?;
+        let mut part = out.as_os_str().to_os_string();
+        part.push(".part");
+        let part = PathBuf::from(part);
+        let mut file =
+            std::fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?;
+        let mut hasher = Sha256::new();
+        let mut len = 0u64;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .with_context(|| format!("reading {url}"))?
+        {
+            hasher.update(&chunk);
+            len += chunk.len() as u64;
+            file.write_all(&chunk)
+                .with_context(|| format!("writing {}", part.display()))?;
+        }
+        file.sync_all()?;
+        let got = aitbc_protocol::hex::encode(&hasher.finalize());
+        if got != want {
+            let _ = std::fs::remove_file(&part);
+            bail!("the {len} bytes served hash to {got}, not to the proof's output_sha {want}");
+        }
+        std::fs::rename(&part, out).with_context(|| format!("renaming to {}", out.display()))?;
+        eprintln!(
+            "{len} bytes, sha256 {got} (the proof's output_sha), written to {}",
+            out.display()
+        );
+        Ok(())
+    })
+}
+
 fn http<T: serde::Serialize>(
     remote: &Remote,
     method: reqwest::Method,

@@ -33,6 +33,7 @@ pub fn test_config() -> CoordinatorConfig {
             secret: Some([0x5e; 32]),
             ..VerifyConfig::default()
         },
+        ..CoordinatorConfig::default()
     }
 }
 

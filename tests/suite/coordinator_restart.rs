@@ -1,7 +1,9 @@
 //! The real `aitbc-coordinator` binary survives SIGKILL: jobs, leases (state, attempt,
 //! deadline) and balances are all on disk, and a miner holding a lease from before the crash
 //! can still prove it afterwards; an audit open at the crash is still owed, answered and
-//! settled once afterwards, and a proof replayed across the crash gets its first answer.
+//! settled once afterwards, and a proof replayed across the crash gets its first answer; an
+//! artifact upload cut by the crash resumes where the Coordinator's answer said, and its
+//! client downloads the verified output with `jobs result`.
 //!
 //! Only the binary's public surface is used: `keys add`, `serve`, HTTP.
 
@@ -331,7 +333,18 @@ async fn an_open_audit_survives_sigkill_and_settles_once() {
     let c = commit(&out, 16).expect("a commitment");
     let leaves: Vec<merkle::Digest> = out.chunks(16).map(row_leaf).collect();
     let proof = json!({"id": job.id, "attempt": job.attempt, "mode": "cpu",
-        "output_sha": hex::encode(&c.output_sha), "merkle_root": hex::encode(&c.merkle_root)});
+        "output_sha": hex::encode(&c.output_sha), "merkle_root": hex::encode(&c.merkle_root),
+        "output_len": out.len()});
+    let bytes: Vec<u8> = out.iter().map(|&b| b as u8).collect();
+    let upload = |s: &Server, offset: usize, chunk: &[u8]| {
+        http.put(format!(
+            "{}/v1/miner/jobs/{}/artifact?attempt={}&offset={offset}",
+            s.url, job.id, job.attempt
+        ))
+        .bearer_auth(&miner)
+        .body(chunk.to_vec())
+        .send()
+    };
     let first: ProofAck = post(&s, "/v1/miner/proof", &miner, "p-1", &proof)
         .await
         .expect("proof")
@@ -343,6 +356,16 @@ async fn an_open_audit_survives_sigkill_and_settles_once() {
         .clone()
         .expect("an untrusted miner's proof is audited");
     assert_eq!(balance(&http, &s, &client, "w_audit").await, (0, 0));
+    let part: Value = upload(&s, 0, &bytes[..100])
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("an ArtifactStatus");
+    assert_eq!(
+        (&part["received"], &part["complete"]),
+        (&json!(100), &json!(false))
+    );
     let mut logs = s.kill();
 
     let s = Server::start(&db, &[]);
@@ -365,6 +388,28 @@ async fn an_open_audit_survives_sigkill_and_settles_once() {
     assert_eq!(st, 200, "{v}");
     let open: Vec<AuditChallenge> = serde_json::from_value(v).expect("challenges");
     assert_eq!(open, std::slice::from_ref(&challenge));
+    // The upload resumes from what the restarted Coordinator holds, overlapping a little.
+    let artifact = format!("/v1/miner/jobs/{}/artifact?attempt={}", job.id, job.attempt);
+    let (st, v) = call(&http, &s, Method::GET, &artifact, &miner, None).await;
+    assert_eq!((st, &v["received"]), (200, &json!(100)), "{v}");
+    let download = format!("/v1/client/jobs/{}/artifact", job.id);
+    let (st, v) = call(&http, &s, Method::GET, &download, &client, None).await;
+    assert_eq!(
+        (st, &v["error"]["code"]),
+        (409, &json!("RESULT_NOT_READY")),
+        "not served before the proof is verified: {v}"
+    );
+    let done: Value = upload(&s, 60, &bytes[60..])
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("an ArtifactStatus");
+    assert_eq!(
+        (&done["received"], &done["complete"]),
+        (&json!(256), &json!(true)),
+        "{done}"
+    );
     let answer = AuditAnswer {
         id: job.id.clone(),
         miner_id: Some("m1".into()),
@@ -431,6 +476,35 @@ async fn an_open_audit_survives_sigkill_and_settles_once() {
         .filter_map(|e| e["kind"].as_str())
         .collect();
     assert_eq!(kinds, ["settle", "credit"], "{v}");
+    let (st, v) = call(
+        &http,
+        &s,
+        Method::GET,
+        &format!("/v1/client/jobs/{}", job.id),
+        &client,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        (
+            &v["result"]["artifact_received"],
+            &v["result"]["artifact_ready"]
+        ),
+        (&json!(256), &json!(true)),
+        "{v}"
+    );
+    let file = dir.path().join("output.bin");
+    let got = Command::new(BIN)
+        .args(["jobs", "result", "--url", &s.url, "--key", &client, "--out"])
+        .arg(&file)
+        .arg(&job.id)
+        .output()
+        .expect("run jobs result");
+    let said = String::from_utf8_lossy(&got.stderr);
+    assert!(got.status.success(), "jobs result: {said}");
+    assert!(said.contains(&hex::encode(&c.output_sha)), "{said}");
+    assert_eq!(std::fs::read(&file).expect("the output file"), bytes);
     logs.push_str(&s.kill());
     assert!(!logs.contains(&miner[6..]), "a key reached the log");
 }

@@ -15,11 +15,11 @@ use aitbc_coordinator::store::EntryKind;
 use aitbc_coordinator::{Scope, VerifyConfig};
 use aitbc_protocol::api::{is_miner_id, is_wallet, Disposition, IDEMPOTENCY_HEADER, MAX_REWARD};
 use aitbc_protocol::api::{
-    ApiError, AuditAck, AuditAnswer, AuditChallenge, AuditVerdict, Balance, EnergySource,
-    ErrorBody, ErrorCode, FailAck, FailReason, FailReport, Failure, GpuFlag, GpuHealth, GpuInfo,
-    HeartbeatAck, Job, JobLimits, JobState, JobView, Metrics, MinerCapabilities, MinerLimits,
-    MinerView, Mode, OpenedRow, Proof, ProofAck, Standing, SubmitJob, Verification,
-    VerificationStatus,
+    ApiError, ArtifactStatus, AuditAck, AuditAnswer, AuditChallenge, AuditVerdict, Balance,
+    EnergySource, ErrorBody, ErrorCode, FailAck, FailReason, FailReport, Failure, GpuFlag,
+    GpuHealth, GpuInfo, HeartbeatAck, Job, JobLimits, JobResult, JobState, JobView, Metrics,
+    MinerCapabilities, MinerLimits, MinerView, Mode, OpenedRow, Proof, ProofAck, Standing,
+    SubmitJob, Verification, VerificationStatus,
 };
 use aitbc_protocol::hex;
 use aitbc_protocol::merkle::{self, Digest};
@@ -291,7 +291,9 @@ fn every_error_code() -> Vec<ErrorCode> {
             IdempotencyKeyReused => RateLimited,
             RateLimited => MinerSuspended,
             MinerSuspended => NoAudit,
-            NoAudit => Internal,
+            NoAudit => ResultNotReady,
+            ResultNotReady => OffsetMismatch,
+            OffsetMismatch => Internal,
             Internal => Unavailable,
             Unavailable => Other,
             Other => return None,
@@ -731,6 +733,13 @@ fn check_objects(doc: &Value) -> BTreeSet<String> {
             proof: Some(full_proof()),
             failure: Some(full_failure()),
             verification: Some(full_verification()),
+            result: Some(JobResult {
+                output_sha: "ab".repeat(32),
+                merkle_root: Some("cd".repeat(32)),
+                output_len: Some(65536),
+                artifact_received: 65536,
+                artifact_ready: true,
+            }),
         },
         &JobView {
             id: "job-1".into(),
@@ -748,8 +757,37 @@ fn check_objects(doc: &Value) -> BTreeSet<String> {
             proof: None,
             failure: None,
             verification: None,
+            result: None,
         },
     );
+    check_object(
+        doc,
+        &mut seen,
+        "JobResult",
+        &JobResult {
+            output_sha: "ab".repeat(32),
+            merkle_root: Some("cd".repeat(32)),
+            output_len: Some(65536),
+            artifact_received: 4096,
+            artifact_ready: false,
+        },
+        &JobResult {
+            output_sha: "ab".repeat(32),
+            merkle_root: None,
+            output_len: None,
+            artifact_received: 0,
+            artifact_ready: false,
+        },
+    );
+    let status = ArtifactStatus {
+        id: "job-1".into(),
+        attempt: 1,
+        size: 65536,
+        sha256: "ab".repeat(32),
+        received: 4096,
+        complete: false,
+    };
+    check_object(doc, &mut seen, "ArtifactStatus", &status, &status);
     let bal = Balance {
         wallet: "wallet_demo".into(),
         balance: 75,
@@ -853,7 +891,7 @@ fn check_enums(doc: &Value) -> BTreeSet<String> {
         .into_iter()
         .filter(|c| *c != ErrorCode::Other)
         .collect();
-    assert_eq!(sent.len(), 18);
+    assert_eq!(sent.len(), 20);
     check_enum(doc, &mut seen, "ErrorCode", &sent);
     seen
 }
@@ -1272,8 +1310,22 @@ impl Live {
         body: Option<&str>,
         want: u16,
     ) -> Value {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid method");
         let body = body.map(|b| b.as_bytes().to_vec());
+        self.check_bytes(method, template, path, key, body, want)
+            .await
+    }
+
+    /// [`Live::check`] with a body of any bytes (an artifact chunk).
+    async fn check_bytes(
+        &self,
+        method: &str,
+        template: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Vec<u8>>,
+        want: u16,
+    ) -> Value {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid method");
         let resp = self.tc.request(m, path, key, body, &[]).await;
         let (status, bytes) = (resp.status, &resp.body);
         let text = resp.text();
@@ -1584,6 +1636,77 @@ async fn live_answers_match_the_document() {
         .await;
     assert_eq!((&bal["balance"], &bal["pending"]), (&json!(0), &json!(25)));
 
+    // The output, uploaded by the prover in two chunks; refused to anyone else, out of order
+    // or for another attempt; not served until the job completes.
+    let put = "/v1/miner/jobs/{id}/artifact";
+    let output: Vec<u8> = honest.rows.concat().iter().map(|&b| b as u8).collect();
+    let at = |offset: usize| format!("/v1/miner/jobs/{id}/artifact?attempt=1&offset={offset}");
+    let status_path = format!("/v1/miner/jobs/{id}/artifact?attempt=1");
+    let st = live.check("GET", put, &status_path, m, None, 200).await;
+    assert_eq!(
+        (&st["received"], &st["size"]),
+        (&json!(0), &json!(16)),
+        "{st}"
+    );
+    let first = live
+        .check_bytes("PUT", put, &at(0), m, Some(output[..6].to_vec()), 200)
+        .await;
+    assert_eq!(
+        (&first["received"], &first["complete"]),
+        (&json!(6), &json!(false))
+    );
+    let hole = live
+        .check_bytes("PUT", put, &at(9), m, Some(output[9..].to_vec()), 409)
+        .await;
+    assert_eq!(hole["error"]["code"], json!("OFFSET_MISMATCH"));
+    assert_eq!(hole["error"]["details"]["received"], json!(6));
+    live.check_bytes("PUT", put, &at(6), x, Some(output[6..].to_vec()), 403)
+        .await;
+    live.check_bytes("PUT", put, &at(6), c, Some(output[6..].to_vec()), 403)
+        .await;
+    let stale = format!("/v1/miner/jobs/{id}/artifact?attempt=2&offset=6");
+    let refused = live
+        .check_bytes("PUT", put, &stale, m, Some(output[6..].to_vec()), 409)
+        .await;
+    assert_eq!(refused["error"]["code"], json!("STALE_ATTEMPT"));
+    let no_offset = live
+        .check_bytes("PUT", put, &status_path, m, Some(output[6..].to_vec()), 422)
+        .await;
+    assert_eq!(no_offset["error"]["details"]["field"], json!("offset"));
+    let past = live
+        .check_bytes("PUT", put, &at(6), m, Some(vec![0; 11]), 422)
+        .await;
+    assert_eq!(past["error"]["details"]["field"], json!("offset"));
+    live.check(
+        "GET",
+        put,
+        "/v1/miner/jobs/no-such-job/artifact?attempt=1",
+        m,
+        None,
+        404,
+    )
+    .await;
+    let download_t = "/v1/client/jobs/{id}/artifact";
+    let download = format!("/v1/client/jobs/{id}/artifact");
+    let early = live.check("GET", download_t, &download, c, None, 409).await;
+    assert_eq!(early["error"]["code"], json!("RESULT_NOT_READY"));
+    let whole = live
+        .check_bytes("PUT", put, &at(6), m, Some(output[6..].to_vec()), 200)
+        .await;
+    assert_eq!(
+        (&whole["received"], &whole["complete"]),
+        (&json!(16), &json!(true))
+    );
+    let view = live
+        .check("GET", "/v1/client/jobs/{id}", &job_path, c, None, 200)
+        .await;
+    assert_eq!(
+        view["result"],
+        json!({"output_sha": honest.sha, "merkle_root": honest.root, "output_len": 16,
+            "artifact_received": 16, "artifact_ready": false}),
+        "complete but not served while the proof is being verified"
+    );
+
     // The open audit, listed and answered.
     let audits = "/v1/miner/audits";
     let listed = live
@@ -1648,6 +1771,32 @@ async fn live_answers_match_the_document() {
         .await;
     assert_eq!(view["state"], json!("completed"));
     assert_eq!(view["verification"]["status"], json!("passed"));
+    assert_eq!(view["result"]["artifact_ready"], json!(true));
+    let served = live
+        .tc
+        .request(reqwest::Method::GET, &download, c, None, &[])
+        .await;
+    assert_eq!(served.status, 200, "{}", served.text());
+    assert_eq!(served.body, output, "the output, byte for byte");
+    let documented = &live.doc["paths"][download_t]["get"]["responses"]["200"];
+    assert!(documented["content"]["application/octet-stream"].is_object());
+    let header = |name: &str| served.headers.get(name).and_then(|v| v.to_str().ok());
+    assert_eq!(header("x-content-sha256"), Some(honest.sha.as_str()));
+    assert_eq!(header("etag"), Some(format!("\"{}\"", honest.sha).as_str()));
+    for name in keys(&documented["headers"]) {
+        assert!(
+            header(&name).is_some(),
+            "the documented header {name} is sent"
+        );
+    }
+    let stranger = live.tc.new_key(Scope::Client);
+    live.check("GET", download_t, &download, Some(&stranger), None, 404)
+        .await;
+    let by_admin = live
+        .tc
+        .request(reqwest::Method::GET, &download, a, None, &[])
+        .await;
+    assert_eq!((by_admin.status, &by_admin.body), (200, &output));
     assert_eq!(
         view["proof"]["metrics"],
         json!({"wall_ms": 3, "energy_mj": 1200, "energy_source": "rapl", "tflops": 0.02})

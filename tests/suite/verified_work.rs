@@ -804,3 +804,127 @@ async fn audits_are_listed_idempotent_and_only_for_their_miner() {
     let b = balance(&tc, "lister-0").await;
     assert_eq!((b.balance, b.credits, b.pending), (9, 1, 0));
 }
+
+/// A cheater's output never reaches the client: it uploads the bytes its proof names (its
+/// own garbage, under a correct-looking root), is caught, and its attempt can upload no more;
+/// the honest miner's output, uploaded after the requeue, is what the client downloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_cheaters_output_is_never_served() {
+    let tc = TestCoordinator::start(test_config()).await;
+    let cheat = tc.new_key(Scope::Miner);
+    let honest = tc.miner_key.clone();
+    tc.heartbeat(&cheat, "forger-0", "forger-0").await;
+    tc.heartbeat(&honest, "honest-0", "honest-0").await;
+    let id = submit(&tc, 11, 40).await;
+    let put = |key: String, attempt: u32, body: Vec<u8>| {
+        let path = format!("/v1/miner/jobs/{id}/artifact?attempt={attempt}&offset=0");
+        let tc = &tc;
+        async move {
+            tc.request(reqwest::Method::PUT, &path, Some(&key), Some(body), &[])
+                .await
+        }
+    };
+    let prove = |key: String, miner: &'static str, job: Job, held: &Held| {
+        let proof = json!({"id": job.id, "miner_id": miner, "attempt": job.attempt,
+            "mode": "cpu", "output_sha": held.sha, "merkle_root": held.root,
+            "output_len": N * N, "metrics": {}});
+        let tc = &tc;
+        async move {
+            tc.post("/v1/miner/proof", Some(&key), &proof)
+                .await
+                .parse::<ProofAck>()
+        }
+    };
+
+    let job = tc.next(&cheat, "forger-0", 1.0).await.expect("the job");
+    let mut rng = fastrand::Rng::with_seed(3);
+    let forged = Held::of((0..N).map(|_| garbage(&mut rng, N)).collect());
+    let ack = prove(cheat.clone(), "forger-0", job.clone(), &forged).await;
+    let challenge = ack.audit.expect("a new key is audited");
+    let r = put(cheat.clone(), job.attempt, forged.rows.concat()).await;
+    assert_eq!(
+        (r.status, r.json()["complete"].clone()),
+        (200, json!(true)),
+        "{}",
+        r.text()
+    );
+    let answer = AuditAnswer {
+        id: id.clone(),
+        miner_id: Some("forger-0".into()),
+        attempt: challenge.attempt,
+        rows: forged.open(&challenge.rows),
+    };
+    let r = tc
+        .post(
+            "/v1/miner/audit",
+            Some(&cheat),
+            &serde_json::to_value(&answer).expect("json"),
+        )
+        .await;
+    assert_eq!(r.parse::<AuditAck>().verdict, AuditVerdict::Failed);
+    let view = tc.job(&id).await;
+    assert_eq!(
+        (view.state, view.result),
+        (JobState::Queued, None),
+        "the forged result is gone"
+    );
+    let r = tc
+        .get(
+            &format!("/v1/client/jobs/{id}/artifact"),
+            Some(&tc.client_key),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (409, ErrorCode::ResultNotReady));
+    let r = put(cheat.clone(), job.attempt, forged.rows.concat()).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, ErrorCode::NotAssigned),
+        "{}",
+        r.text()
+    );
+
+    let job = tc
+        .next(&honest, "honest-0", 1.0)
+        .await
+        .expect("the requeued job");
+    let p = TorchBenchParams::parse(&job.params).expect("params");
+    let real = Held::of(chain(&p));
+    let ack = prove(honest.clone(), "honest-0", job.clone(), &real).await;
+    let r = put(cheat.clone(), job.attempt, real.rows.concat()).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, ErrorCode::Forbidden),
+        "not the prover"
+    );
+    let r = put(honest.clone(), job.attempt, real.rows.concat()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let challenge = ack.audit.expect("a new key is audited");
+    let answer = AuditAnswer {
+        id: id.clone(),
+        miner_id: Some("honest-0".into()),
+        attempt: challenge.attempt,
+        rows: real.open(&challenge.rows),
+    };
+    let r = tc
+        .post(
+            "/v1/miner/audit",
+            Some(&honest),
+            &serde_json::to_value(&answer).expect("json"),
+        )
+        .await;
+    assert_eq!(r.parse::<AuditAck>().verdict, AuditVerdict::Passed);
+    let r = tc
+        .get(
+            &format!("/v1/client/jobs/{id}/artifact"),
+            Some(&tc.client_key),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.body,
+        real.rows.concat(),
+        "the chain's output, not the forgery"
+    );
+    let result = tc.job(&id).await.result.expect("a result");
+    assert_eq!((result.output_sha, result.artifact_ready), (real.sha, true));
+}
