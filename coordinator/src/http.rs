@@ -676,7 +676,7 @@ async fn with_results(inner: &App, mut views: Vec<JobView>) -> Result<Vec<JobVie
         return Ok(views);
     };
     let owners: Vec<Option<i64>> = views.iter().map(|v| prover_key(inner, v)).collect();
-    let filled = tokio::task::spawn_blocking(move || {
+    let filled = on_pool(move || {
         for (v, owner) in views.iter_mut().zip(owners) {
             let held = match (accepted(v), owner) {
                 (Some((sha, Some(size))), Some(key_id)) => {
@@ -686,10 +686,9 @@ async fn with_results(inner: &App, mut views: Vec<JobView>) -> Result<Vec<JobVie
             };
             v.result = result_of(v, held);
         }
-        Ok::<_, Error>(views)
+        Ok(views)
     })
-    .await
-    .map_err(|e| Error::Task(e.to_string()))??;
+    .await?;
     Ok(filled)
 }
 
@@ -795,15 +794,65 @@ async fn upload_target(inner: &App, key: KeyInfo, id: &str, attempt: u32) -> Res
     Ok((sha, size))
 }
 
-fn artifact_status(id: String, attempt: u32, sha: String, size: u64, h: Held) -> ArtifactStatus {
-    ArtifactStatus {
-        id,
-        attempt,
-        size,
-        sha256: sha,
-        received: h.received,
-        complete: h.complete,
+/// An artifact request, checked: the key, the job and attempt, the chunk's offset (0 for a
+/// status request), the directory, and the proof's digest and size.
+struct ArtifactRequest {
+    key: KeyInfo,
+    id: String,
+    attempt: u32,
+    offset: u64,
+    artifacts: Arc<Artifacts>,
+    sha: String,
+    size: u64,
+}
+
+impl ArtifactRequest {
+    async fn check(
+        inner: &App,
+        headers: &HeaderMap,
+        id: std::result::Result<Path<String>, PathRejection>,
+        query: Option<&str>,
+        upload: bool,
+    ) -> Result<ArtifactRequest> {
+        let key = authenticate(inner, headers, Some(Scope::Miner)).await?;
+        let Path(id) = id.map_err(|e| Refusal::bad_request(format!("bad job id in path: {e}")))?;
+        check_id("id", &id)?;
+        let (attempt, offset) = validate::artifact_query(query, upload)?;
+        let artifacts = artifact_dir(inner)?;
+        let (sha, size) = upload_target(inner, key, &id, attempt).await?;
+        Ok(ArtifactRequest {
+            key,
+            id,
+            attempt,
+            offset,
+            artifacts,
+            sha,
+            size,
+        })
     }
+
+    fn answer(self, h: Held) -> Result<Response> {
+        ok_json(
+            200,
+            &ArtifactStatus {
+                id: self.id,
+                attempt: self.attempt,
+                size: self.size,
+                sha256: self.sha,
+                received: h.received,
+                complete: h.complete,
+            },
+        )
+    }
+}
+
+/// Runs file work on the blocking pool.
+async fn on_pool<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, Error> + Send + 'static,
+) -> std::result::Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
 }
 
 /// `GET /v1/miner/jobs/{id}/artifact?attempt=N`: where the upload stands (to resume).
@@ -813,17 +862,10 @@ async fn upload_status(
     id: std::result::Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Response> {
-    let key = authenticate(&inner, &headers, Some(Scope::Miner)).await?;
-    let Path(id) = id.map_err(|e| Refusal::bad_request(format!("bad job id in path: {e}")))?;
-    check_id("id", &id)?;
-    let (attempt, _) = validate::artifact_query(q.as_deref(), false)?;
-    let artifacts = artifact_dir(&inner)?;
-    let (sha, size) = upload_target(&inner, key, &id, attempt).await?;
-    let s2 = sha.clone();
-    let held = tokio::task::spawn_blocking(move || artifacts.held(&s2, key.id, size))
-        .await
-        .map_err(|e| Error::Task(e.to_string()))??;
-    ok_json(200, &artifact_status(id, attempt, sha, size, held))
+    let r = ArtifactRequest::check(&inner, &headers, id, q.as_deref(), false).await?;
+    let (a, sha, key_id, size) = (r.artifacts.clone(), r.sha.clone(), r.key.id, r.size);
+    let held = on_pool(move || a.held(&sha, key_id, size)).await?;
+    r.answer(held)
 }
 
 /// `PUT /v1/miner/jobs/{id}/artifact?attempt=N&offset=K`: appends the body (at most
@@ -836,16 +878,17 @@ async fn upload(
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Result<Response> {
-    let key = authenticate(&inner, &headers, Some(Scope::Miner)).await?;
-    let Path(id) = id.map_err(|e| Refusal::bad_request(format!("bad job id in path: {e}")))?;
-    check_id("id", &id)?;
-    let (attempt, offset) = validate::artifact_query(q.as_deref(), true)?;
-    let artifacts = artifact_dir(&inner)?;
-    let (sha, size) = upload_target(&inner, key, &id, attempt).await?;
+    let r = ArtifactRequest::check(&inner, &headers, id, q.as_deref(), true).await?;
     let chunk = read_body_up_to(&headers, body, CHUNK_BYTES).await?;
-    let s2 = sha.clone();
-    let held = tokio::task::spawn_blocking(move || {
-        let Some(turn) = artifacts.turn(&s2, key.id) else {
+    let (a, sha, key_id, size, offset) = (
+        r.artifacts.clone(),
+        r.sha.clone(),
+        r.key.id,
+        r.size,
+        r.offset,
+    );
+    let held = on_pool(move || {
+        let Some(turn) = a.turn(&sha, key_id) else {
             let mut r = Refusal::new(
                 ErrorCode::Unavailable,
                 "another upload of this artifact by this key is being written; retry".to_string(),
@@ -853,11 +896,10 @@ async fn upload(
             r.retry_after = Some(1);
             return Err(Error::from(r));
         };
-        artifacts.write(&turn, &s2, key.id, size, offset, &chunk)
+        a.write(&turn, &sha, key_id, size, offset, &chunk)
     })
-    .await
-    .map_err(|e| Error::Task(e.to_string()))??;
-    ok_json(200, &artifact_status(id, attempt, sha, size, held))
+    .await?;
+    r.answer(held)
 }
 
 /// `GET /v1/client/jobs/{id}/artifact`: the output of a completed job, streamed, to the client
@@ -894,9 +936,7 @@ async fn download(
     };
     let artifacts = artifact_dir(&inner)?;
     let s2 = sha.clone();
-    let file = tokio::task::spawn_blocking(move || artifacts.complete(&s2))
-        .await
-        .map_err(|e| Error::Task(e.to_string()))??;
+    let file = on_pool(move || artifacts.complete(&s2)).await?;
     let Some(path) = file else {
         return Err(not_ready(format!(
             "the miner has not uploaded the job's {size}-byte output yet"
