@@ -647,24 +647,30 @@ async fn reinstate(
     }
 }
 
-/// Someone else's job answers 404, exactly like a missing one, so ids do not leak.
+/// The job `id` as its client (or an admin) may see it. Someone else's job answers 404, exactly
+/// like a missing one, so ids do not leak.
+async fn client_job(
+    inner: &App,
+    headers: &HeaderMap,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<JobView> {
+    let key = authenticate(inner, headers, Some(Scope::Client)).await?;
+    let Path(id) = id.map_err(|e| Refusal::bad_request(format!("bad job id in path: {e}")))?;
+    check_id("id", &id)?;
+    let lookup = id.clone();
+    match blocking(inner, move |s| s.job(&lookup)).await? {
+        Some((view, owner)) if owner == key.id || key.scope == Scope::Admin => Ok(view),
+        _ => Err(Refusal::new(ErrorCode::NotFound, format!("no job {id:?}")).into()),
+    }
+}
+
 async fn job(
     State(inner): State<App>,
     headers: HeaderMap,
     id: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
-    let key = authenticate(&inner, &headers, Some(Scope::Client)).await?;
-    let Path(id) = id.map_err(|e| Refusal::bad_request(format!("bad job id in path: {e}")))?;
-    check_id("id", &id)?;
-    let lookup = id.clone();
-    let found = blocking(&inner, move |s| s.job(&lookup)).await?;
-    match found {
-        Some((view, owner)) if owner == key.id || key.scope == Scope::Admin => {
-            let views = with_results(&inner, vec![view]).await?;
-            ok_json(200, &views[0])
-        }
-        _ => Err(Refusal::new(ErrorCode::NotFound, format!("no job {id:?}")).into()),
-    }
+    let view = client_job(&inner, &headers, id).await?;
+    ok_json(200, &with_results(&inner, vec![view]).await?.pop())
 }
 
 /// Fills each view's `result` from its accepted proof and the artifact directory.
@@ -909,14 +915,7 @@ async fn download(
     headers: HeaderMap,
     id: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
-    let key = authenticate(&inner, &headers, Some(Scope::Client)).await?;
-    let Path(id) = id.map_err(|e| Refusal::bad_request(format!("bad job id in path: {e}")))?;
-    check_id("id", &id)?;
-    let lookup = id.clone();
-    let view = match blocking(&inner, move |s| s.job(&lookup)).await? {
-        Some((view, owner)) if owner == key.id || key.scope == Scope::Admin => view,
-        _ => return Err(Refusal::new(ErrorCode::NotFound, format!("no job {id:?}")).into()),
-    };
+    let view = client_job(&inner, &headers, id).await?;
     let not_ready = |why: String| Refusal::new(ErrorCode::ResultNotReady, why);
     if view.state != JobState::Completed {
         return Err(not_ready(format!(
