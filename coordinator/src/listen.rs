@@ -3,7 +3,7 @@
 //!
 //! axum's own `TcpListener` listener retries a failed `accept` after a second without saying
 //! anything (its log needs a feature this crate does not enable), so a Coordinator out of
-//! descriptors stalled new connections silently. [`Acceptor`] says why, once a minute at most
+//! descriptors stalled new connections silently. `Acceptor` says why, once a minute at most
 //! while it lasts, and keeps serving: connections already open go on, and new ones wait in the
 //! listen queue until descriptors are free again. Nothing here may panic or end the server.
 

@@ -642,7 +642,7 @@ fn valid_key_name(key: &str) -> bool {
 /// Parses the file's text. `source` names the file in errors and warnings (`source:line`).
 ///
 /// Accepted per line: blank, `# comment`, or `[export ]KEY=value [# comment]`, with blanks
-/// around; CRLF endings are fine. Values follow [`parse_value`]'s shell-like rules.
+/// around; CRLF endings are fine. Values follow `parse_value`'s shell-like rules.
 /// Unknown keys and repeated keys are warnings; anything else unreadable is an error.
 pub fn parse(text: &str, source: &str) -> Result<(RawConfig, Vec<Warning>), Error> {
     let mut raw = RawConfig {

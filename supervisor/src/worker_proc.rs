@@ -30,7 +30,7 @@
 //! removed. A process dropped without that (task cancelled) is killed and reaped in `Drop`.
 //! No zombies, no stray processes, no leftover directories.
 //!
-//! The answer ([`read_answer`]): `Leaves` frames, then `Done`, or one `Failed`. The leaves are
+//! The answer (`read_answer`): `Leaves` frames, then `Done`, or one `Failed`. The leaves are
 //! counted as they come (more than the job's `spec.rows()` is a protocol error at once, so a
 //! worker cannot make the supervisor hold more than `32 * rows` bytes of them), and a `Done`
 //! is taken only with exactly that many whose Merkle root is its `merkle_root`.

@@ -66,7 +66,7 @@ pub trait Needs {
 }
 
 /// A workload with its parameters checked and typed: what a worker is asked to run. Adding a
-/// workload adds a variant here, its arm in [`WorkloadSpec::needs`] and in [`typed`].
+/// workload adds a variant here, its arm in [`WorkloadSpec::needs`] and in `typed`.
 #[derive(Serialize, Deserialize, Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkloadSpec {
     TorchBench(torch_bench::TorchBenchParams),

@@ -48,7 +48,7 @@ use crate::merkle::{self, Digest};
 
 /// `torch_bench`: a chain of `iters` exact n x n int8 matrix products with int32 accumulation
 /// and an integer requantization between them, from inputs drawn from `seed`
-/// ([`torch_bench`] specifies it). The output is the final n x n int8 matrix, the same bytes on
+/// ([this module](self) specifies it). The output is the final n x n int8 matrix, the same bytes on
 /// every machine.
 #[derive(Serialize, Deserialize, Encode, Decode, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -3,7 +3,7 @@
 //! time, whether the OOM killer struck).
 //!
 //! One small interface, two small backends chosen once at start from `/proc/self/mountinfo`:
-//! [`v1`] (separate hierarchies per controller: the machines here) and [`v2`] (the unified
+//! `v1` (separate hierarchies per controller: the machines here) and `v2` (the unified
 //! hierarchy: production Debian under systemd with `Delegate=yes`). A host that mounts both
 //! (hybrid) keeps its controllers on v1, so v1 wins there.
 //!

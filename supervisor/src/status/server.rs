@@ -41,7 +41,7 @@ const MAX_ANSWER: u64 = 4 << 20;
 /// What a client may ask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// The JSON [`Snapshot`].
+    /// The JSON [`Snapshot`](crate::status::Snapshot).
     Status,
     /// [`render_metrics`].
     Metrics,
