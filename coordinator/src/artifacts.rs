@@ -10,7 +10,8 @@
 //!   addressing lets two jobs with the same output share one file.
 //! * `partial/<sha256>.<key id>`: one miner key's upload in progress. Its length is what the
 //!   Coordinator holds: each chunk is appended and synced before it is acknowledged, so an
-//!   upload resumes after a crash of either side from the length it finds.
+//!   upload resumes after a crash of either side from the length it finds. Once the proof
+//!   it belongs to is rejected it can never complete, and the sweep removes it ([`Artifacts::prune`]).
 //!
 //! [`plan`] is the pure decision about one chunk. This module must never decide who may
 //! upload or download (`http.rs` checks the job, the attempt and the key), and never serve or
@@ -197,6 +198,42 @@ impl Artifacts {
     }
 }
 
+impl Artifacts {
+    /// Removes every partial upload that `live` (given its digest and key id) says may not go
+    /// on, because the proof it belongs to was rejected; returns how many. A partial being
+    /// written is skipped, and its turn is held while it is judged and removed, so no chunk
+    /// lands in a file as it goes. Files whose names this module did not write are left alone.
+    pub fn prune(&self, live: impl Fn(&str, i64) -> Result<bool, Error>) -> Result<usize, Error> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(self.dir.join("partial"))? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some((sha, key_id)) = file_name.to_str().and_then(parse_partial) else {
+                continue;
+            };
+            let Some(_turn) = self.turn(sha, key_id) else {
+                continue;
+            };
+            if !live(sha, key_id)? {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// `<sha256>.<key id>`, as [`Artifacts`] names a partial upload.
+fn parse_partial(name: &str) -> Option<(&str, i64)> {
+    let (sha, key) = name.split_once('.')?;
+    let key_id: i64 = key.parse().ok()?;
+    (aitbc_protocol::hex::digest(sha).is_some() && key_id.to_string() == key)
+        .then_some((sha, key_id))
+}
+
 /// A digest as a file name: exactly 64 lower-case hex digits, so it names no other path.
 fn name(sha: &str) -> Result<&str, Error> {
     if aitbc_protocol::hex::digest(sha).is_some() {
@@ -338,6 +375,44 @@ mod tests {
         assert!(
             a.complete("../../etc/passwd").is_err(),
             "only digests name files"
+        );
+    }
+
+    #[test]
+    fn prune_removes_only_dead_idle_partials_it_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Artifacts::open(dir.path()).unwrap();
+        let (live, dead, busy) = (sha(b"live"), sha(b"dead"), sha(b"busy"));
+        for h in [&live, &dead, &busy] {
+            let turn = a.turn(h, 3).unwrap();
+            a.write(&turn, h, 3, 100, 0, b"some bytes").unwrap();
+        }
+        let stray = dir.path().join("partial").join("notes.txt");
+        std::fs::write(&stray, b"not an upload").unwrap();
+        let writing = a.turn(&busy, 3).unwrap();
+        let judged = std::cell::RefCell::new(Vec::new());
+        let removed = a
+            .prune(|h, key| {
+                judged.borrow_mut().push((h.to_string(), key));
+                Ok(h == live)
+            })
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(a.held(&dead, 3, 100).unwrap().received, 0, "dead is gone");
+        assert_eq!(a.held(&live, 3, 100).unwrap().received, 10, "live stays");
+        assert_eq!(
+            a.held(&busy, 3, 100).unwrap().received,
+            10,
+            "a partial being written is not judged"
+        );
+        assert!(!judged.borrow().iter().any(|(h, _)| *h == busy));
+        assert!(stray.exists(), "a file it did not name is left alone");
+        drop(writing);
+        assert_eq!(a.prune(|_, _| Ok(false)).unwrap(), 2);
+        assert!(
+            a.prune(|_, _| Err(Error::Corrupt("store down".into())))
+                .is_ok(),
+            "nothing left to judge"
         );
     }
 }

@@ -342,6 +342,9 @@ mod counting {
         fn any_queued(&self) -> bool {
             self.real.any_queued()
         }
+        fn upload_live(&self, sha: &str, key_id: i64) -> Result<bool, Error> {
+            self.real.upload_live(sha, key_id)
+        }
         fn job(&self, id: &str) -> Result<Option<(JobView, i64)>, Error> {
             self.real.job(id)
         }

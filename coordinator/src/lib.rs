@@ -331,6 +331,18 @@ async fn sweep(inner: &Arc<Inner>) -> Result<usize, Error> {
         tracing::info!(requeued = n, "expired leases and failed audits requeued");
         inner.queued.send_modify(|g| *g = g.wrapping_add(1));
     }
+    // A rejected proof's upload can never complete: its partial file goes.
+    if let Some(artifacts) = inner.artifacts.clone() {
+        let store = inner.store.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            artifacts.prune(|sha, key| store.upload_live(sha, key))
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        if removed > 0 {
+            tracing::info!(removed, "partial uploads of rejected proofs removed");
+        }
+    }
     // A timed-out audit may have suspended a key without requeuing anything (a last attempt),
     // and another process sharing the store may have suspended or reinstated one: reload the
     // (small) set every sweep.

@@ -1426,6 +1426,17 @@ impl Store for SqliteStore {
         Ok(requeued)
     }
 
+    fn upload_live(&self, sha: &str, key_id: i64) -> Result<bool, Error> {
+        let conn = self.lock();
+        Ok(conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE miner_key_id = ?1 \
+             AND state IN ('verifying', 'completed') \
+             AND json_extract(proof, '$.output_sha') = ?2)",
+            params![key_id, sha],
+            |r| r.get(0),
+        )?)
+    }
+
     fn open_audits(&self, key_id: i64, miner_id: &str) -> Result<Vec<AuditChallenge>, Error> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!(

@@ -233,6 +233,10 @@ pub trait Store: Send + Sync {
     /// Whether any job is queued. Exact: updated in the same critical section as every write.
     fn any_queued(&self) -> bool;
 
+    /// Whether key `key_id` has an accepted proof (its job verifying or completed) whose output
+    /// is `sha`: the only case in which its partial upload of `sha` may go on.
+    fn upload_live(&self, sha: &str, key_id: i64) -> Result<bool, Error>;
+
     /// A job and the id of the key that submitted it.
     fn job(&self, id: &str) -> Result<Option<(JobView, i64)>, Error>;
     fn jobs(&self, state: Option<JobState>, limit: u32) -> Result<Vec<JobView>, Error>;

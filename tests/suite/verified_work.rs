@@ -928,3 +928,74 @@ async fn a_caught_cheaters_output_is_never_served() {
     let result = tc.job(&id).await.result.expect("a result");
     assert_eq!((result.output_sha, result.artifact_ready), (real.sha, true));
 }
+
+/// A caught cheater's half-sent upload can never complete: the sweep removes its partial file,
+/// while an honest miner's upload in progress stays where it is.
+#[tokio::test]
+async fn a_caught_cheaters_partial_upload_is_removed() {
+    let tc = TestCoordinator::start(test_config()).await;
+    let cheat = tc.new_key(Scope::Miner);
+    let honest = tc.miner_key.clone();
+    tc.heartbeat(&cheat, "forger-0", "forger-0").await;
+    tc.heartbeat(&honest, "honest-0", "honest-0").await;
+    let mut dir = tc.db.clone().into_os_string();
+    dir.push(".artifacts");
+    let partials = std::path::Path::new(&dir).join("partial");
+    let count = || std::fs::read_dir(&partials).expect("partial dir").count();
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut half_upload = |key: String, miner: &'static str, seed: u64| {
+        let held = Held::of((0..N).map(|_| garbage(&mut rng, N)).collect());
+        let tc = &tc;
+        async move {
+            let id = submit(tc, seed, 40).await;
+            let job = tc.next(&key, miner, 1.0).await.expect("the job");
+            let proof = json!({"id": id, "miner_id": miner, "attempt": job.attempt,
+                "mode": "cpu", "output_sha": held.sha, "merkle_root": held.root,
+                "output_len": N * N, "metrics": {}});
+            let ack = tc
+                .post("/v1/miner/proof", Some(&key), &proof)
+                .await
+                .parse::<ProofAck>();
+            let path = format!(
+                "/v1/miner/jobs/{id}/artifact?attempt={}&offset=0",
+                job.attempt
+            );
+            let half = held.rows.concat()[..(N * N / 2) as usize].to_vec();
+            let r = tc
+                .request(reqwest::Method::PUT, &path, Some(&key), Some(half), &[])
+                .await;
+            assert_eq!(
+                (r.status, r.json()["complete"].clone()),
+                (200, json!(false))
+            );
+            (id, ack.audit.expect("a new key is audited"), held)
+        }
+    };
+    let (id, challenge, forged) = half_upload(cheat.clone(), "forger-0", 21).await;
+    // The honest side's upload is only in progress; its audit stays open.
+    half_upload(honest.clone(), "honest-0", 22).await;
+    assert_eq!(count(), 2);
+    tc.coordinator.sweep_once().await.expect("sweep");
+    assert_eq!(count(), 2, "both proofs are still being verified");
+
+    let answer = AuditAnswer {
+        id: id.clone(),
+        miner_id: Some("forger-0".into()),
+        attempt: challenge.attempt,
+        rows: forged.open(&challenge.rows),
+    };
+    let r = tc
+        .post(
+            "/v1/miner/audit",
+            Some(&cheat),
+            &serde_json::to_value(&answer).expect("json"),
+        )
+        .await;
+    assert_eq!(r.parse::<AuditAck>().verdict, AuditVerdict::Failed);
+    tc.coordinator.sweep_once().await.expect("sweep");
+    assert_eq!(
+        count(),
+        1,
+        "the forger's partial is gone, the honest one stays"
+    );
+}
